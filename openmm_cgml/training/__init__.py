@@ -1,0 +1,1 @@
+"""openmm_cgml.training"""
