@@ -1,1 +1,5 @@
-"""openmm_cgml.reference"""
+"""All-atom reference MD and the CG datasets made from it."""
+from .coarse_grain import coarse_grain_trajectory, unwrap_bead_trajectory
+from .runner import ReferenceConfig, reference_status, run_reference
+
+__all__ = ["ReferenceConfig", "run_reference", "reference_status", "coarse_grain_trajectory", "unwrap_bead_trajectory"]

@@ -1,0 +1,125 @@
+"""The ``cgml`` command. Verbs mirror the pipeline: build, reference, coarse-grain, train, simulate, sample,
+analyze, benchmark, demo (and train-dig for the DiG sampler).
+
+Each verb imports its stage lazily so ``cgml --help`` is fast and one stage's heavy imports never slow another.
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def _build(args):
+    from openmm import unit
+
+    from .systems import build_bead_spring, build_peo_litfsi
+
+    if args.kind == "peo-litfsi":
+        built = build_peo_litfsi(
+            n_chains=args.chains,
+            eo_per_chain=args.eo,
+            n_salt=args.salt,
+            temperature=args.temperature * unit.kelvin,
+            charge_scale=args.charge_scale,
+            mixing=args.mixing,
+            seed=args.seed,
+        )
+    else:
+        built = build_bead_spring(kind=args.model, seed=args.seed)
+    built.save(args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {built.topology.getNumAtoms()} atoms; {json.dumps(built.metadata.get('density_g_cm3'))} g/cm3")
+
+
+def _reference(args):
+    from .reference import ReferenceConfig, run_reference
+    from .systems import BuiltSystem
+
+    built = BuiltSystem.load(args.system)
+    config = ReferenceConfig(
+        ns=args.ns,
+        every_ps=args.every_ps,
+        timestep_fs=args.timestep_fs,
+        seed=args.seed,
+        platform=args.platform,
+        atoms_per_bead=args.atoms_per_bead,
+        whole_residues=tuple(args.whole_residues),
+    )
+    out = args.output or os.path.join(args.system, "reference")
+    path = run_reference(built, out, config, resume=True, progress=not args.quiet)
+    print(f"CG dataset: {path}")
+
+
+def _coarse_grain(args):
+    from .mapping import BeadMap
+    from .reference import coarse_grain_trajectory
+    from .systems import BuiltSystem
+
+    if args.beadmap:
+        beadmap = BeadMap.from_json(args.beadmap)
+        topology = args.topology
+    else:
+        built = BuiltSystem.load(args.system)
+        beadmap = BeadMap.from_openmm(built.topology, built.system, atoms_per_bead=args.atoms_per_bead)
+        topology = args.topology or os.path.join(args.system, "topology.pdb")
+    path = coarse_grain_trajectory(args.trajectory, topology, beadmap, args.output)
+    print(f"CG dataset: {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cgml", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("build", help="build an all-atom system and save it to a directory")
+    p.add_argument("kind", choices=["peo-litfsi", "bead-spring"])
+    p.add_argument("-o", "--output", required=True, help="output directory (must not hold files)")
+    p.add_argument("--chains", type=int, default=10)
+    p.add_argument("--eo", type=int, default=10, help="EO units per PEO chain")
+    p.add_argument("--salt", type=int, default=5, help="LiTFSI pairs")
+    p.add_argument("--temperature", type=float, default=400.0, help="K")
+    p.add_argument("--charge-scale", type=float, default=0.8)
+    p.add_argument("--mixing", choices=["lorentz-berthelot", "geometric"], default="lorentz-berthelot")
+    p.add_argument("--model", choices=["chain", "kremer-grest"], default="kremer-grest", help="bead-spring kind")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("reference", help="run all-atom reference MD of a built system, writing a CG dataset")
+    p.add_argument("system", help="directory written by `cgml build`")
+    p.add_argument("--ns", type=float, default=1.0, help="simulated time, ns")
+    p.add_argument("--every-ps", type=float, default=2.0, help="frame interval, ps")
+    p.add_argument("--timestep-fs", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--platform", default=None, help="OpenMM platform (default: fastest available)")
+    p.add_argument("--atoms-per-bead", type=int, default=7)
+    p.add_argument("--whole-residues", nargs="*", default=[], help="residues mapped to one bead each, e.g. TFSI")
+    p.add_argument("-o", "--output", default=None, help="run directory (default SYSTEM/reference); resumes if present")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_reference)
+
+    p = sub.add_parser("coarse-grain", help="map an existing all-atom trajectory to a CG dataset")
+    p.add_argument("trajectory", help="any trajectory mdtraj reads (DCD, XTC, HDF5, ...)")
+    p.add_argument("--system", help="directory written by `cgml build` (for the bond graph and masses)")
+    p.add_argument("--beadmap", help="an existing beadmap.json instead of --system")
+    p.add_argument("--topology", help="topology file for the trajectory (default SYSTEM/topology.pdb)")
+    p.add_argument("--atoms-per-bead", type=int, default=7)
+    p.add_argument("-o", "--output", required=True, help="output .h5 file")
+    p.set_defaults(func=_coarse_grain)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb == "coarse-grain" and not (args.system or args.beadmap):
+        parser.error("coarse-grain needs --system DIR or --beadmap FILE")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input: one line that says what to fix, no traceback.
+        print(f"cgml {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
