@@ -1,0 +1,211 @@
+"""DiG score model: distance-biased attention over a bead graph, conditioned on bead types, CG bonds and time.
+
+The network predicts the noise eps added by the VP SDE (:mod:`openmm_cgml.nn.sde`) to dimensionless coordinates
+y = x / length_scale; the score is ``-eps / sigma(t)``. Inputs to the shared :class:`GraphBackbone` are all
+invariant (bead-type embedding, sinusoidal features of t, Gaussian RBFs of distances in nm, edge type), and the
+output comes from :class:`EdgeVectorHead`, so the score is rotation equivariant and translation invariant.
+
+Centre of mass: for non-periodic systems the diffusion runs in the subspace where the bead centroid is zero
+(DiG's convention): the noise and the predicted eps are projected onto it, so densities are densities on that
+3(N - 1)-dimensional subspace and are well defined (a translation-invariant density is not normalisable).
+Periodic systems keep all 3N coordinates; their edges use minimum images in the given box.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .backbone import EdgeVectorHead, GaussianRBF, GraphBackbone, scatter_sum
+from .graph import BOND_EDGE, RADIUS_EDGE, bond_edges, build_edges, minimum_image
+
+
+class Descriptor:
+    """What DiG is conditioned on: bead types (N,) int64 indices into the model's type table, CG bonds (M, 2),
+    and whether the system is periodic (then ``box`` (3,) nm is used for edges)."""
+
+    def __init__(self, bead_types, bonds=None, box=None):
+        self.bead_types = torch.as_tensor(bead_types, dtype=torch.long).reshape(-1)
+        bonds = torch.zeros((0, 2), dtype=torch.long) if bonds is None else torch.as_tensor(bonds, dtype=torch.long)
+        self.bonds = bonds.reshape(-1, 2)
+        self.box = None if box is None else torch.as_tensor(box, dtype=torch.float32).reshape(3)
+        if self.bead_types.numel() == 0:
+            raise ValueError("a DiG descriptor needs at least one bead")
+        if self.bonds.numel() and (int(self.bonds.max()) >= self.n_beads or int(self.bonds.min()) < 0):
+            raise ValueError(f"CG bonds refer to beads outside 0..{self.n_beads - 1}")
+
+    @property
+    def n_beads(self) -> int:
+        return int(self.bead_types.shape[0])
+
+    @property
+    def periodic(self) -> bool:
+        return self.box is not None
+
+    def batched(self, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` copies as one disconnected graph: (bead_types (nN,), bonds (nM, 2), batch (nN,))."""
+        nb = self.n_beads
+        types = self.bead_types.repeat(n)
+        offs = (torch.arange(n) * nb).repeat_interleave(self.bonds.shape[0]).unsqueeze(1)
+        bonds = self.bonds.repeat(n, 1) + offs
+        batch = torch.arange(n).repeat_interleave(nb)
+        return types, bonds, batch
+
+
+def remove_centroid(y: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Subtract each graph's centroid from the rows of ``y`` (N, 3): the projection onto the COM-free subspace."""
+    counts = torch.bincount(batch, minlength=n_graphs).clamp(min=1).to(y.dtype).unsqueeze(1)
+    mean = scatter_sum(y, batch, n_graphs) / counts
+    return y - mean[batch]
+
+
+def full_graph(batch: torch.Tensor) -> torch.Tensor:
+    """All ordered pairs (j, i), j != i, inside each graph of ``batch``; edge_index (2, E)."""
+    counts = torch.bincount(batch)
+    order = torch.argsort(batch, stable=True)  # beads of each graph made contiguous
+    if bool((counts == counts[0]).all()):
+        c = int(counts[0])
+        idx = order.view(-1, c)
+        a = idx.unsqueeze(2).expand(-1, c, c)
+        b = idx.unsqueeze(1).expand(-1, c, c)
+        keep = a != b
+        return torch.stack([a[keep], b[keep]])
+    starts = torch.cumsum(counts, 0) - counts
+    src, dst = [], []
+    for g in range(counts.shape[0]):  # graphs of different sizes: one block at a time
+        c = int(counts[g])
+        idx = order[int(starts[g]) : int(starts[g]) + c]
+        a = idx.repeat_interleave(c)
+        b = idx.repeat(c)
+        keep = a != b
+        src.append(a[keep])
+        dst.append(b[keep])
+    return torch.stack([torch.cat(src), torch.cat(dst)])
+
+
+def time_features(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Sinusoidal features of diffusion time t in [0, 1] (n even), frequencies 1..1000 on a log scale."""
+    half = n // 2
+    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, dtype=t.dtype, device=t.device))
+    arg = t.unsqueeze(-1) * freqs
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+class DiGScoreModel(nn.Module):
+    """Noise-prediction network for DiG.
+
+    Args:
+        n_types: size of the bead-type embedding table.
+        length_scale: nm per unit of the diffused coordinate y (positions are divided by it).
+        cutoff: radius-graph cutoff in nm, or None for a fully connected graph (small molecules, no PBC).
+        rbf_max: largest distance (nm) resolved by the RBF expansion; defaults to cutoff, or 3 length scales.
+        hidden, n_layers, heads, n_rbf, n_time, embed_dim: network sizes.
+    """
+
+    def __init__(
+        self,
+        n_types: int,
+        length_scale: float = 1.0,
+        cutoff: Optional[float] = None,
+        rbf_max: Optional[float] = None,
+        hidden: int = 64,
+        n_layers: int = 4,
+        heads: int = 4,
+        n_rbf: int = 32,
+        n_time: int = 16,
+        embed_dim: int = 16,
+    ):
+        super().__init__()
+        if n_types < 1:
+            raise ValueError(f"n_types must be >= 1, got {n_types}")
+        if length_scale <= 0:
+            raise ValueError(f"length_scale must be positive (nm), got {length_scale}")
+        if cutoff is not None and cutoff <= 0:
+            raise ValueError(f"cutoff must be positive (nm) or None, got {cutoff}")
+        self.n_types = int(n_types)
+        self.length_scale = float(length_scale)
+        self.cutoff = None if cutoff is None else float(cutoff)
+        self.rbf_max = float(rbf_max) if rbf_max is not None else (self.cutoff or 3.0 * self.length_scale)
+        self.n_time = int(n_time) + (int(n_time) % 2)
+        self.embedding = nn.Embedding(self.n_types, embed_dim)
+        self.rbf = GaussianRBF(n_rbf, self.rbf_max)
+        # Edge input: RBF(r), r / rbf_max (beyond the RBF range), one-hot edge type.
+        self.backbone = GraphBackbone(embed_dim + self.n_time, n_rbf + 1 + 2, hidden, n_layers, attention=True,
+                                      heads=heads)
+        self.head = EdgeVectorHead(hidden, 1)
+
+    def config(self) -> dict:
+        """Constructor arguments as a JSON-able dict (for nn.io.save_model_dir)."""
+        return {
+            "n_types": self.n_types,
+            "length_scale": self.length_scale,
+            "cutoff": self.cutoff,
+            "rbf_max": self.rbf_max,
+            "hidden": self.backbone.hidden,
+            "n_layers": len(self.backbone.blocks),
+            "heads": self.backbone.blocks[0].heads if len(self.backbone.blocks) else 4,
+            "n_rbf": self.rbf.centres.shape[0],
+            "n_time": self.n_time,
+            "embed_dim": self.embedding.embedding_dim,
+        }
+
+    def edges(
+        self, x: torch.Tensor, bonds: torch.Tensor, box: Optional[torch.Tensor], batch: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edge index, edge vectors (nm) and edge types for positions ``x`` (N, 3) nm."""
+        if self.cutoff is not None:
+            return build_edges(x, self.cutoff, bonds, box, batch)
+        if box is not None:
+            raise ValueError("a periodic system needs a model with a finite cutoff")
+        r_index = full_graph(batch)
+        r_vec = x[r_index[1]] - x[r_index[0]]
+        b_index, b_vec = bond_edges(x, bonds, None, batch)
+        r_type = torch.full((r_index.shape[1],), RADIUS_EDGE, dtype=torch.long, device=x.device)
+        b_type = torch.full((b_index.shape[1],), BOND_EDGE, dtype=torch.long, device=x.device)
+        return torch.cat([r_index, b_index], 1), torch.cat([r_vec, b_vec], 0), torch.cat([r_type, b_type])
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        bead_types: torch.Tensor,
+        bonds: torch.Tensor,
+        batch: Optional[torch.Tensor] = None,
+        box: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Predicted noise eps (N, 3) for diffused coordinates ``y`` (N, 3) at times ``t`` (one per graph).
+
+        Args:
+            y: dimensionless coordinates, positions / length_scale.
+            t: diffusion times, a scalar or (B,) tensor, one per graph of ``batch``.
+            bead_types: (N,) int64 type indices.
+            bonds: (M, 2) int64 CG bonds (global bead indices).
+            batch: (N,) graph index per bead, or None for one graph.
+            box: None, (3,) or (B, 3) nm box edge lengths for periodic systems.
+        """
+        n = y.shape[0]
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.long, device=y.device)
+        n_graphs = int(batch.max()) + 1 if n else 1
+        t = torch.as_tensor(t, dtype=y.dtype, device=y.device).reshape(-1)
+        if t.shape[0] == 1:
+            t = t.expand(n_graphs)
+        x = y * self.length_scale
+        edge_index, edge_vec, edge_type = self.edges(x, bonds, box, batch)
+        r = torch.linalg.norm(edge_vec, dim=1)
+        edge_attr = torch.cat(
+            [self.rbf(r), (r / self.rbf_max).unsqueeze(1), nn.functional.one_hot(edge_type, 2).to(y.dtype)], dim=1
+        )
+        node_attr = torch.cat([self.embedding(bead_types), time_features(t, self.n_time)[batch]], dim=1)
+        _, e = self.backbone(node_attr, edge_attr, edge_index)
+        eps = self.head(e, edge_vec, edge_index, n)[:, 0, :]
+        if box is None:
+            eps = remove_centroid(eps, batch, n_graphs)
+        return eps
+
+
+def wrap_positions(x: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:
+    """Wrap positions (N, 3) nm into [-box/2, box/2) (used for periodic samples)."""
+    if box is None:
+        return x
+    return minimum_image(x, box)
