@@ -1,1 +1,58 @@
-"""openmm_cgml.analysis"""
+"""openmm_cgml.analysis: diffusion, structure and relaxation of (CG) trajectories.
+
+Pure functions over NumPy arrays (positions nm, times ps, masses amu; ``openmm.unit`` quantities are
+accepted and converted). Orthorhombic boxes are given as edge lengths, (3,) or one row per frame.
+"""
+from .correlation import (
+    StretchedExponential,
+    autocorrelation,
+    fit_stretched_exponential,
+    integrated_time,
+    stretched_exponential_mean_time,
+)
+from .plots import plot_acf, plot_msd, plot_rdf, plot_rg2_hist
+from .report import analyze_trajectory, format_table
+from .structure import (
+    collision_count,
+    collision_rate,
+    first_peak,
+    make_molecules_whole,
+    radius_of_gyration_squared,
+    rdf,
+)
+from .transport import (
+    NM2_PER_PS_IN_CM2_PER_S,
+    DiffusionFit,
+    diffusion_by_species,
+    diffusion_coefficient,
+    msd,
+    msd_per_particle,
+    unwrap,
+)
+
+__all__ = [
+    "NM2_PER_PS_IN_CM2_PER_S",
+    "DiffusionFit",
+    "StretchedExponential",
+    "analyze_trajectory",
+    "autocorrelation",
+    "collision_count",
+    "collision_rate",
+    "diffusion_by_species",
+    "diffusion_coefficient",
+    "first_peak",
+    "fit_stretched_exponential",
+    "format_table",
+    "integrated_time",
+    "make_molecules_whole",
+    "msd",
+    "msd_per_particle",
+    "plot_acf",
+    "plot_msd",
+    "plot_rdf",
+    "plot_rg2_hist",
+    "radius_of_gyration_squared",
+    "rdf",
+    "stretched_exponential_mean_time",
+    "unwrap",
+]

@@ -1,0 +1,264 @@
+"""Tests of openmm_cgml.analysis against known answers, brute-force loops and mdtraj."""
+import json
+import math
+
+import mdtraj
+import numpy as np
+import pytest
+from openmm import unit
+
+from openmm_cgml.analysis import (
+    analyze_trajectory,
+    autocorrelation,
+    collision_count,
+    collision_rate,
+    diffusion_by_species,
+    diffusion_coefficient,
+    first_peak,
+    fit_stretched_exponential,
+    format_table,
+    integrated_time,
+    make_molecules_whole,
+    msd,
+    msd_per_particle,
+    radius_of_gyration_squared,
+    rdf,
+    stretched_exponential_mean_time,
+    unwrap,
+)
+
+
+def brownian(rng, n_frames, n_particles, diffusion, dt, start_box=None):
+    """Free Brownian motion: Gaussian steps of variance 2 D dt per dimension (nm, ps)."""
+    steps = rng.normal(0.0, math.sqrt(2.0 * diffusion * dt), size=(n_frames - 1, n_particles, 3))
+    start = rng.uniform(0.0, 1.0 if start_box is None else start_box, size=(1, n_particles, 3))
+    return np.concatenate([start, start + np.cumsum(steps, axis=0)])
+
+
+def test_fft_msd_equals_direct_loop():
+    rng = np.random.default_rng(1)
+    x = brownian(rng, 120, 7, 0.05, 1.0) + 50.0  # far from the origin, as unwrapped positions get
+    lags, per_particle = msd_per_particle(x, 1.0, max_lag=119)
+    direct = np.array([((x[m:] - x[:-m]) ** 2).sum(-1).mean(0) for m in range(1, 120)])
+    np.testing.assert_allclose(per_particle[1:], direct, rtol=1e-10)
+    assert per_particle[0].max() == 0.0
+    lags2, averaged = msd(x, 2.0 * unit.picosecond, max_lag=10)
+    np.testing.assert_allclose(lags2, 2.0 * np.arange(11))
+    np.testing.assert_allclose(averaged[1:], direct[:10].mean(axis=1), rtol=1e-10)
+
+
+def test_diffusion_of_brownian_particles_also_after_wrapping():
+    rng = np.random.default_rng(2)
+    d_true, dt, box = 0.05, 1.0, np.array([4.0, 4.5, 5.0])
+    x = brownian(rng, 200, 1000, d_true, dt, start_box=box)
+    fit = diffusion_coefficient(*msd(x, dt))
+    assert fit.D_nm2_per_ps == pytest.approx(d_true, rel=0.05)
+    assert fit.D_cm2_per_s == pytest.approx(1e-2 * fit.D_nm2_per_ps)
+    assert 0.0 < fit.D_err_nm2_per_ps < 0.05 * d_true
+    wrapped = x - box * np.floor(x / box)
+    assert np.ptp(x) > 3 * box.max()  # the particles really cross the boundaries many times
+    np.testing.assert_allclose(unwrap(wrapped, box), x, atol=1e-9)
+    np.testing.assert_allclose(unwrap(wrapped, np.tile(box, (200, 1))), x, atol=1e-9)
+    wrapped_fit = diffusion_coefficient(*msd(unwrap(wrapped, box), dt))
+    assert wrapped_fit.D_nm2_per_ps == pytest.approx(fit.D_nm2_per_ps, rel=1e-9)
+    naive = diffusion_coefficient(*msd(wrapped, dt))  # without unwrapping, D is badly underestimated
+    assert naive.D_nm2_per_ps < 0.5 * d_true
+
+
+def test_diffusion_fit_window_and_bad_input():
+    t = np.arange(11) * 2.0
+    y = 6 * 0.1 * t + 0.3
+    fit = diffusion_coefficient(t, y, fit_range=(4.0, 16.0))
+    assert (fit.fit_start_ps, fit.fit_end_ps) == (4.0, 16.0)
+    assert fit.D_nm2_per_ps == pytest.approx(0.1) and fit.intercept_nm2 == pytest.approx(0.3)
+    assert diffusion_coefficient(t, y / 3, dim=1).D_nm2_per_ps == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="at least 3"):
+        diffusion_coefficient(t, y, fit_range=(0.0, 3.0))
+    with pytest.raises(ValueError, match="max_lag"):
+        msd(np.zeros((5, 2, 3)), 1.0, max_lag=5)
+
+
+def test_diffusion_by_species_blocks_and_replicas():
+    rng = np.random.default_rng(3)
+    fast = brownian(rng, 400, 300, 0.05, 1.0)
+    slow = brownian(rng, 400, 300, 0.01, 1.0)
+    x = np.concatenate([fast, slow], axis=1)
+    species = ["Li"] * 300 + ["TFSI"] * 300
+    result = diffusion_by_species(x, 1.0, species, n_blocks=4)
+    assert set(result) == {"Li", "TFSI"}
+    for name, d_true in (("Li", 0.05), ("TFSI", 0.01)):
+        d, err = result[name]
+        assert d == pytest.approx(d_true, rel=0.08)
+        assert 0.0 < err < 0.1 * d_true
+    replicas = x.reshape(1, 400, 600, 3).repeat(2, axis=0)
+    replicas[1] = np.concatenate([brownian(rng, 400, 300, 0.05, 1.0), brownian(rng, 400, 300, 0.01, 1.0)], axis=1)
+    by_replica = diffusion_by_species(replicas, 1.0, species)
+    assert by_replica["Li"][0] == pytest.approx(0.05, rel=0.08)
+    assert by_replica["TFSI"][1] > 0.0
+    with pytest.raises(ValueError, match="one label per bead"):
+        diffusion_by_species(x, 1.0, species[:-1])
+
+
+def mdtraj_rdf(x, box, sel_a, sel_b, r_max, n_bins):
+    top = mdtraj.Topology()
+    residue = top.add_residue("X", top.add_chain())
+    for _ in range(x.shape[1]):
+        top.add_atom("C", mdtraj.element.carbon, residue)
+    traj = mdtraj.Trajectory(x.astype(np.float32), top, unitcell_lengths=np.tile(box, (x.shape[0], 1)),
+                             unitcell_angles=np.full((x.shape[0], 3), 90.0))
+    pairs = top.select_pairs(np.flatnonzero(sel_a), np.flatnonzero(sel_b))
+    return mdtraj.compute_rdf(traj, pairs, r_range=(0.0, r_max), n_bins=n_bins)
+
+
+def test_rdf_ideal_gas_and_mdtraj_agreement():
+    rng = np.random.default_rng(4)
+    box = np.array([3.0, 3.2, 3.4])
+    gas = rng.uniform(0.0, 1.0, size=(10, 400, 3)) * box
+    everyone = np.ones(400, dtype=bool)
+    r, g = rdf(gas, box, everyone, everyone, 1.5, 30)
+    assert np.all(np.abs(g[r > 0.4] - 1.0) < 0.08)
+    assert abs(g[r > 0.4].mean() - 1.0) < 0.01
+
+    # A clustered (non-ideal) configuration, unwrapped by up to a box length, against mdtraj.
+    centres = rng.uniform(0.0, 1.0, size=(3, 40, 3)) * box
+    x = np.concatenate([centres, centres + rng.normal(0.0, 0.15, size=centres.shape)], axis=1)
+    x += box * rng.integers(-1, 2, size=x.shape)
+    x = x.astype(np.float32).astype(np.float64)
+    first = np.arange(80) < 40
+    for sel_a, sel_b in ((first, ~first), (first, first), (everyone[:80], everyone[:80])):
+        r, g = rdf(x, box, sel_a, sel_b, 1.2, 40)
+        r_ref, g_ref = mdtraj_rdf(x, box, sel_a, sel_b, 1.2, 40)
+        np.testing.assert_allclose(r, r_ref, rtol=1e-12)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-12)
+    assert first_peak(r, g)[0] < 0.5  # the cluster partners give the first peak
+    with pytest.raises(ValueError, match="half the smallest box edge"):
+        rdf(x, box, first, first, 1.6, 10)
+
+
+def test_first_peak_ignores_noise_before_the_shell():
+    r = np.linspace(0.05, 1.0, 20)
+    g = np.zeros(20)
+    g[4:] = 1.0
+    g[5], g[6], g[7], g[8], g[9] = 1.5, 1.2, 2.4, 1.3, 0.8
+    g[12] = 1.6
+    assert first_peak(r, g) == (pytest.approx(r[7]), pytest.approx(2.4))
+    assert first_peak(r, np.full(20, 0.5))[1] == 0.5
+
+
+def test_radius_of_gyration_of_known_molecules():
+    dimer = [[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]  # masses 1 and 3: com at 1.5, Rg² = (2.25 + 3 * 0.25) / 4
+    square = [[0.0, 0.0, 1.0], [0.4, 0.0, 1.0], [0.4, 0.4, 1.0], [0.0, 0.4, 1.0]]  # Rg² = a² / 2
+    frame = np.array(dimer + square)
+    x = np.stack([frame, frame + [5.0, -3.0, 2.0]])
+    rg2 = radius_of_gyration_squared(x, [1.0, 3.0, 2.0, 2.0, 2.0, 2.0], [7, 7, 3, 3, 3, 3])
+    assert rg2.shape == (2, 2)
+    np.testing.assert_allclose(rg2, [[0.08, 0.75]] * 2, rtol=1e-12)  # molecule label 3 sorts first
+    with pytest.raises(ValueError, match="masses"):
+        radius_of_gyration_squared(x, [1.0, 3.0], [7, 7, 3, 3, 3, 3])
+
+
+def test_make_molecules_whole_restores_split_chains():
+    rng = np.random.default_rng(8)
+    box = np.array([2.0, 2.0, 2.0])
+    # A random-walk chain of 30 beads (extent >> L/2) and a dimer, then every bead wrapped on its own.
+    chain = np.cumsum(rng.normal(0.0, 0.15, size=(30, 3)), axis=0) + 1.0
+    x = np.concatenate([chain, [[1.9, 0.1, 0.1], [2.1, -0.1, 0.2]]])
+    molecule = np.array([0] * 30 + [1, 1])
+    assert np.ptp(chain, axis=0).max() > 1.0
+    np.testing.assert_allclose(make_molecules_whole(x, box, molecule), x, atol=1e-12)
+    wrapped = x - box * np.floor(x / box)
+    whole = make_molecules_whole(np.stack([wrapped, wrapped]), box, molecule)
+    shift = whole[0] - x
+    np.testing.assert_allclose(shift, box * np.round(shift / box), atol=1e-9)  # each bead moved by box vectors
+    for beads in (slice(0, 30), slice(30, 32)):
+        np.testing.assert_allclose(shift[beads], shift[beads][:1].repeat(shift[beads].shape[0], 0), atol=1e-9)
+
+
+def test_autocorrelation_time_of_ar1_process():
+    rng = np.random.default_rng(5)
+    tau, dt, n = 10.0, 1.0, 100_000
+    phi = math.exp(-dt / tau)
+    noise = rng.normal(0.0, math.sqrt(1.0 - phi ** 2), size=n)
+    x = np.empty(n)
+    x[0] = rng.normal()
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + noise[i]
+    acf = autocorrelation(x)
+    assert acf[0] == 1.0
+    np.testing.assert_allclose(acf[1:4], phi ** np.arange(1, 4), atol=0.01)
+    assert integrated_time(acf, dt) == pytest.approx(tau, rel=0.1)
+    fit = fit_stretched_exponential(np.arange(200) * dt, acf[:200])
+    assert fit.beta == pytest.approx(1.0, abs=0.1)
+    assert fit.tau == pytest.approx(tau, rel=0.1)
+    assert fit.mean_time == pytest.approx(tau, rel=0.1)
+    assert stretched_exponential_mean_time(2.0, 0.5) == pytest.approx(2.0 / 0.5 * math.gamma(2.0))
+    # Several series of the same process average to the same ACF.
+    multi = autocorrelation(np.stack([x[:50_000], x[50_000:]], axis=1))
+    np.testing.assert_allclose(multi[:30], acf[:30], atol=0.02)
+
+
+def test_collision_count_matches_brute_force():
+    rng = np.random.default_rng(6)
+    box = np.array([2.5, 2.5, 3.0])
+    x = rng.uniform(0.0, 1.0, size=(3, 200, 3)) * box + box * rng.integers(-1, 2, size=(3, 200, 3))
+    types = rng.integers(0, 2, size=200)
+    thresholds = np.array([[0.2, 0.25], [0.25, 0.3]])
+    bonds = np.array([[0, 1], [5, 3], [10, 11]])
+    expected, expected_excl = [], []
+    i, j = np.triu_indices(200, k=1)
+    for frame in x:
+        d = frame[j] - frame[i]
+        d -= box * np.round(d / box)
+        close = np.linalg.norm(d, axis=1) < thresholds[types[i], types[j]]
+        expected.append(int(close.sum()))
+        bonded = np.isin(i * 200 + j, [1, 3 * 200 + 5, 10 * 200 + 11])
+        expected_excl.append(int((close & ~bonded).sum()))
+    assert sum(expected) > 10
+    np.testing.assert_array_equal(collision_count(x, box, types, thresholds), expected)
+    np.testing.assert_array_equal(collision_count(x, box, types, thresholds, exclude_pairs=bonds), expected_excl)
+    scalar = collision_count(x, box, None, 0.25 * unit.nanometer)
+    d = x[:, j] - x[:, i]
+    d -= box * np.round(d / box)
+    np.testing.assert_array_equal(scalar, (np.linalg.norm(d, axis=-1) < 0.25).sum(axis=1))
+    assert collision_rate(x, box, types, thresholds) == pytest.approx(np.mean(expected) / 200)
+    free = collision_count(x[0], None, types, thresholds)
+    dist = np.linalg.norm(x[0][j] - x[0][i], axis=1)
+    assert free[0] == int((dist < thresholds[types[i], types[j]]).sum())
+    with pytest.raises(ValueError, match="symmetric"):
+        collision_count(x, box, types, np.array([[0.2, 0.1], [0.3, 0.2]]))
+
+
+def test_analyze_trajectory_writes_json_and_plots(tmp_path):
+    rng = np.random.default_rng(7)
+    box = np.array([3.0, 3.0, 3.0])
+    n_frames, n_chains, chain_len, n_ions = 80, 6, 4, 20
+    # Rigid 4-bead chains (Rg² known, 0.0125 nm²) diffusing as a whole, plus free ions.
+    offsets = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.2, 0.0, 0.0], [0.3, 0.0, 0.0]])
+    centres = brownian(rng, n_frames, n_chains, 0.01, 2.0, start_box=box)
+    chains = (centres[:, :, None, :] + offsets).reshape(n_frames, n_chains * chain_len, 3)
+    chains += rng.normal(0.0, 0.01, size=chains.shape)  # makes Rg² fluctuate
+    ions = brownian(rng, n_frames, n_ions, 0.05, 2.0, start_box=box)
+    x = np.concatenate([chains, ions], axis=1)
+    wrapped = x - box * np.floor(x / box)
+    species = ["EO"] * (n_chains * chain_len) + ["Li"] * n_ions
+    molecule = np.concatenate([np.repeat(np.arange(n_chains), chain_len), 100 + np.arange(n_ions)])
+    masses = np.full(x.shape[1], 44.0)
+    result = analyze_trajectory(wrapped, box, np.arange(n_frames) * 2.0, species, masses, molecule, tmp_path)
+
+    assert result["diffusion"]["Li"]["D_cm2_per_s"] == pytest.approx(0.05e-2, rel=0.35)
+    assert result["diffusion"]["EO"]["D_cm2_per_s"] == pytest.approx(0.01e-2, rel=0.5)
+    assert result["diffusion"]["Li"]["D_err_cm2_per_s"] > 0.0
+    assert set(result["rdf"]) == {"EO-EO", "EO-Li", "Li-Li"}
+    assert result["rdf"]["EO-EO"]["first_peak_nm"] == pytest.approx(0.1, abs=0.03)  # chain neighbours
+    assert list(result["rg2"]) == ["EO4"]
+    assert result["rg2"]["EO4"]["mean_nm2"] == pytest.approx(0.0125, rel=0.1)
+    assert result["rg2"]["EO4"]["n_molecules"] == n_chains
+    with open(tmp_path / "analysis.json") as handle:
+        assert json.load(handle)["diffusion"]["Li"]["n_beads"] == n_ions
+    for name in ("msd.png", "rdf.png", "rg2_hist.png", "analysis.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "msd.png").read_bytes()[:4] == b"\x89PNG"
+    table = format_table(result)
+    assert "Li" in table and "EO4" in table and "first peak" in table
+    with pytest.raises(ValueError, match="evenly spaced"):
+        analyze_trajectory(wrapped, box, np.arange(n_frames) ** 2.0, species)
