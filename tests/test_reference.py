@@ -1,0 +1,126 @@
+"""Reference MD -> CG dataset: round trip, exact resume, refusal to overwrite, trajectory coarse-graining."""
+import os
+
+import mdtraj
+import numpy as np
+import pytest
+
+from openmm_cgml.data import CGDataset, write_dataset
+from openmm_cgml.mapping import BeadMap
+from openmm_cgml.reference import ReferenceConfig, coarse_grain_trajectory, run_reference, unwrap_bead_trajectory
+
+CONFIG = dict(ns=0.008, every_ps=1.0, timestep_fs=2.0, platform="Reference", checkpoint_every=3, seed=5)
+
+
+def _read(path):
+    with CGDataset(path) as ds:
+        return ds.positions[:], ds.time.copy(), ds.box.copy()
+
+
+def test_resume_after_interruption_gives_identical_frames(tiny_peo_litfsi, tmp_path):
+    config = ReferenceConfig(**CONFIG)
+    full = run_reference(tiny_peo_litfsi, str(tmp_path / "full"), config, progress=False)
+    # "Kill" after 5 frames: the last checkpoint was at frame 3, so frames 4-5 are redone after resuming.
+    part_dir = str(tmp_path / "part")
+    run_reference(tiny_peo_litfsi, part_dir, config, progress=False, stop_after_frames=5)
+    with CGDataset(os.path.join(part_dir, "cg.h5")) as ds:
+        assert ds.n_frames == 5
+    resumed = run_reference(tiny_peo_litfsi, part_dir, config, progress=False)
+    pos_a, t_a, box_a = _read(full)
+    pos_b, t_b, box_b = _read(resumed)
+    assert pos_a.shape == (config.n_frames, pos_a.shape[1], 3) and config.n_frames == 9
+    np.testing.assert_array_equal(t_a, np.arange(9) * 1.0)
+    np.testing.assert_array_equal(pos_a, pos_b)
+    np.testing.assert_array_equal(t_a, t_b)
+    np.testing.assert_array_equal(box_a, box_b)
+
+
+def test_dataset_round_trip_and_metadata(tiny_peo_litfsi, tmp_path):
+    config = ReferenceConfig(**dict(CONFIG, ns=0.002))
+    path = run_reference(tiny_peo_litfsi, str(tmp_path / "run"), config, progress=False)
+    with CGDataset(path) as ds:
+        bm = ds.beadmap
+        assert ds.periodic and ds.frame_interval_ps == pytest.approx(1.0)
+        assert ds.provenance["temperature_K"] == pytest.approx(400.0)
+        assert ds.provenance["timestep_fs"] == 2.0 and ds.provenance["seed"] == 5
+        assert len(bm.type_graphs) == len(bm.type_names) == int(bm.bead_types.max()) + 1
+        first = ds.positions[0]
+    # The first frame is the mapping of the starting structure.
+    expected = bm.map_positions(tiny_peo_litfsi.positions, tiny_peo_litfsi.box_vectors)
+    np.testing.assert_allclose(first, expected, atol=1e-6)
+    # Write -> read of a synthetic dataset is exact.
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(4, bm.n_beads, 3)).astype(np.float32)
+    box = np.full((4, 3), 3.0, np.float32)
+    out = write_dataset(str(tmp_path / "copy.h5"), bm, pos, box, np.arange(4) * 2.0, {"note": "synthetic"})
+    pos2, t2, box2 = _read(out)
+    np.testing.assert_array_equal(pos, pos2)
+    np.testing.assert_array_equal(box, box2)
+    with CGDataset(out) as ds:
+        assert ds.beadmap.to_dict() == bm.to_dict() and ds.provenance == {"note": "synthetic"}
+
+
+def test_bad_input_writes_nothing(tiny_peo_litfsi, tmp_path):
+    config = ReferenceConfig(**dict(CONFIG, ns=0.002))
+    run_dir = str(tmp_path / "run")
+    run_reference(tiny_peo_litfsi, run_dir, config, progress=False)
+    with pytest.raises(ValueError, match="already holds"):
+        run_reference(tiny_peo_litfsi, run_dir, config, resume=False, progress=False)
+    with pytest.raises(ValueError, match="whole number"):
+        run_reference(tiny_peo_litfsi, str(tmp_path / "bad"), ReferenceConfig(**dict(CONFIG, every_ps=0.003)))
+    assert not os.path.exists(tmp_path / "bad")
+    with CGDataset(os.path.join(run_dir, "cg.h5")) as ds:
+        bm = ds.beadmap
+    nan = np.full((2, bm.n_beads, 3), np.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        write_dataset(str(tmp_path / "nan.h5"), bm, nan, None, [0.0, 1.0])
+    assert not os.path.exists(tmp_path / "nan.h5")
+    with pytest.raises(ValueError, match="already exists"):
+        write_dataset(os.path.join(run_dir, "cg.h5"), bm, np.zeros((1, bm.n_beads, 3)), None, [0.0])
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"not an hdf5 file")
+    with pytest.raises(ValueError, match="not a readable HDF5"):
+        CGDataset(str(corrupt))
+
+
+def test_coarse_grain_existing_trajectory(tiny_peo_litfsi, tmp_path):
+    """A wrapped all-atom DCD maps to the same beads (modulo the box) as direct mapping, unwrapped in time."""
+    from openmm import app, unit
+    import openmm
+
+    built = tiny_peo_litfsi
+    bm = BeadMap.from_openmm(built.topology, built.system, atoms_per_bead=7)
+    integrator = openmm.LangevinMiddleIntegrator(400 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picoseconds)
+    integrator.setRandomNumberSeed(3)
+    sim = app.Simulation(built.topology, built.system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPeriodicBoxVectors(*built.box_vectors)
+    sim.context.setPositions(built.positions)
+    sim.reporters.append(app.DCDReporter(str(tmp_path / "aa.dcd"), 50, enforcePeriodicBox=True))
+    direct = []
+    for _ in range(6):
+        sim.step(50)
+        state = sim.context.getState(getPositions=True)
+        direct.append(bm.map_positions(state.getPositions(asNumpy=True), state.getPeriodicBoxVectors()))
+    pdb = str(tmp_path / "top.pdb")
+    with open(pdb, "w") as f:
+        app.PDBFile.writeFile(built.topology, built.positions, f)
+    out = coarse_grain_trajectory(str(tmp_path / "aa.dcd"), pdb, bm, str(tmp_path / "cg.h5"), chunk=4)
+    pos, _, box = _read(out)
+    direct = np.asarray(direct)
+    diff = pos - direct
+    diff -= box[:, None, :] * np.round(diff / box[:, None, :])
+    assert np.abs(diff).max() < 2e-3  # DCD stores single precision in Angstrom
+    steps = np.abs(np.diff(pos, axis=0))
+    assert steps.max() < 0.5 * box.min()  # continuous in time: no jumps by a box edge
+    with pytest.raises(ValueError, match="already exists"):
+        coarse_grain_trajectory(str(tmp_path / "aa.dcd"), pdb, bm, out)
+
+
+def test_unwrap_bead_trajectory_restores_continuous_path():
+    rng = np.random.default_rng(1)
+    steps = rng.normal(scale=0.1, size=(50, 4, 3))
+    path = np.cumsum(steps, axis=0)
+    box = np.full((50, 3), 1.5)
+    wrapped = path - box[:, None, :] * np.floor(path / box[:, None, :])
+    unwrapped = unwrap_bead_trajectory(wrapped, box)
+    np.testing.assert_allclose(unwrapped - unwrapped[0], path - path[0], atol=1e-5)
