@@ -5,6 +5,7 @@ import math
 import mdtraj
 import numpy as np
 import pytest
+import scipy.signal
 from openmm import unit
 
 from openmm_cgml.analysis import (
@@ -176,13 +177,10 @@ def test_make_molecules_whole_restores_split_chains():
 
 def test_autocorrelation_time_of_ar1_process():
     rng = np.random.default_rng(5)
-    tau, dt, n = 10.0, 1.0, 100_000
+    tau, dt, n = 10.0, 1.0, 400_000
     phi = math.exp(-dt / tau)
-    noise = rng.normal(0.0, math.sqrt(1.0 - phi ** 2), size=n)
-    x = np.empty(n)
-    x[0] = rng.normal()
-    for i in range(1, n):
-        x[i] = phi * x[i - 1] + noise[i]
+    # x_i = phi x_{i-1} + sqrt(1 - phi²) e_i: unit variance, acf phi^k = exp(-k dt / tau).
+    x = scipy.signal.lfilter([math.sqrt(1.0 - phi ** 2)], [1.0, -phi], rng.normal(size=n))
     acf = autocorrelation(x)
     assert acf[0] == 1.0
     np.testing.assert_allclose(acf[1:4], phi ** np.arange(1, 4), atol=0.01)
@@ -192,8 +190,11 @@ def test_autocorrelation_time_of_ar1_process():
     assert fit.tau == pytest.approx(tau, rel=0.1)
     assert fit.mean_time == pytest.approx(tau, rel=0.1)
     assert stretched_exponential_mean_time(2.0, 0.5) == pytest.approx(2.0 / 0.5 * math.gamma(2.0))
+    t = np.linspace(0.0, 40.0, 400)
+    kww = fit_stretched_exponential(t, np.exp(-np.power(t / 5.0, 0.6)))
+    assert (kww.tau, kww.beta) == (pytest.approx(5.0, rel=1e-4), pytest.approx(0.6, rel=1e-4))
     # Several series of the same process average to the same ACF.
-    multi = autocorrelation(np.stack([x[:50_000], x[50_000:]], axis=1))
+    multi = autocorrelation(np.stack([x[:200_000], x[200_000:]], axis=1))
     np.testing.assert_allclose(multi[:30], acf[:30], atol=0.02)
 
 

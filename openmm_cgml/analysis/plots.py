@@ -56,6 +56,11 @@ def plot_msd(results: Mapping, path) -> str:
             tf = tf[tf > 0]
             yf = _field(fit, "slope_nm2_per_ps") * tf + _field(fit, "intercept_nm2")
             ax.loglog(tf[yf > 0], yf[yf > 0], "--", color=line.get_color(), lw=1.0)
+    from matplotlib.ticker import NullFormatter
+
+    # Minor-tick labels of short log ranges overlap; the decade labels are enough.
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     return _save(fig, ax, path)
 
 

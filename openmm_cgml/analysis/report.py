@@ -210,7 +210,10 @@ def _nan_to_none(value):
 
 
 def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+    """``value`` formatted by ``spec`` (which starts with the field width), or a right-aligned "n/a"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a".rjust(int(spec.split(".")[0]))
+    return format(value, spec)
 
 
 def format_table(result: dict) -> str:

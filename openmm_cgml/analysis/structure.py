@@ -54,13 +54,14 @@ def rdf(positions, box, species_a_mask, species_b_mask, r_max, n_bins: int = 100
         raise ValueError("species_a_mask and species_b_mask select a single common bead: no pairs")
     edges = np.linspace(0.0, r_max, n_bins + 1)
     counts = np.zeros(n_bins)
+    index_a, index_b = np.flatnonzero(mask_a), np.flatnonzero(mask_b)
     for frame, frame_box in zip(x, b):
         wrapped = wrap_into_box(frame, frame_box)
         tree_a = cKDTree(wrapped[mask_a], boxsize=frame_box)
         tree_b = cKDTree(wrapped[mask_b], boxsize=frame_box)
-        # Cumulative counts of d <= edge; the count at edge 0 holds the self pairs, so differences exclude them.
-        cumulative = tree_a.count_neighbors(tree_b, edges)
-        counts += np.diff(cumulative)
+        close = tree_a.sparse_distance_matrix(tree_b, r_max, output_type="ndarray")
+        distinct = index_a[close["i"]] != index_b[close["j"]]
+        counts += np.histogram(close["v"][distinct], bins=n_bins, range=(0.0, r_max))[0]
     shell_volumes = 4.0 / 3.0 * np.pi * np.diff(edges ** 3)
     norm = n_pairs * np.sum(1.0 / np.prod(b, axis=1)) * shell_volumes
     return 0.5 * (edges[1:] + edges[:-1]), counts / norm
