@@ -1,6 +1,6 @@
 """Time autocorrelation functions and relaxation times (times in ps)."""
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import scipy.fft

@@ -3,7 +3,7 @@ import json
 import math
 import os
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 from openmm import unit

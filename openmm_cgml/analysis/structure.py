@@ -2,7 +2,7 @@
 
 Positions nm, orthorhombic boxes given as edge lengths nm, masses amu.
 """
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import scipy.sparse
