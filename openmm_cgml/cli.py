@@ -65,6 +65,24 @@ def _coarse_grain(args):
     print(f"CG dataset: {path}")
 
 
+def _analyze(args):
+    from .analysis import analyze_trajectory, format_table
+    from .data import CGDataset
+
+    with CGDataset(args.trajectory) as ds:
+        stride = max(1, args.stride)
+        positions = ds.positions[::stride]
+        box = ds.box[::stride] if ds.box is not None else None
+        beadmap = ds.beadmap
+        times = ds.time[::stride]
+    result = analyze_trajectory(
+        positions, box, times, beadmap.bead_species(), beadmap.bead_masses, beadmap.bead_molecule,
+        out_dir=args.output, n_blocks=args.n_blocks, fit_range=args.fit_range,
+    )
+    print(format_table(result))
+    print(f"wrote {os.path.join(args.output, 'analysis.json')} and plots")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -104,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atoms-per-bead", type=int, default=7)
     p.add_argument("-o", "--output", required=True, help="output .h5 file")
     p.set_defaults(func=_coarse_grain)
+
+    p = sub.add_parser("analyze", help="MSD/diffusivity per species, RDFs, Rg2 of a CG dataset (.h5)")
+    p.add_argument("trajectory", help="CG dataset written by `cgml reference`, `coarse-grain` or `simulate`")
+    p.add_argument("-o", "--output", required=True, help="directory for analysis.json and the PNG plots")
+    p.add_argument("--n-blocks", type=int, default=5, help="time blocks for the diffusivity error bars")
+    p.add_argument("--fit-range", type=float, default=0.2, help="fit the MSD from this fraction of the longest lag")
+    p.add_argument("--stride", type=int, default=1, help="use every n-th frame")
+    p.set_defaults(func=_analyze)
     return parser
 
 
