@@ -1,1 +1,12 @@
-"""openmm_cgml.systems"""
+"""openmm_cgml.systems: builders of all-atom and bead-spring OpenMM models, and the shipped PEO/LiTFSI force field.
+
+Every builder returns a :class:`BuiltSystem` (topology, system, positions, box, temperature, metadata) that
+saves to and loads from a directory.
+"""
+from .bead_spring import build_bead_spring
+from .built import BuiltSystem
+from .peo_litfsi import (PEO_LITFSI_XML, build_peo_litfsi, peo_litfsi_forcefield, peo_litfsi_system,
+                         use_geometric_mixing)
+
+__all__ = ["BuiltSystem", "build_peo_litfsi", "build_bead_spring", "peo_litfsi_forcefield", "peo_litfsi_system",
+           "use_geometric_mixing", "PEO_LITFSI_XML"]
