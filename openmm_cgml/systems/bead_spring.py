@@ -12,8 +12,10 @@ friction ~1/tau.
 * ``kind="kremer-grest"``: periodic melt at bead density 0.85 sigma^-3, WCA (LJ cut at 2^(1/6) sigma and shifted
   up by epsilon) between all pairs, FENE bonds k = 30 epsilon/sigma^2, R0 = 1.5 sigma.
 
-Beads have no element (``None``); each chain is one residue ("POL") in its own topology chain; atom names are
-the bead types.
+Beads have no element (``None``); each chain is one residue ("POL") in its own topology chain. Atom names are
+the one-character bead type followed by the bead's index in the chain in base 36 ("A0", "A1", ..., "BZ", "C10"),
+unique within a residue so that PDB files keep every bead (Kremer-Grest beads have type "K"); the per-chain type
+strings are in ``metadata["sequences"]``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,16 @@ def _positive(value, name: str, unit_: unit.Unit) -> float:
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return number
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    text = ""
+    while True:
+        number, rest = divmod(number, 36)
+        text = digits[rest] + text
+        if number == 0:
+            return text
 
 
 def _bead_sequence(sequence, bead_types: tuple, chain_length: int, n_chains: int,
@@ -131,9 +143,13 @@ def build_bead_spring(kind: str = "chain", n_chains: int | None = None, chain_le
         bead_types = tuple(bead_types)
         if len(bead_types) == 0 or len(type_epsilons) != len(bead_types) or min(type_epsilons) <= 0:
             raise ValueError("type_epsilons must give one positive value per bead type")
+        if any(not isinstance(t, str) or len(t) != 1 or not t.isalpha() for t in bead_types):
+            raise ValueError(f"bead_types must be single letters (e.g. ('A', 'B', 'C')), got {bead_types!r}")
     rng = np.random.default_rng(seed)
     n_beads = n_chains * chain_length
-    types = ([["KG"] * chain_length for _ in range(n_chains)] if kremer_grest
+    if chain_length > 36**3:
+        raise ValueError(f"chain_length must be at most {36**3} beads (unique 4-character PDB atom names)")
+    types = ([["K"] * chain_length for _ in range(n_chains)] if kremer_grest
              else _bead_sequence(sequence, bead_types, chain_length, n_chains, rng))
 
     # Topology: one chain + one residue per polymer, bonds along the backbone.
@@ -141,7 +157,7 @@ def build_bead_spring(kind: str = "chain", n_chains: int | None = None, chain_le
     bonds = []
     for c in range(n_chains):
         residue = topology.addResidue("POL", topology.addChain())
-        atoms = [topology.addAtom(name, None, residue) for name in types[c]]
+        atoms = [topology.addAtom(name + _base36(i), None, residue) for i, name in enumerate(types[c])]
         for i in range(chain_length - 1):
             topology.addBond(atoms[i], atoms[i + 1])
             bonds.append((atoms[i].index, atoms[i + 1].index))
@@ -207,12 +223,12 @@ def build_bead_spring(kind: str = "chain", n_chains: int | None = None, chain_le
         "args": {"kind": kind, "n_chains": int(n_chains), "chain_length": int(chain_length), "temperature_K": kelvin,
                  "sigma_nm": sig, "mass_amu": bead_mass, "epsilon_kj_mol": eps, "bond": bond, "seed": int(seed),
                  "density_per_sigma3": float(density) if kremer_grest else None,
-                 "bead_types": list(bead_types) if not kremer_grest else ["KG"],
+                 "bead_types": list(bead_types) if not kremer_grest else ["K"],
                  "type_epsilons": list(map(float, type_epsilons)) if not kremer_grest else [1.0]},
         "ff": "kremer-grest (WCA + FENE)" if kremer_grest else f"multi-type LJ chain ({bond} bonds)",
         "mixing": None if kremer_grest else "geometric epsilon, common sigma", "charge_scale": None,
         "density_g_cm3": None, "seed": int(seed), "tau_ps": tau, "cutoff_nm": cutoff,
-        "sequences": ["".join(t) for t in types] if not kremer_grest else None,
+        "sequences": ["".join(t) for t in types],
     }
     built = BuiltSystem(topology, system, xyz * unit.nanometer, None if box is None else box * unit.nanometer,
                         kelvin * unit.kelvin, metadata)

@@ -217,6 +217,9 @@ class BuiltSystem:
         with open(os.path.join(directory, "state.xml")) as handle:
             state = mm.XmlSerializer.deserialize(handle.read())
         topology = app.PDBFile(os.path.join(directory, "topology.pdb")).topology
+        if topology.getNumAtoms() != system.getNumParticles():
+            raise ValueError(f"{directory}/topology.pdb has {topology.getNumAtoms()} atoms but system.xml has "
+                             f"{system.getNumParticles()} particles (duplicate atom names in a residue?)")
         positions = state.getPositions(asNumpy=True)
         box = state.getPeriodicBoxVectors(asNumpy=True) if system.usesPeriodicBoundaryConditions() else None
         temperature = meta.pop("temperature_K") * unit.kelvin

@@ -137,6 +137,29 @@ def _add_tfsi(topology: app.Topology, names: list[str]) -> None:
         topology.addBond(atoms[a], atoms[b])
 
 
+def _topology_and_templates(n_chains: int, eo_per_chain: int, n_salt: int) -> tuple[app.Topology, list]:
+    topology = app.Topology()
+    chain_residues, chain_xyz = peo_chain_coordinates(eo_per_chain)
+    tfsi_names, tfsi_xyz = tfsi_coordinates()
+    templates = []
+    for _ in range(n_chains):
+        _add_chain(topology, chain_residues)
+        templates.append(chain_xyz)
+    for _ in range(n_salt):
+        _add_tfsi(topology, tfsi_names)
+        templates.append(tfsi_xyz)
+    for _ in range(n_salt):
+        _add_li(topology)
+        templates.append(np.zeros((1, 3)))
+    return topology, templates
+
+
+def peo_litfsi_topology(n_chains: int, eo_per_chain: int, n_salt: int) -> app.Topology:
+    """Topology (no box) of ``n_chains`` CH3O(CH2CH2O)nCH3 chains, then ``n_salt`` TFSI (TFS), then ``n_salt``
+    Li (LI), one topology chain per molecule, with bonds and elements."""
+    return _topology_and_templates(n_chains, eo_per_chain, n_salt)[0]
+
+
 # ---------------------------------------------------------------------------------------------- system
 def scale_ion_charges(system: mm.System, topology: app.Topology, charge_scale: float) -> None:
     """Multiply charges of atoms in LI/TFS residues by ``charge_scale`` in the NonbondedForce, in place,
@@ -281,20 +304,8 @@ def build_peo_litfsi(n_chains: int = 10, eo_per_chain: int = 10, n_salt: int = 5
         if progress:
             print(f"[build_peo_litfsi {time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    # Topology and rigid molecule templates.
-    topology = app.Topology()
-    chain_residues, chain_xyz = peo_chain_coordinates(int(eo_per_chain))
-    tfsi_names, tfsi_xyz = tfsi_coordinates()
-    templates = []
-    for _ in range(n_chains):
-        _add_chain(topology, chain_residues)
-        templates.append(chain_xyz)
-    for _ in range(n_salt):
-        _add_tfsi(topology, tfsi_names)
-        templates.append(tfsi_xyz)
-    for _ in range(n_salt):
-        _add_li(topology)
-        templates.append(np.zeros((1, 3)))
+    topology, templates = _topology_and_templates(int(n_chains), int(eo_per_chain), int(n_salt))
+    chain_xyz = templates[0]
     mass = sum(atom.element.mass.value_in_unit(unit.dalton) for atom in topology.atoms())
     extent = np.linalg.norm(chain_xyz.max(axis=0) - chain_xyz.min(axis=0))
     loose_edge = max((mass * AMU_PER_NM3_IN_G_PER_CM3 / 0.15) ** (1 / 3), extent + 0.6)
