@@ -1,0 +1,282 @@
+"""DiG: equivariant score model, VP SDE, sampling, log-densities, paths, DSM training with resume, PIDP.
+
+Targets have known answers: Gaussians (analytic scores and densities), an ideal Gaussian chain (exact samples by
+NumPy), a two-component Gaussian mixture (analytic score). Models are tiny so the file runs in a few minutes.
+"""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgml.dig.flow import ProbabilityFlow, helmert_basis
+from openmm_cgml.dig.paths import interpolate, kabsch_align
+from openmm_cgml.dig.sampler import DiGSampler
+from openmm_cgml.nn.dig_model import Descriptor, DiGScoreModel
+from openmm_cgml.nn.sde import VPSDE
+from openmm_cgml.training.dig import DiGConfig, FrameSet, fit_dig, load_dig, load_dig_systems, train_dig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny models: one intra-op thread is fastest, and on a loaded 2-core machine two spinning threads make every
+    # op ~100x slower. Restored afterwards so other test files are unaffected.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def chain_covariance(n: int, bond_var: float) -> np.ndarray:
+    """Per-Cartesian-component covariance (n, n) of the centred beads of an ideal Gaussian chain whose bond
+    vectors have variance ``bond_var`` per component (rank n - 1: the centroid is removed)."""
+    m = np.zeros((n, n - 1))
+    for k in range(n - 1):
+        m[k + 1 :, k] = 1.0  # x_i = sum of the bonds before i
+    m -= m.mean(axis=0, keepdims=True)
+    return bond_var * m @ m.T
+
+
+def chain_samples(n_samples: int, n: int, bond_var: float, seed: int) -> np.ndarray:
+    """Exact, centred ideal-chain structures (n_samples, n, 3)."""
+    rng = np.random.default_rng(seed)
+    bonds = rng.normal(0.0, math.sqrt(bond_var), (n_samples, n - 1, 3))
+    x = np.concatenate([np.zeros((n_samples, 1, 3)), np.cumsum(bonds, axis=1)], axis=1)
+    return (x - x.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def gaussian_score(cov: np.ndarray, sde: VPSDE, remove_com: bool):
+    """Analytic score of the VP marginal of a centred Gaussian with per-component covariance ``cov`` (n, n):
+    p_t = N(0, alpha_bar cov + (1 - alpha_bar) P), P the projector onto the space the diffusion lives in."""
+    n = cov.shape[0]
+    c = torch.as_tensor(cov, dtype=torch.float64)
+    proj = torch.eye(n, dtype=torch.float64) - (1.0 / n if remove_com else 0.0)
+
+    def score(y, t):
+        ab = sde.alpha_bar(t.double()).view(-1, 1, 1)
+        prec = torch.linalg.pinv(ab * c + (1 - ab) * proj, hermitian=True)
+        return -(prec @ y.double()).to(y.dtype)
+
+    return score
+
+
+def gaussian_log_prob(x: np.ndarray, cov: np.ndarray, remove_com: bool) -> np.ndarray:
+    """Exact log-density of centred Gaussian structures (B, n, 3) (on the centroid-free subspace if remove_com)."""
+    w, v = np.linalg.eigh(cov)
+    keep = w > 1e-9 * w.max()
+    w, v = w[keep], v[:, keep]
+    z = np.einsum("nk,bnc->bkc", v, x) / np.sqrt(w)[None, :, None]
+    d = 3 * keep.sum()
+    return -0.5 * (z**2).sum(axis=(1, 2)) - 0.5 * d * math.log(2 * math.pi) - 1.5 * np.log(w).sum()
+
+
+def js_divergence(a: np.ndarray, b: np.ndarray, bins: np.ndarray) -> float:
+    """Jensen–Shannon divergence (nats) between histograms of samples a and b on ``bins``."""
+    p = np.histogram(a, bins)[0].astype(float) + 1e-12
+    q = np.histogram(b, bins)[0].astype(float) + 1e-12
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+    return float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum())
+
+
+def rg2(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return ((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=2).mean(axis=1)
+
+
+def random_rotation(seed: int) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed)))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def tiny_model(n_types=2, cutoff=None, length_scale=0.5):
+    torch.manual_seed(0)
+    return DiGScoreModel(n_types, length_scale, cutoff, None, hidden=16, n_layers=2, heads=2, n_rbf=8, n_time=8,
+                         embed_dim=4).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- SDE
+def test_vp_sde_schedules_are_consistent():
+    for schedule in ("sigmoid", "linear"):
+        sde = VPSDE(schedule, 0.1, 20.0, n_steps=200)
+        t = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
+        # int_0^t beta by the trapezoid rule equals the closed form
+        num = torch.cumulative_trapezoid(sde.beta(t), t)
+        assert torch.allclose(num, sde.integrated_beta(t[1:]), rtol=1e-5, atol=1e-8)
+        assert float(sde.alpha_bar(torch.tensor(0.0))) == pytest.approx(1.0)
+        assert float(sde.alpha_bar(torch.tensor(1.0))) < 1e-3  # the prior is (almost) N(0, I)
+        ab = sde.discrete_alpha_bars()
+        assert torch.allclose(torch.cumprod(1 - sde.discrete_betas(), 0), ab[1:], rtol=1e-10)
+        std = sde.marginal_std(t)
+        assert torch.allclose(std**2 + sde.marginal_mean_coef(t) ** 2, torch.ones_like(t), atol=1e-12)
+    with pytest.raises(ValueError):
+        VPSDE("cosine")
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def test_score_model_rotation_equivariant_translation_invariant():
+    model = tiny_model()
+    n = 7
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(n, 3, generator=gen)
+    types = torch.tensor([0, 1, 0, 0, 1, 1, 0])
+    bonds = torch.tensor([[i, i + 1] for i in range(n - 1)])
+    t = torch.tensor([0.3])
+    rot = random_rotation(2)
+    with torch.no_grad():
+        eps = model(y, t, types, bonds)
+        eps_rt = model(y @ rot.T + torch.tensor([0.4, -1.0, 2.0]), t, types, bonds)
+        eps_perm = model(y[[1, 0, 2, 3, 4, 5, 6]], t, types[[1, 0, 2, 3, 4, 5, 6]],
+                         torch.tensor([[1, 0], [0, 2]] + [[i, i + 1] for i in range(2, n - 1)]))
+        eps_t = model(y, torch.tensor([0.8]), types, bonds)
+    assert torch.allclose(eps_rt, eps @ rot.T, atol=2e-5)
+    assert torch.allclose(eps.sum(0), torch.zeros(3), atol=1e-5)  # centroid-free output
+    assert torch.allclose(eps_perm, eps[[1, 0, 2, 3, 4, 5, 6]], atol=2e-5)  # permutation equivariant
+    assert not torch.allclose(eps_t, eps, atol=1e-3)  # conditioned on time
+    # a batch of two graphs gives each graph's own answer
+    y2 = torch.randn(n, 3, generator=gen)
+    desc = Descriptor(types, bonds)
+    bt, bb, batch = desc.batched(2)
+    with torch.no_grad():
+        both = model(torch.cat([y, y2]), torch.tensor([0.3, 0.6]), bt, bb, batch)
+        alone = model(y2, torch.tensor([0.6]), types, bonds)
+    assert torch.allclose(both[:n], eps, atol=2e-5) and torch.allclose(both[n:], alone, atol=2e-5)
+
+
+def test_score_model_periodic_translation_invariant():
+    model = tiny_model(cutoff=0.6, length_scale=0.3)
+    box = torch.tensor([1.5, 1.6, 1.7])
+    x = torch.rand(20, 3, generator=torch.Generator().manual_seed(3)) * box
+    types = torch.randint(0, 2, (20,), generator=torch.Generator().manual_seed(4))
+    bonds = torch.tensor([[0, 1], [2, 3]])
+    shift = torch.tensor([0.7, -1.1, 0.25])
+    x2 = torch.remainder(x + shift, box)
+    with torch.no_grad():
+        e1 = model(x / 0.3, torch.tensor([0.5]), types, bonds, None, box)
+        e2 = model(x2 / 0.3, torch.tensor([0.5]), types, bonds, None, box)
+    assert torch.allclose(e1, e2, atol=2e-5)
+    assert float(e1.abs().max()) > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------- densities
+def test_log_prob_analytic_gaussian_exact_and_hutchinson():
+    """Analytic score plugged in (no training): the probability-flow log-density equals the exact Gaussian one,
+    exactly (autograd trace) and within Monte Carlo error (Hutchinson)."""
+    sde = VPSDE("sigmoid", 0.1, 20.0)
+    n, bond_var = 5, 0.04
+    cov = chain_covariance(n, bond_var)
+    length = 0.3
+    sampler = DiGSampler(gaussian_score(cov / length**2, sde, True), sde, length_scale=length, remove_com=True)
+    x = torch.as_tensor(chain_samples(3, n, bond_var, seed=5))
+    truth = gaussian_log_prob(x.numpy(), cov, True)
+    exact = sampler.log_prob(x, n, exact=True, steps=40, method="rk4").numpy()
+    assert np.allclose(exact, truth, atol=0.02), (exact, truth)
+    # Hutchinson: unbiased, so the mean over independent probe sets is within a few standard errors
+    estimates = np.stack([sampler.log_prob(x, n, exact=False, steps=40, method="rk4", n_probes=2, seed=s).numpy()
+                          for s in range(6)])
+    mean, sem = estimates.mean(0), estimates.std(0, ddof=1) / math.sqrt(len(estimates))
+    assert np.all(np.abs(mean - truth) < 4 * sem + 0.05), (mean, truth, sem)
+    assert estimates.std(0).max() > 1e-4  # the chain's Jacobian is anisotropic: the estimator really is random
+
+
+def test_log_prob_full_space_correlated_gaussian():
+    sde = VPSDE("linear", 0.1, 20.0)
+    a = np.array([[1.0, 0.0, 0.0], [0.8, 0.5, 0.0], [-0.3, 0.4, 0.3]])
+    cov = a @ a.T  # three beads, strongly correlated, no centroid removal
+    sampler = DiGSampler(gaussian_score(cov, sde, False), sde, remove_com=False)
+    x = torch.as_tensor(np.einsum("nk,bkc->bnc", a, np.random.default_rng(0).normal(size=(2, 3, 3))),
+                        dtype=torch.float32)
+    truth = gaussian_log_prob(x.numpy(), cov, False)
+    exact = sampler.log_prob(x, 3, exact=True, steps=60, method="rk4").numpy()
+    assert np.allclose(exact, truth, atol=0.02)
+    estimates = np.stack([sampler.log_prob(x, 3, exact=False, steps=30, method="rk4", n_probes=4, seed=s).numpy()
+                          for s in range(8)])
+    mean, sem = estimates.mean(0), estimates.std(0, ddof=1) / math.sqrt(len(estimates))
+    assert np.all(np.abs(mean - truth) < 4 * sem + 0.05), (mean, truth, sem)
+
+
+def test_hutchinson_probes_trace_isotropic_exactly():
+    b = helmert_basis(6)
+    assert torch.allclose(b.T @ b, torch.eye(5, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(b.sum(0), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------- paths
+def test_path_end_points_reproduce_inputs():
+    sde = VPSDE("sigmoid", 0.1, 20.0)
+    n, bond_var = 6, 0.04
+    sampler = DiGSampler(gaussian_score(chain_covariance(n, bond_var), sde, True), sde, remove_com=True)
+    xa, xb = (torch.as_tensor(x) for x in chain_samples(2, n, bond_var, seed=8))
+    frames = interpolate(sampler, xa, xb, 5, steps=60, method="rk4")
+    assert frames.shape == (5, n, 3)
+    assert torch.allclose(frames[0], xa, atol=2e-3)
+    assert torch.allclose(frames[-1], kabsch_align(xb, xa), atol=2e-3)
+    # the middle frame differs from both ends (it is a path, not a copy)
+    assert float((frames[2] - xa).norm()) > 0.05 and float((frames[2] - frames[-1]).norm()) > 0.05
+
+
+# ---------------------------------------------------------------------------------------------------- DSM training
+def chain_beadmap(n: int):
+    """A BeadMap of one n-bead linear chain (one atom per bead, two bead types)."""
+    from openmm_cgml.mapping import BeadMap
+
+    types = [i % 2 for i in range(n)]
+    graphs = [{"elements": ["C"], "masses": [12.0], "atom_types": ["C"], "bonds": []},
+              {"elements": ["O"], "masses": [16.0], "atom_types": ["O"], "bonds": []}]
+    return BeadMap(np.arange(n), [12.0 if t == 0 else 16.0 for t in types], [[i, i + 1] for i in range(n - 1)],
+                   types, ["C1", "O1"], graphs, ["CHN"] * n, ["CHN"] * n, False)
+
+
+TINY = dict(hidden=16, n_layers=2, heads=2, n_rbf=8, n_time=8, embed_dim=4, batch_size=16, n_steps=100,
+            lr=3e-3, lr_final=3e-4, ema_decay=0.99)
+
+
+def test_train_dig_dataset_checkpoint_resume_is_exact(tmp_path):
+    from openmm_cgml.data.dataset import write_dataset
+
+    n = 6
+    bm = chain_beadmap(n)
+    frames = chain_samples(64, n, 0.01, seed=1) + 3.0  # off-centre on purpose: training removes the centroid
+    data = str(tmp_path / "chain.h5")
+    write_dataset(data, bm, frames, None, np.arange(64) * 1.0,
+                  {"reference_config": {"atoms_per_bead": 1, "single_bead_residues": [], "whole_residues": False}})
+    config = DiGConfig(n_iterations=16, checkpoint_every=5, **TINY)
+    full = train_dig(data, str(tmp_path / "full"), config, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(iteration, loss):
+        if iteration == 12:
+            raise Stop
+
+    part = str(tmp_path / "part")
+    with pytest.raises(Stop):
+        fit_dig([FrameSet(frames, Descriptor(bm.bead_types, bm.bonds))], config, 2, ["C1", "O1"], part,
+                progress=False, callback=interrupt)
+    with pytest.raises(ValueError, match="already holds"):
+        train_dig(data, part, config, resume=False, progress=False)
+    with pytest.raises(ValueError, match="config differs"):
+        train_dig(data, part, DiGConfig(n_iterations=17, checkpoint_every=5, **TINY), resume=True, progress=False)
+    train_dig(data, part, config, resume=True, progress=False)  # continues from iteration 10
+    m_full, sde, names = load_dig(full)
+    m_part, _, _ = load_dig(part)
+    for (k, a), b in zip(m_full.state_dict().items(), m_part.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert names == ["C1", "O1"] and sde.n_steps == 100
+    assert m_full.length_scale == pytest.approx(float(np.sqrt(((frames - frames.mean(1, keepdims=True)) ** 2).mean())),
+                                                rel=1e-5)
+    (desc,) = load_dig_systems(full)
+    assert desc.n_beads == n and desc.bonds.shape == (n - 1, 2)
+    import json
+
+    with open(os.path.join(full, "cgml_model.json")) as f:
+        assert json.load(f)["extra"]["mapping"]["atoms_per_bead"] == 1
+    x = DiGSampler(full).sample(3, bm, method="ode", steps=5)
+    assert x.shape == (3, n, 3) and torch.isfinite(x).all()
+    assert torch.allclose(x.mean(1), torch.zeros(3, 3), atol=1e-5)
