@@ -1,0 +1,158 @@
+"""Embedding, dynamics and score GNNs: symmetry (translation, rotation, permutation, periodic images), shapes,
+determinism of the bead embeddings, refinement bookkeeping."""
+import pytest
+import torch
+
+from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll
+from openmm_cgml.nn.embedding import BeadEmbedding, TypeGraphs
+from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels
+
+N_BEADS = 24
+H = 3
+TYPE_GRAPHS = [
+    {"elements": ["C", "H", "H", "O"], "masses": [12.011, 1.008, 1.008, 15.999], "bonds": [[0, 1, 0], [0, 2, 0], [0, 3, 0]]},
+    {"elements": ["Li"], "masses": [6.94], "bonds": []},
+    {"elements": ["S", "O", "O", "C", "F"], "masses": [32.06, 16.0, 16.0, 12.0, 19.0],
+     "bonds": [[0, 1, 2], [0, 2, 2], [0, 3, 1], [3, 4, 1]]},
+]
+
+
+def _random_rotation(gen):
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q.to(torch.float32)
+
+
+@pytest.fixture(scope="module")
+def system():
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    emb = BeadEmbedding(embed_dim=8, hidden=16, n_layers=2)
+    with torch.no_grad():
+        table = emb.embed_types(TYPE_GRAPHS)
+    types = torch.randint(0, 3, (N_BEADS,), generator=gen)
+    box = torch.tensor([1.6, 1.7, 1.8])
+    pos = torch.rand(N_BEADS, 3, generator=gen) * box
+    hist = 0.05 * torch.randn(H, N_BEADS, 3, generator=gen)
+    masses = 5.0 + 40.0 * torch.rand(N_BEADS, generator=gen)
+    bonds = torch.tensor([[0, 1], [1, 2], [5, 9], [10, 11]])
+    dyn = DynamicsGNN(8, H, cutoff=0.6, hidden=16, n_layers=2, n_rbf=8, velocity_scale=0.05, accel_scale=0.02).eval()
+    score = ScoreGNN(8, cutoff=0.6, hidden=16, n_layers=2, n_rbf=8).eval()
+    return dict(embed=table[types], pos=pos, hist=hist, masses=masses, bonds=bonds, box=box, dyn=dyn,
+                score=score, gen=gen)
+
+
+def _outputs(s, pos, hist, embed, masses, bonds, box):
+    sigma = torch.full((pos.shape[0],), 0.05)
+    with torch.no_grad():
+        mean, std = s["dyn"](pos, hist, embed, masses, bonds, box)
+        sc = s["score"](pos, sigma, embed, masses, bonds, box)
+    return mean, std, sc
+
+
+def test_shapes_and_positive_std(system):
+    s = system
+    mean, std, sc = _outputs(s, s["pos"], s["hist"], s["embed"], s["masses"], s["bonds"], s["box"])
+    assert mean.shape == (N_BEADS, 3) and std.shape == (N_BEADS,) and sc.shape == (N_BEADS, 3)
+    assert bool((std > 0).all())
+    assert torch.isfinite(mean).all() and torch.isfinite(sc).all()
+    # Non-trivial: outputs depend on the neighbourhood, not only on the bead's own features.
+    moved = s["pos"].clone()
+    moved[1] += torch.tensor([0.05, 0.0, 0.0])
+    mean2, _, sc2 = _outputs(s, moved, s["hist"], s["embed"], s["masses"], s["bonds"], s["box"])
+    assert (mean2 - mean).abs().max() > 1e-6 and (sc2 - sc).abs().max() > 1e-6
+
+
+def test_translation_and_periodic_images(system):
+    s = system
+    ref = _outputs(s, s["pos"], s["hist"], s["embed"], s["masses"], s["bonds"], s["box"])
+    shifted = s["pos"] + torch.tensor([0.37, -1.1, 2.3])
+    images = s["pos"].clone()
+    images[::3] += s["box"] * torch.tensor([1.0, -2.0, 3.0])  # whole box vectors: same periodic system
+    for pos in (shifted, images):
+        out = _outputs(s, pos, s["hist"], s["embed"], s["masses"], s["bonds"], s["box"])
+        for a, b in zip(ref, out):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_rotation_equivariance(system):
+    s = system
+    rot = _random_rotation(s["gen"])
+    ref = _outputs(s, s["pos"], s["hist"], s["embed"], s["masses"], s["bonds"], None)
+    out = _outputs(s, s["pos"] @ rot.T, s["hist"] @ rot.T, s["embed"], s["masses"], s["bonds"], None)
+    torch.testing.assert_close(out[0], ref[0] @ rot.T, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out[1], ref[1], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out[2], ref[2] @ rot.T, atol=2e-5, rtol=1e-4)
+
+
+def test_permutation_equivariance(system):
+    s = system
+    perm = torch.randperm(N_BEADS, generator=s["gen"])
+    inverse = torch.argsort(perm)
+    ref = _outputs(s, s["pos"], s["hist"], s["embed"], s["masses"], s["bonds"], s["box"])
+    out = _outputs(s, s["pos"][perm], s["hist"][:, perm], s["embed"][perm], s["masses"][perm], inverse[s["bonds"]],
+                   s["box"])
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a[perm], atol=2e-5, rtol=1e-4)
+
+
+def test_embedding_deterministic_and_permutation_invariant():
+    torch.manual_seed(0)
+    emb = BeadEmbedding(embed_dim=8, hidden=16, n_layers=2).eval()
+    # The same chemistry listed twice, once with its atoms in another order, plus an unseen element (Xe).
+    water = {"elements": ["O", "H", "H"], "masses": [16.0, 1.0, 1.0], "bonds": [[0, 1, 0], [0, 2, 0]]}
+    water_reordered = {"elements": ["H", "O", "H"], "masses": [1.0, 16.0, 1.0], "bonds": [[1, 0, 0], [1, 2, 0]]}
+    xenon = {"elements": ["Xe"], "masses": [131.3], "bonds": []}
+    with torch.no_grad():
+        table = emb.embed_types([water, water_reordered, xenon, TYPE_GRAPHS[0]])
+        again = emb.embed_types([water])
+    assert table.shape == (4, 8)
+    torch.testing.assert_close(table[0], table[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(table[0], again[0], atol=1e-6, rtol=1e-6)
+    assert (table[0] - table[2]).abs().max() > 1e-4 and (table[0] - table[3]).abs().max() > 1e-4
+    assert torch.isfinite(table).all()
+
+
+def test_type_graph_validation():
+    with pytest.raises(ValueError, match="outside"):
+        TypeGraphs([{"elements": ["C"], "masses": [12.0], "bonds": [[0, 3, 0]]}])
+    with pytest.raises(ValueError, match="masses"):
+        TypeGraphs([{"elements": ["C", "H"], "masses": [12.0], "bonds": []}])
+
+
+def test_losses_and_levels():
+    levels = sigma_levels(1.0, 0.001, 20)
+    assert len(levels) == 20 and levels[0] == pytest.approx(1.0) and levels[-1] == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(levels, levels[1:]))
+    # The NLL is minimised by the true mean and std.
+    gen = torch.Generator().manual_seed(0)
+    target = 0.3 * torch.randn(20000, 3, generator=gen) + 0.1
+    mean = torch.full_like(target, 0.1)
+    best = gaussian_nll(target, mean, torch.full((20000,), 0.3))
+    assert best < gaussian_nll(target, mean, torch.full((20000,), 0.25))
+    assert best < gaussian_nll(target, mean, torch.full((20000,), 0.36))
+    assert best < gaussian_nll(target, mean + 0.05, torch.full((20000,), 0.3))
+    z = torch.randn(10, 3, generator=gen)
+    sigma = torch.full((10,), 0.2)
+    assert float(denoising_loss(-z / 0.2, z, sigma)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_refine_uses_noise_and_levels(system):
+    s = system
+    levels = torch.tensor(sigma_levels(0.1, 0.01, 3))
+    noise = torch.randn(6, N_BEADS, 3, generator=s["gen"])
+    args = (s["embed"], s["masses"], s["bonds"], s["box"], None)
+    with torch.no_grad():
+        x1 = s["score"].refine(s["pos"], levels, 2, 1e-5, noise, *args)
+        x2 = s["score"].refine(s["pos"], levels, 2, 1e-5, noise, *args)
+        x3 = s["score"].refine(s["pos"], levels, 2, 1e-5, torch.zeros_like(noise), *args)
+    torch.testing.assert_close(x1, x2)
+    # The noise term has total variance sum_i steps * 2 alpha_i per coordinate.
+    alphas = 1e-5 * (levels / levels[-1]) ** 2
+    expected = float(torch.sqrt((2 * 2 * alphas).sum()))
+    spread = float((x1 - x3).std())
+    assert 0.6 * expected < spread < 1.6 * expected
+    with pytest.raises(Exception, match="n_levels"):
+        s["score"].refine(s["pos"], levels, 3, 1e-5, noise, *args)
