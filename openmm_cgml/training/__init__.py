@@ -1,1 +1,4 @@
-"""openmm_cgml.training"""
+"""Training of the learned CG models (dynamics + score + embedding GNNs; DiG in ``training.dig``)."""
+from .model import BeadVocabulary, CGModel, ModelConfig, load_model
+
+__all__ = ["BeadVocabulary", "CGModel", "ModelConfig", "load_model"]

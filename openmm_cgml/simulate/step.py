@@ -1,0 +1,211 @@
+"""The learned CG step as a pure function of explicit state (TorchScript-compatible).
+
+``LearnedStep.forward(x, h, box, dyn_noise, refine_noise) -> (x_new, h_new)``:
+
+    a      = mu + sigma * dyn_noise        dynamics GNN: Gaussian over the acceleration, nm/step²
+    x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
+    x_new  = refine(x_pred)                score GNN: annealed Langevin, consuming refine_noise in order
+    h_new  = cat(h[1:], x_new - x)
+
+Positions are unwrapped nm; ``h`` (H, N, 3) holds displacements per model step (``h[-1]`` most recent); ``box`` is
+(3,) nm, (B, 3) nm for a batch of B replicas, or an empty tensor for a non-periodic system. All randomness comes in
+as arguments; :func:`step_noise` derives it from (seed, step index), so every wrapper (OpenMM integrator, batched
+engine, scripted module) produces the same trajectory for the same seed.
+"""
+import copy
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """Stable 63-bit seed of step ``step`` of stream ``seed`` (independent of Python's hash randomisation)."""
+    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(step) & _MASK64)) & ((1 << 63) - 1)
+
+
+def step_noise(seed: int, step: int, n_beads: int, n_refine: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Standard normals for one learned step: ``dyn_noise`` (n_beads, 3) and ``refine_noise`` (n_refine, n_beads, 3).
+
+    Drawn on the CPU from a ``torch.Generator`` seeded by :func:`noise_seed`, float32; move them to the model's
+    device if it is not the CPU.
+    """
+    gen = torch.Generator().manual_seed(noise_seed(seed, step))
+    dyn = torch.randn((int(n_beads), 3), generator=gen, dtype=torch.float32)
+    refine = torch.randn((int(n_refine), int(n_beads), 3), generator=gen, dtype=torch.float32)
+    return dyn, refine
+
+
+def _refine_settings(config, refine) -> Tuple[list, int, float]:
+    """(levels nm, steps per level, step size nm²) from the model defaults overridden by ``refine``."""
+    ladder = config.levels()
+    n_levels, steps, size = int(config.refine_levels), int(config.refine_steps_per_level), float(config.refine_step_size)
+    levels = ladder[len(ladder) - n_levels:] if n_levels > 0 else []
+    if refine is False or refine == 0:
+        return [], 0, size
+    if refine is None or refine is True:
+        return levels, steps if levels else 0, size
+    if not isinstance(refine, dict):
+        raise TypeError("refine must be None (model defaults), False (no refinement) or a dict of settings")
+    unknown = sorted(set(refine) - {"levels", "n_levels", "steps_per_level", "step_size"})
+    if unknown:
+        raise ValueError(f"unknown refinement settings {unknown}; use levels, n_levels, steps_per_level, step_size")
+    if "levels" in refine:
+        levels = [float(s) for s in refine["levels"]]
+        if any(s <= 0 for s in levels):
+            raise ValueError("refinement levels must be positive noise levels in nm")
+    elif "n_levels" in refine:
+        k = int(refine["n_levels"])
+        if not 0 <= k <= len(ladder):
+            raise ValueError(f"n_levels must be between 0 and the model's {len(ladder)} noise levels")
+        levels = ladder[len(ladder) - k:] if k else []
+    steps = int(refine.get("steps_per_level", steps))
+    size = float(refine.get("step_size", size))
+    if steps < 0 or size <= 0:
+        raise ValueError("steps_per_level must be >= 0 and step_size > 0 nm²")
+    return levels, steps if levels else 0, size
+
+
+class LearnedStep(nn.Module):
+    """One learned step of a fixed bead system (or of B replicas of it, see :meth:`batched`).
+
+    Build it with :meth:`from_model`; ``torch.jit.script(step)`` gives an identical TorchScript module.
+    Plain attributes read by wrappers: ``timestep_ps`` (ps per step), ``history_length`` (H), ``n_refine``
+    (annealed-Langevin evaluations per step = rows of ``refine_noise``), ``periodic``, ``n_beads`` (all replicas),
+    ``n_replicas``.
+    """
+
+    timestep_ps: float
+    history_length: int
+    n_refine: int
+    periodic: bool
+    steps_per_level: int
+    step_size: float
+    n_beads: int
+    n_replicas: int
+
+    def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
+                 bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
+                 step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1):
+        super().__init__()
+        self.dynamics = dynamics
+        self.score = score
+        n = int(embed.shape[0])
+        self.register_buffer("embed", embed.detach().to(torch.float32).clone())
+        self.register_buffer("masses", torch.as_tensor(masses, dtype=torch.float32).reshape(n).clone())
+        self.register_buffer("bonds", torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2).clone())
+        self.register_buffer("levels", torch.tensor([float(s) for s in levels], dtype=torch.float32))
+        batch = torch.zeros(n, dtype=torch.long) if batch is None else torch.as_tensor(batch, dtype=torch.long)
+        self.register_buffer("batch", batch.reshape(n).clone())
+        self.timestep_ps = float(timestep_ps)
+        self.history_length = int(dynamics.history_length)
+        self.steps_per_level = int(steps_per_level) if len(levels) else 0
+        self.n_refine = len(levels) * self.steps_per_level
+        self.step_size = float(step_size)
+        self.periodic = bool(periodic)
+        self.n_beads = n
+        self.n_replicas = int(n_replicas)
+
+    @classmethod
+    def from_model(cls, model, beadmap, refine=None, allow_unseen_types: bool = False) -> "LearnedStep":
+        """The step of ``model`` (``training.load_model``) for the beads of ``beadmap`` (``mapping.BeadMap``).
+
+        Args:
+            refine: None for the model's default refinement, False for none (dynamics only), or a dict with any of
+                ``levels`` (list of noise levels, nm, decreasing), ``n_levels`` (use the model's last n levels),
+                ``steps_per_level``, ``step_size`` (nm², alpha at the last level).
+            allow_unseen_types: run bead types the model was not trained on (their embeddings are computed by
+                the embedding GNN from their atom graphs) instead of refusing them.
+        """
+        used = sorted({beadmap.type_names[t] for t in np.unique(np.asarray(beadmap.bead_types))})
+        unknown = [name for name in used if name not in model.vocab.type_names]
+        if unknown and not allow_unseen_types:
+            raise ValueError(
+                f"the model was not trained on bead types {unknown}; pass allow_unseen_types=True to extrapolate "
+                "from their atom graphs, or train on data that contains them"
+            )
+        if bool(beadmap.periodic) != bool(model.periodic):
+            raise ValueError(
+                "the model was trained on periodic systems but this system is not periodic" if model.periodic
+                else "the model was trained without periodic boundaries but this system is periodic"
+            )
+        levels, steps, size = _refine_settings(model.config, refine)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            table = model.embedding.embed_types(beadmap.type_graphs)
+        embed = table[torch.as_tensor(np.asarray(beadmap.bead_types), dtype=torch.long, device=device)]
+        dynamics = copy.deepcopy(model.dynamics).eval()
+        score = copy.deepcopy(model.score).eval()
+        for p in list(dynamics.parameters()) + list(score.parameters()):
+            p.requires_grad_(False)
+        return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
+                   torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
+                   levels, steps, size).to(device)
+
+    def batched(self, n_replicas: int) -> "LearnedStep":
+        """A step advancing ``n_replicas`` independent copies of this system at once.
+
+        Positions are (n_replicas * N, 3) with replica r in rows r*N .. (r+1)*N - 1, the box (n_replicas, 3) nm.
+        """
+        if self.n_replicas != 1:
+            raise ValueError("batched() expects a single-replica step")
+        r = int(n_replicas)
+        if r < 1:
+            raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+        n = self.n_beads
+        offsets = (torch.arange(r, device=self.bonds.device) * n).repeat_interleave(self.bonds.shape[0]).unsqueeze(1)
+        return LearnedStep(
+            self.dynamics, self.score, self.embed.repeat(r, 1), self.masses.repeat(r), self.bonds.repeat(r, 1) + offsets,
+            self.timestep_ps, self.periodic, self.levels.tolist(), self.steps_per_level, self.step_size,
+            torch.arange(r, device=self.bonds.device).repeat_interleave(n), r,
+        ).to(self.embed.device)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, dyn_noise: torch.Tensor,
+                refine_noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step: x (N, 3) nm, h (H, N, 3) nm/step, box (3,) / (B, 3) nm or empty -> (x_new, h_new)."""
+        if x.shape[0] != self.n_beads:
+            raise ValueError("positions do not match the step's number of beads")
+        if h.shape[0] != self.history_length:
+            raise ValueError("velocity history length does not match the model's history_length")
+        box_opt: Optional[torch.Tensor] = None
+        if box.numel() > 0:
+            if not self.periodic:
+                raise ValueError("this model is not periodic: pass an empty box tensor")
+            box_opt = box
+        elif self.periodic:
+            raise ValueError("this model is periodic: pass the box edge lengths (nm)")
+        mean, std = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
+        x_new = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
+        if self.n_refine > 0:
+            x_new = self.score.refine(x_new, self.levels, self.steps_per_level, self.step_size, refine_noise,
+                                      self.embed, self.masses, self.bonds, box_opt, self.batch)
+        h_new = torch.cat([h[1:], (x_new - x).unsqueeze(0)], dim=0)
+        return x_new, h_new
+
+
+def rollout(step: nn.Module, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, seed: int, n_steps: int,
+            start_step: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run ``n_steps`` steps from step index ``start_step``; returns (positions (n_steps, N, 3) nm, final history).
+
+    Uses :func:`step_noise` so the result equals the OpenMM integrator's trajectory for the same seed.
+    """
+    frames = []
+    device = x.device
+    with torch.no_grad():
+        for k in range(start_step, start_step + int(n_steps)):
+            dyn, ref = step_noise(seed, k, x.shape[0], int(step.n_refine))
+            x, h = step(x, h, box, dyn.to(device), ref.to(device))
+            frames.append(x)
+    if not frames:
+        return x.new_zeros((0,) + tuple(x.shape)), h
+    return torch.stack(frames), h

@@ -1,0 +1,153 @@
+"""The trained CG model: embedding + dynamics + score GNNs, their configuration and bead-type vocabulary.
+
+A model directory (``nn.io`` format, kind ``cgml-dynamics``) stores the :class:`ModelConfig` as JSON, the weights
+of the three networks as safetensors (keys ``embedding.*``, ``dynamics.*``, ``score.*``) and, in ``extra``, the
+bead-type vocabulary (type names and atom graphs) the model was trained on.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from ..nn.dynamics import DynamicsGNN
+from ..nn.embedding import BeadEmbedding
+from ..nn.io import load_model_dir, save_model_dir
+from ..nn.score import ScoreGNN, sigma_levels
+
+MODEL_KIND = "cgml-dynamics"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and data-derived settings of a CG model (lengths nm, times ps)."""
+
+    # embedding GNN over each bead type's atom graph
+    embed_dim: int = 32
+    embed_hidden: int = 32
+    embed_layers: int = 2
+    # dynamics GNN
+    hidden: int = 64
+    n_layers: int = 4
+    mlp_layers: int = 2
+    n_rbf: int = 16
+    cutoff: float = 0.8  # nm
+    history_length: int = 4
+    min_std: float = 1e-3  # in units of accel_scale
+    # score GNN and its noise ladder
+    score_hidden: int = 64
+    score_layers: int = 4
+    score_cutoff: Optional[float] = None  # nm; None = the dynamics cutoff
+    sigma_max: float = 1.0  # nm
+    sigma_min: float = 0.001  # nm
+    n_sigmas: int = 20
+    # default annealed-Langevin refinement of each predicted frame: the last refine_levels levels of the ladder
+    refine_levels: int = 5
+    refine_steps_per_level: int = 2
+    refine_step_size: float = 5e-7  # nm², alpha at the last level
+    # set from the training data
+    timestep_ps: Optional[float] = None
+    periodic: bool = False
+    velocity_scale: float = 1.0  # nm per model step (RMS of the training velocities)
+    accel_scale: float = 1.0  # nm per model step² (RMS of the training accelerations)
+    mapping: dict = field(default_factory=dict)  # BeadMap.from_openmm settings of the training data
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def levels(self) -> List[float]:
+        return sigma_levels(self.sigma_max, self.sigma_min, self.n_sigmas)
+
+
+class BeadVocabulary:
+    """Bead types a model was trained on: ``type_names`` and their atom graphs ``type_graphs``."""
+
+    def __init__(self, type_names, type_graphs):
+        self.type_names = [str(n) for n in type_names]
+        self.type_graphs = list(type_graphs)
+        if len(self.type_names) != len(self.type_graphs):
+            raise ValueError("a bead vocabulary needs one atom graph per type name")
+
+    def index(self, name: str) -> int:
+        return self.type_names.index(name)
+
+    def add(self, name: str, graph: dict) -> int:
+        """Index of type ``name``, appending it (with its atom graph) if new."""
+        if name not in self.type_names:
+            self.type_names.append(str(name))
+            self.type_graphs.append(graph)
+        return self.type_names.index(name)
+
+    def to_dict(self) -> dict:
+        return {"type_names": list(self.type_names), "type_graphs": list(self.type_graphs)}
+
+    def __len__(self):
+        return len(self.type_names)
+
+
+class CGModel(nn.Module):
+    """Embedding, dynamics and score GNNs of one learned CG model.
+
+    Attributes: ``embedding`` (:class:`BeadEmbedding`), ``dynamics`` (:class:`DynamicsGNN`), ``score``
+    (:class:`ScoreGNN`), ``config`` (:class:`ModelConfig`), ``vocab`` (:class:`BeadVocabulary`), and the shortcuts
+    ``mapping`` (dict of ``BeadMap.from_openmm`` settings), ``timestep_ps``, ``periodic``, ``history_length``.
+    """
+
+    def __init__(self, config: ModelConfig, vocab: BeadVocabulary):
+        super().__init__()
+        c = config
+        self.config = c
+        self.vocab = vocab
+        self.embedding = BeadEmbedding(c.embed_dim, c.embed_hidden, c.embed_layers, c.mlp_layers)
+        self.dynamics = DynamicsGNN(c.embed_dim, c.history_length, c.cutoff, c.hidden, c.n_layers, c.mlp_layers,
+                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale)
+        self.score = ScoreGNN(c.embed_dim, c.score_cutoff or c.cutoff, c.score_hidden, c.score_layers, c.mlp_layers,
+                              c.n_rbf)
+
+    @property
+    def mapping(self) -> dict:
+        return dict(self.config.mapping)
+
+    @property
+    def timestep_ps(self) -> float:
+        return float(self.config.timestep_ps) if self.config.timestep_ps is not None else 1.0
+
+    @property
+    def periodic(self) -> bool:
+        return bool(self.config.periodic)
+
+    @property
+    def history_length(self) -> int:
+        return int(self.config.history_length)
+
+    def set_scales(self, velocity_scale: float, accel_scale: float):
+        """Set the normalisation (nm per step, nm per step²) in both the config and the dynamics network."""
+        self.config.velocity_scale = float(velocity_scale)
+        self.config.accel_scale = float(accel_scale)
+        self.dynamics.velocity_scale = float(velocity_scale)
+        self.dynamics.accel_scale = float(accel_scale)
+
+    def save(self, path: str, extra: Optional[dict] = None, overwrite: bool = False) -> str:
+        """Write the model directory ``path`` (``nn.io`` format, kind ``cgml-dynamics``)."""
+        info = dict(extra or {})
+        info["vocab"] = self.vocab.to_dict()
+        return save_model_dir(path, MODEL_KIND, self.config.to_dict(), self.state_dict(), info, overwrite)
+
+
+def load_model(path: str, device="cpu") -> CGModel:
+    """Load a model directory written by training; returns a :class:`CGModel` in eval mode on ``device``."""
+    config, state_dict, extra = load_model_dir(str(path), MODEL_KIND)
+    try:
+        vocab = BeadVocabulary(**extra["vocab"])
+        model = CGModel(ModelConfig.from_dict(config), vocab)
+        model.load_state_dict(state_dict)
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} does not hold a consistent CG model: {first}") from None
+    return model.to(device).eval()
