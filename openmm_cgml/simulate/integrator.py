@@ -4,7 +4,11 @@
 
 * per-DOF variables ``xu`` (unwrapped bead positions, nm) and ``h0 .. h{H-1}`` (velocity history: displacement
   per model step, nm; ``h{H-1}`` most recent);
-* global variables ``seed`` and ``step_index``, from which the step's random numbers are drawn.
+* the Context's time, from which the step index (and with the integrator's seed, the step's random numbers)
+  follows; the global variable ``step_index`` mirrors it for inspection.
+
+The callback never reads a *global* integrator variable: doing so from inside a step discards the step's global
+updates in OpenMM 8.6 (measured), while per-DOF reads are safe.
 
 Two ``PythonForce`` objects (force groups 30 and 31) carry the torch step's results back into OpenMM: group 30
 "forces" are the new positions and group 31 "forces" the new displacement. Both come from a single model call,
@@ -64,16 +68,16 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         self.history_length = int(step.history_length)
         self.n_refine = int(step.n_refine)
         self.periodic = bool(step.periodic)
-        self.addGlobalVariable("seed", float(seed))
         self.addGlobalVariable("step_index", 0.0)
-        self.addGlobalVariable("started", 0.0)
+        self.seed = int(seed)
+        self.addPerDofVariable("started", 0.0)
         self.addPerDofVariable("xu", 0.0)
         self.addPerDofVariable("dnew", 0.0)
         for k in range(self.history_length):
             self.addPerDofVariable(f"h{k}", 0.0)
         # The first step adopts the Context's positions as the unwrapped state.
         self.addComputePerDof("xu", "select(started, xu, x)")
-        self.addComputeGlobal("started", "1")
+        self.addComputePerDof("started", "1")
         self.addComputePerDof("dnew", f"f{DISPLACEMENT_GROUP}")
         self.addComputePerDof("x", f"f{POSITION_GROUP}")
         self.addComputePerDof("xu", "x")
@@ -83,7 +87,18 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         self.addComputePerDof("v", "dnew/dt")
         self.addComputeGlobal("step_index", "step_index + 1")
         self._cache_key: Optional[bytes] = None
+        self._blow_up: Optional[Exception] = None
         self._cache_value = None
+
+    def step(self, steps):
+        """Advance ``steps`` learned steps; a NaN or blow-up raises :class:`SimulationBlowUp` (last good state kept)."""
+        try:
+            return super().step(steps)
+        except openmm.OpenMMException:
+            if self._blow_up is not None:
+                err, self._blow_up = self._blow_up, None
+                raise err from None
+            raise
 
     def create_forces(self):
         """The two PythonForces that deliver the step's results; add both to the CG System."""
@@ -113,14 +128,14 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         return np.stack([_perdof(self, f"h{k}") for k in range(self.history_length)])
 
     def _advance(self, state):
-        started = self.getGlobalVariableByName("started")
+        started = self.getPerDofVariableByName("started")[0][0]
         if started:
             x = _perdof(self, "xu")
         else:
             x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer).astype(np.float32)
         history = self.get_history()
-        step_index = int(self.getGlobalVariableByName("step_index"))
-        seed = int(self.getGlobalVariableByName("seed"))
+        step_index = int(round(state.getTime().value_in_unit(unit.picosecond) / self.timestep_ps))
+        seed = self.seed
         if self.periodic:
             box = np.diag(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)).astype(np.float32)
         else:
@@ -134,7 +149,11 @@ class CGMLIntegrator(openmm.CustomIntegrator):
                 )
             x_new = x_new.numpy().astype(np.float64)
             d_new = h_new[-1].numpy().astype(np.float64)
-            check_step(x, x_new, step_index, self.max_displacement_nm)
+            try:
+                check_step(x, x_new, step_index, self.max_displacement_nm)
+            except SimulationBlowUp as err:
+                self._blow_up = err  # OpenMM wraps callback exceptions; step() re-raises this one
+                raise
             self._cache_key, self._cache_value = key, (x_new, d_new)
         return self._cache_value
 

@@ -30,6 +30,8 @@ def create_cg_system(beadmap: BeadMap, integrator: CGMLIntegrator, box_vectors=N
 def _check_positions(positions, n_atoms: int) -> np.ndarray:
     if not unit.is_quantity(positions):
         raise TypeError("positions must carry units (e.g. simulation.context.getState(getPositions=True).getPositions())")
+    if not positions.unit.is_compatible(unit.nanometer):
+        raise ValueError(f"positions must be lengths (e.g. nanometers), got unit {positions.unit}")
     array = np.asarray(positions.value_in_unit(unit.nanometer), dtype=np.float64)
     if array.shape != (n_atoms, 3):
         raise ValueError(f"got {array.shape[0] if array.ndim else 0} positions for a topology of {n_atoms} atoms")
@@ -71,6 +73,7 @@ def coarse_grain_simulation(
     beadmap = BeadMap.from_openmm(topology, system, **mapping)
     step = LearnedStep.from_model(model, beadmap, allow_unseen_types=allow_unseen_types, **step_options)
     integrator = CGMLIntegrator(step, seed=seed)
+    integrator.beadmap = beadmap  # kept for analysis of the run (species, masses, molecules)
     cg_system = create_cg_system(beadmap, integrator, box_vectors)
     cg_topology = beadmap.to_topology(box_vectors=box_vectors)
     cg_positions = beadmap.map_positions(xyz, box_vectors) * unit.nanometer
