@@ -13,7 +13,7 @@ from openmm.app import CheckpointReporter, DCDReporter, PDBFile, Simulation, Sta
 
 from openmm_cgml.simulate import coarse_grain_simulation
 from openmm_cgml.systems import build_peo_litfsi
-from openmm_cgml.training import load_model
+from openmm_cgml.training.model import load_model
 from openmm_cgml.workflows import DEFAULT_MODEL
 
 # An all-atom system as any OpenMM user has one (here: built and equilibrated by openmm-cgml; a PDB loaded with

@@ -83,6 +83,30 @@ def _analyze(args):
     print(f"wrote {os.path.join(args.output, 'analysis.json')} and plots")
 
 
+def _simulate(args):
+    from .workflows import simulate_main
+
+    stats = simulate_main(args.model, args.system, args.ns, args.output, replicas=args.replicas, seed=args.seed,
+                          device=args.device, report_every_ps=args.report_every_ps, dig_path=args.dig,
+                          progress=not args.quiet)
+    print(f"{stats['replicas']} replicas x {stats['n_beads']} beads, {stats['cg_ns']:g} ns each: "
+          f"{stats['ns_per_day_total']:.3g} simulated ns/day in total, {stats['replica_steps_per_s']:.3g} "
+          f"replica-steps/s; collisions/frame {stats.get('collisions_per_frame', 'n/a')}; wrote {args.output}")
+
+
+def _demo(args):
+    from .workflows import DEFAULT_MODEL, run_demo
+
+    summary = run_demo(args.output, ns=args.ns, seed=args.seed, model_path=args.model or DEFAULT_MODEL,
+                       progress=not args.quiet)
+    print(f"demo: {summary['n_atoms']} atoms -> {summary['n_beads']} beads; {summary['cg_ns']:g} ns of CG time in "
+          f"{summary['simulate_seconds']:.1f} s ({summary['cg_ns_per_day']:.3g} ns/day); built in "
+          f"{summary['build_seconds']:.0f} s")
+    for name, d in summary["D_cm2_per_s"].items():
+        print(f"  D({name}) = {d:.3g} cm^2/s")
+    print(f"wrote {args.output}/ (cg.dcd, cg.pdb, msd.png, demo.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -90,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build an all-atom system and save it to a directory")
     p.add_argument("kind", choices=["peo-litfsi", "bead-spring"])
     p.add_argument("-o", "--output", required=True, help="output directory (must not hold files)")
-    p.add_argument("--chains", type=int, default=10)
-    p.add_argument("--eo", type=int, default=10, help="EO units per PEO chain")
-    p.add_argument("--salt", type=int, default=5, help="LiTFSI pairs")
+    p.add_argument("--chains", type=int, default=6)
+    p.add_argument("--eo", type=int, default=8, help="EO units per PEO chain")
+    p.add_argument("--salt", type=int, default=3, help="LiTFSI pairs")
     p.add_argument("--temperature", type=float, default=400.0, help="K")
     p.add_argument("--charge-scale", type=float, default=0.8)
     p.add_argument("--mixing", choices=["lorentz-berthelot", "geometric"], default="lorentz-berthelot")
@@ -130,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-range", type=float, default=0.2, help="fit the MSD from this fraction of the longest lag")
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame")
     p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("simulate", help="run R replicas of a built system with a learned CG model (batched engine)")
+    p.add_argument("model", help="model directory (e.g. written by `cgml train`)")
+    p.add_argument("--system", required=True, help="directory written by `cgml build` (the all-atom start)")
+    p.add_argument("--ns", type=float, required=True, help="CG time per replica, ns")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="replica r uses seed + r")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--report-every-ps", type=float, default=None, help="frame interval (default: every step)")
+    p.add_argument("--dig", default=None, help="DiG model directory: start each replica from a DiG sample")
+    p.add_argument("-o", "--output", required=True, help="output directory (replica_r.h5, simulate.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("demo", help="build the default PEO/LiTFSI box and run the shipped model (~10 ns of CG time)")
+    p.add_argument("-o", "--output", default="cgml-demo", help="output directory (default ./cgml-demo)")
+    p.add_argument("--ns", type=float, default=10.0, help="CG time, ns (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="model directory (default: the shipped default model)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_demo)
     return parser
 
 

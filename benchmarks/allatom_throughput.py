@@ -1,0 +1,124 @@
+"""All-atom OpenMM throughput (ns/day) of the default PEO/LiTFSI box, and the mixing-rule density check.
+
+Throughput: CPU platform with all threads, PME, 2 fs, HBonds constraints, LangevinMiddleIntegrator at 400 K;
+warm-up steps, then timed steps. Writes benchmarks/results/allatom_throughput.json.
+
+    python benchmarks/allatom_throughput.py                      # build the default box (short equilibration)
+    python benchmarks/allatom_throughput.py --system DIR         # a box saved with BuiltSystem.save
+    python benchmarks/allatom_throughput.py --mixing-density     # LB vs geometric 400 K density (slow)
+
+The mixing check builds the same small box (seed, schedule) with each rule, runs NPT at 1 bar and averages the
+density over the second half; it writes benchmarks/results/mixing_density.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import time
+
+import numpy as np
+import openmm as mm
+from openmm import unit
+
+from openmm_cgml.systems import BuiltSystem, build_peo_litfsi
+from openmm_cgml.systems.built import AMU_PER_NM3_IN_G_PER_CM3
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return host.processor() or "unknown"
+
+
+def throughput(built: BuiltSystem, warmup_steps: int, steps: int, threads: int) -> dict:
+    """ns/day of ``built`` on the CPU platform with ``threads`` threads."""
+    platform = mm.Platform.getPlatformByName("CPU")
+    integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, 0.002 * unit.picosecond)
+    context = mm.Context(built.system, integrator, platform, {"Threads": str(threads)})
+    context.setPeriodicBoxVectors(*[mm.Vec3(*r) for r in built.box_vectors.value_in_unit(unit.nanometer)])
+    context.setPositions(built.positions)
+    context.setVelocitiesToTemperature(built.temperature, 0)
+    integrator.step(warmup_steps)
+    context.getState(getEnergy=True)  # synchronise
+    start = time.perf_counter()
+    integrator.step(steps)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    seconds = time.perf_counter() - start
+    ns = steps * 0.002 / 1000
+    return {"ns_per_day": ns / seconds * 86400, "timed_steps": steps, "timed_seconds": seconds,
+            "final_potential_kj_mol": energy}
+
+
+def mixing_density(npt_ps: float, build_ps: float, threads: int) -> dict:
+    """400 K density of the same small PEO/LiTFSI box with each mixing rule (NPT at 1 bar)."""
+    out = {"box": "6 x CH3O(CH2CH2O)8CH3 + 3 LiTFSI", "seed": 0, "build_equilibration_ps": build_ps,
+           "npt_ps": npt_ps, "averaged_over": "second half of the NPT run, sampled every 1 ps"}
+    for mixing in ("lorentz-berthelot", "geometric"):
+        start = time.perf_counter()
+        built = build_peo_litfsi(n_chains=6, eo_per_chain=8, n_salt=3, mixing=mixing, seed=0,
+                                 equilibration_ps=build_ps, platform="CPU", progress=False)
+        system = built.system
+        system.addForce(mm.MonteCarloBarostat(1 * unit.bar, built.temperature, 25))
+        integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, 0.002 * unit.picosecond)
+        integrator.setRandomNumberSeed(7)
+        context = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+        context.setPeriodicBoxVectors(*[mm.Vec3(*r) for r in built.box_vectors.value_in_unit(unit.nanometer)])
+        context.setPositions(built.positions)
+        context.setVelocitiesToTemperature(built.temperature, 7)
+        mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles()))
+        densities = []
+        for _ in range(int(npt_ps)):
+            integrator.step(500)
+            box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+            densities.append(mass * AMU_PER_NM3_IN_G_PER_CM3 / float(np.linalg.det(box)))
+        half = np.array(densities[len(densities) // 2:])
+        out[mixing] = {"density_g_cm3": float(half.mean()), "std_g_cm3": float(half.std()),
+                       "n_atoms": built.n_atoms, "seconds": time.perf_counter() - start}
+        print(mixing, out[mixing], flush=True)
+    lb, geo = out["lorentz-berthelot"]["density_g_cm3"], out["geometric"]["density_g_cm3"]
+    out["relative_difference_geometric_vs_lb"] = (geo - lb) / lb
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", help="directory written by BuiltSystem.save (default: build the default box)")
+    parser.add_argument("--equilibration-ps", type=float, default=20.0, help="when building (default 20)")
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--mixing-density", action="store_true", help="run the mixing-rule density comparison")
+    parser.add_argument("--npt-ps", type=float, default=60.0, help="NPT length per mixing rule (default 60)")
+    args = parser.parse_args()
+    os.makedirs(RESULTS, exist_ok=True)
+    if args.mixing_density:
+        result = mixing_density(args.npt_ps, args.equilibration_ps, args.threads)
+        result["openmm_version"] = mm.version.full_version
+        result["cpu_model"], result["threads"] = cpu_model(), args.threads
+        with open(os.path.join(RESULTS, "mixing_density.json"), "w") as handle:
+            json.dump(result, handle, indent=2)
+        print(json.dumps(result, indent=2))
+        return
+    built = BuiltSystem.load(args.system) if args.system else build_peo_litfsi(
+        equilibration_ps=args.equilibration_ps, platform="CPU")
+    result = {"system": "PEO/LiTFSI " + json.dumps(built.metadata.get("args", {})), "n_atoms": built.n_atoms,
+              "mixing": built.metadata.get("mixing"), "density_g_cm3": built.metadata.get("density_g_cm3"),
+              "cpu_model": cpu_model(), "threads": args.threads, "openmm_version": mm.version.full_version,
+              "platform": "CPU", "timestep_fs": 2.0, "constraints": "HBonds", "nonbonded": "PME"}
+    result.update(throughput(built, args.warmup_steps, args.steps, args.threads))
+    with open(os.path.join(RESULTS, "allatom_throughput.json"), "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"{result['n_atoms']} atoms, {args.threads} threads: {result['ns_per_day']:.1f} ns/day")
+
+
+if __name__ == "__main__":
+    main()

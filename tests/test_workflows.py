@@ -1,0 +1,78 @@
+"""`cgml simulate` end to end on a tiny system: replicas written, throughput and collisions reported, errors."""
+import json
+
+import numpy as np
+import pytest
+
+from openmm_cgml.cli import main
+from openmm_cgml.data import CGDataset, contact_distances, write_dataset
+from openmm_cgml.mapping import BeadMap
+from openmm_cgml.workflows import CONTACTS_FILE, collision_thresholds, simulate_main
+
+from test_simulate import MAPPING, TIMESTEP_PS, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_and_system(tiny_peo_litfsi, tmp_path_factory):
+    built = tiny_peo_litfsi
+    root = tmp_path_factory.mktemp("wf")
+    built.save(str(root / "system"))
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **MAPPING)
+    model = tiny_model(beadmap)
+    model.save(str(root / "model"))
+    return root, beadmap
+
+
+def test_contact_distances_match_brute_force(model_and_system, tmp_path):
+    root, beadmap = model_and_system
+    rng = np.random.default_rng(0)
+    box = np.array([2.0, 2.1, 2.2])
+    x = rng.uniform(0, 1, size=(3, beadmap.n_beads, 3)) * box
+    write_dataset(str(tmp_path / "d.h5"), beadmap, x, np.tile(box, (3, 1)), np.arange(3.0))
+    got = contact_distances(str(tmp_path / "d.h5"))
+    bonded = {tuple(p) for p in beadmap.bonds.tolist()}
+    names = beadmap.type_names
+    for a in range(len(names)):
+        for b in range(len(names)):
+            best = np.inf
+            for t in range(3):
+                for i in range(beadmap.n_beads):
+                    for j in range(i + 1, beadmap.n_beads):
+                        if (i, j) in bonded or {beadmap.bead_types[i], beadmap.bead_types[j]} != {a, b}:
+                            continue
+                        d = x[t, i] - x[t, j]
+                        d -= box * np.round(d / box)
+                        best = min(best, np.linalg.norm(d))
+            value = got["min_distance_nm"][got["type_names"].index(names[a])][got["type_names"].index(names[b])]
+            assert (value is None and best > 2.0) or value == pytest.approx(best, abs=1e-5)
+
+
+def test_simulate_writes_replicas_and_reports(model_and_system, tmp_path):
+    root, beadmap = model_and_system
+    k = len(beadmap.type_names)
+    contacts = {"type_names": beadmap.type_names, "min_distance_nm": [[0.3] * k for _ in range(k)]}
+    (root / "model" / CONTACTS_FILE).write_text(json.dumps(contacts))
+    thresholds = collision_thresholds(str(root / "model"), beadmap)
+    assert thresholds.shape == (k, k) and np.allclose(thresholds, 0.24)
+    stats = simulate_main(str(root / "model"), str(root / "system"), ns=0.3, out_dir=str(tmp_path / "run"),
+                          replicas=2, seed=5, progress=False)
+    assert stats["replicas"] == 2 and stats["steps"] == 3 and stats["ns_per_day_total"] > 0
+    assert "collisions_per_frame" in stats and stats["collisions_per_frame"] >= 0
+    for r in range(2):
+        with CGDataset(str(tmp_path / "run" / f"replica_{r}.h5")) as ds:
+            assert ds.n_frames == 4 and ds.n_beads == beadmap.n_beads
+            assert ds.frame_interval_ps == pytest.approx(TIMESTEP_PS)
+    assert json.loads((tmp_path / "run" / "simulate.json").read_text())["steps"] == 3
+    # the same command line through the CLI; a second run into the same directory is refused in one line
+    rc = main(["simulate", str(root / "model"), "--system", str(root / "system"), "--ns", "0.1", "--quiet",
+               "-o", str(tmp_path / "run")])
+    assert rc == 2
+
+
+def test_simulate_rejects_bad_input(model_and_system, tmp_path, capsys):
+    root, beadmap = model_and_system
+    rc = main(["simulate", str(tmp_path / "missing"), "--system", str(root / "system"), "--ns", "1",
+               "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "cgml simulate: error" in err[0]
+    assert not (tmp_path / "o").exists()
