@@ -1,0 +1,103 @@
+"""Learned CG vs all-atom OpenMM on the same box, measured side by side in one run.
+
+    python benchmarks/speedup.py                       # build the default box, use the shipped model
+    python benchmarks/speedup.py --system BOX_DIR --model MODEL_DIR --replicas 16
+
+Figures (written to benchmarks/results/speedup.json):
+- simulated ns per wall-clock day of all-atom OpenMM (CPU platform, PME, 2 fs) on the box;
+- the same for the learned CG model inside ``openmm.app.Simulation`` (CGMLIntegrator) and in the batched engine
+  with 1 and R replicas; their ratios to all-atom are the headline speed-ups;
+- the OpenMM-bridge overhead: time per step in the integrator / time per step in the engine (1 replica).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import openmm
+import torch
+from openmm import app, unit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from allatom_throughput import RESULTS, cpu_model, throughput  # noqa: E402
+
+from openmm_cgml.mapping import BeadMap  # noqa: E402
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine, coarse_grain_simulation  # noqa: E402
+from openmm_cgml.systems import BuiltSystem, build_peo_litfsi  # noqa: E402
+from openmm_cgml.training.model import load_model  # noqa: E402
+from openmm_cgml.workflows import DEFAULT_MODEL  # noqa: E402
+
+
+def time_integrator(built, model, steps: int, threads: int) -> float:
+    """Seconds per learned step inside an OpenMM Simulation (CPU platform)."""
+    cg_top, cg_system, cg_pos, integrator = coarse_grain_simulation(
+        built.topology, built.system, built.positions, model, box_vectors=built.box_vectors, seed=0)
+    sim = app.Simulation(cg_top, cg_system, integrator, openmm.Platform.getPlatformByName("CPU"),
+                         {"Threads": str(threads)})
+    sim.context.setPositions(cg_pos)
+    sim.step(2)  # warm-up
+    start = time.perf_counter()
+    sim.step(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def time_engine(step, start, box, replicas: int, steps: int) -> float:
+    """Seconds per batched step of ``replicas`` replicas."""
+    engine = ReplicaEngine(step, np.broadcast_to(start, (replicas,) + start.shape), box=box)
+    engine.run(2, progress=False)
+    stats = engine.run(steps, progress=False)
+    return stats["seconds"] / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", help="BuiltSystem directory (default: build the default box)")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--aa-steps", type=int, default=2000)
+    parser.add_argument("--cg-steps", type=int, default=40)
+    parser.add_argument("--replicas", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    built = BuiltSystem.load(args.system) if args.system else build_peo_litfsi(platform="CPU", progress=False)
+    model = load_model(args.model)
+    aa = throughput(built, 200, args.aa_steps, args.threads)
+
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **model.mapping)
+    step = LearnedStep.from_model(model, beadmap)
+    box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
+    start = beadmap.map_positions(built.positions, built.box_vectors).astype(np.float32)
+    dt_ns = model.timestep_ps / 1000.0
+    per_step_integrator = time_integrator(built, model, args.cg_steps, args.threads)
+    per_step_engine = time_engine(step, start, box, 1, args.cg_steps)
+    per_step_batch = time_engine(step, start, box, args.replicas, max(4, args.cg_steps // 4))
+    day = 86400.0
+    result = {
+        "machine": f"{cpu_model()}, {args.threads} threads, no GPU" if not torch.cuda.is_available() else "cuda",
+        "system": built.metadata.get("args"), "n_atoms": built.n_atoms, "n_beads": beadmap.n_beads,
+        "model": os.path.abspath(args.model), "model_timestep_ps": model.timestep_ps,
+        "allatom_ns_per_day": aa["ns_per_day"],
+        "cg_integrator_ns_per_day": dt_ns / per_step_integrator * day,
+        "cg_engine_ns_per_day": dt_ns / per_step_engine * day,
+        "cg_engine_replicas": args.replicas,
+        "cg_engine_batched_ns_per_day_total": args.replicas * dt_ns / per_step_batch * day,
+        "seconds_per_step_integrator": per_step_integrator,
+        "seconds_per_step_engine": per_step_engine,
+        "seconds_per_step_engine_batched": per_step_batch,
+    }
+    result["speedup_integrator"] = result["cg_integrator_ns_per_day"] / aa["ns_per_day"]
+    result["speedup_engine"] = result["cg_engine_ns_per_day"] / aa["ns_per_day"]
+    result["speedup_engine_batched_total"] = result["cg_engine_batched_ns_per_day_total"] / aa["ns_per_day"]
+    result["bridge_overhead"] = per_step_integrator / per_step_engine
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "speedup.json"), "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(json.dumps(result, indent=2))
+    print(f"learned CG / all-atom: {result['speedup_integrator']:.0f}x in an OpenMM Simulation, "
+          f"{result['speedup_engine_batched_total']:.0f}x summed over {args.replicas} batched replicas")
+
+
+if __name__ == "__main__":
+    main()
