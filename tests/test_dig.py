@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgml.dig.flow import ProbabilityFlow, helmert_basis
 from openmm_cgml.dig.paths import interpolate, kabsch_align
 from openmm_cgml.dig.sampler import DiGSampler
-from openmm_cgml.nn.dig_model import Descriptor, DiGScoreModel
+from openmm_cgml.nn.dig_model import Descriptor, DiGScoreModel, helmert_basis
 from openmm_cgml.nn.sde import VPSDE
 from openmm_cgml.training.dig import DiGConfig, FrameSet, fit_dig, load_dig, load_dig_systems, train_dig
 

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..nn.dig_model import subspace_rademacher
 from ..nn.sde import VPSDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,30 +63,6 @@ def ancestral_sample(
         else:
             y = centre(mean, remove_com)
     return y.detach()
-
-
-def helmert_basis(n: int) -> torch.Tensor:
-    """Orthonormal basis (n, n - 1) of the vectors in R^n that sum to zero (Helmert contrasts)."""
-    h = torch.zeros(n, n - 1, dtype=torch.float64)
-    for k in range(1, n):
-        h[:k, k - 1] = 1.0
-        h[k, k - 1] = -float(k)
-        h[:, k - 1] /= math.sqrt(k * (k + 1))
-    return h
-
-
-def rademacher_probes(n_probes: int, shape, remove_com: bool, generator: torch.Generator) -> torch.Tensor:
-    """Hutchinson probes (K, B, N, 3) with E[v v^T] = identity on the space the flow lives in.
-
-    In the centroid-free subspace the probes are Rademacher vectors expressed in an orthonormal (Helmert) basis of
-    that subspace, so that isotropic Jacobians are traced without variance, exactly as plain Rademacher probes do
-    in the full space.
-    """
-    b, n, _ = shape
-    if not remove_com:
-        return torch.randint(0, 2, (n_probes, b, n, 3), generator=generator).double() * 2.0 - 1.0
-    r = torch.randint(0, 2, (n_probes, b, n - 1, 3), generator=generator).double() * 2.0 - 1.0
-    return torch.einsum("nm,kbmc->kbnc", helmert_basis(n), r)
 
 
 def _divergence_exact(drift: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -162,7 +139,7 @@ class ProbabilityFlow:
         probes = None
         if with_logp and not exact:
             gen = generator if generator is not None else torch.Generator().manual_seed(0)
-            probes = rademacher_probes(n_probes, tuple(y.shape), self.remove_com, gen).to(y)
+            probes = subspace_rademacher(n_probes, tuple(y.shape), self.remove_com, gen).to(y)
         if method == "rk45":
             return self._integrate_scipy(y, t0, t1, with_logp, probes)
 

@@ -16,7 +16,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .backbone import EdgeVectorHead, GaussianRBF, GraphBackbone, scatter_sum
+from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone, scatter_sum
+from .sde import VPSDE
 from .graph import BOND_EDGE, RADIUS_EDGE, bond_edges, build_edges, minimum_image
 
 
@@ -59,6 +60,30 @@ def remove_centroid(y: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torc
     return y - mean[batch]
 
 
+def helmert_basis(n: int, dtype=torch.float64) -> torch.Tensor:
+    """Orthonormal basis (n, n - 1) of the vectors in R^n that sum to zero (Helmert contrasts)."""
+    h = torch.zeros(n, n - 1, dtype=torch.float64)
+    for k in range(1, n):
+        h[:k, k - 1] = 1.0
+        h[k, k - 1] = -float(k)
+        h[:, k - 1] /= math.sqrt(k * (k + 1))
+    return h.to(dtype)
+
+
+def subspace_rademacher(n_probes: int, shape, remove_com: bool, generator: torch.Generator) -> torch.Tensor:
+    """Hutchinson probes (K, B, N, 3) with E[v v^T] = identity on the space the diffusion lives in.
+
+    In the centroid-free subspace they are Rademacher vectors in an orthonormal (Helmert) basis of it, so an
+    isotropic Jacobian is traced exactly, as plain Rademacher probes do in the full space (projected Rademacher
+    vectors P r would not: |P r|^2 fluctuates, e.g. it is 0 half the time for two beads).
+    """
+    b, n, _ = shape
+    if not remove_com:
+        return torch.randint(0, 2, (n_probes, b, n, 3), generator=generator).double() * 2.0 - 1.0
+    r = torch.randint(0, 2, (n_probes, b, n - 1, 3), generator=generator).double() * 2.0 - 1.0
+    return torch.einsum("nm,kbmc->kbnc", helmert_basis(n), r)
+
+
 def full_graph(batch: torch.Tensor) -> torch.Tensor:
     """All ordered pairs (j, i), j != i, inside each graph of ``batch``; edge_index (2, E)."""
     counts = torch.bincount(batch)
@@ -83,10 +108,10 @@ def full_graph(batch: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.cat(src), torch.cat(dst)])
 
 
-def time_features(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Sinusoidal features of diffusion time t in [0, 1] (n even), frequencies 1..1000 on a log scale."""
+def time_features(t: torch.Tensor, n: int, max_freq: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal features of diffusion time t in [0, 1] (n even), frequencies 1..max_freq on a log scale."""
     half = n // 2
-    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, dtype=t.dtype, device=t.device))
+    freqs = torch.exp(torch.linspace(0.0, math.log(max_freq), half, dtype=t.dtype, device=t.device))
     arg = t.unsqueeze(-1) * freqs
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
 
@@ -98,8 +123,12 @@ class DiGScoreModel(nn.Module):
         n_types: size of the bead-type embedding table.
         length_scale: nm per unit of the diffused coordinate y (positions are divided by it).
         cutoff: radius-graph cutoff in nm, or None for a fully connected graph (small molecules, no PBC).
-        rbf_max: largest distance (nm) resolved by the RBF expansion; defaults to cutoff, or 3 length scales.
+        rbf_max: largest distance (nm) resolved by the RBF expansion; defaults to cutoff, or 6 length scales.
         hidden, n_layers, heads, n_rbf, n_time, embed_dim: network sizes.
+        skip_sde: VP SDE config (:meth:`VPSDE.config`) enabling the Gaussian skip eps = sigma(t) y + network
+            for non-periodic systems (None: plain network).
+        time_max_freq: highest frequency of the sinusoidal time features (lower = smoother in t; PIDP needs
+            d score / dt, so it uses a low value).
     """
 
     def __init__(
@@ -114,6 +143,8 @@ class DiGScoreModel(nn.Module):
         n_rbf: int = 32,
         n_time: int = 16,
         embed_dim: int = 16,
+        time_max_freq: float = 1000.0,
+        skip_sde: Optional[dict] = None,
     ):
         super().__init__()
         if n_types < 1:
@@ -125,14 +156,31 @@ class DiGScoreModel(nn.Module):
         self.n_types = int(n_types)
         self.length_scale = float(length_scale)
         self.cutoff = None if cutoff is None else float(cutoff)
-        self.rbf_max = float(rbf_max) if rbf_max is not None else (self.cutoff or 3.0 * self.length_scale)
+        # Beyond rbf_max only the linear r / rbf_max feature resolves distances; 6 length scales covers the pair
+        # distances of the N(0, I) prior (typical sqrt(6) ~ 2.4 units) with room to spare.
+        self.rbf_max = float(rbf_max) if rbf_max is not None else (self.cutoff or 6.0 * self.length_scale)
         self.n_time = int(n_time) + (int(n_time) % 2)
+        self.time_max_freq = float(time_max_freq)
         self.embedding = nn.Embedding(self.n_types, embed_dim)
         self.rbf = GaussianRBF(n_rbf, self.rbf_max)
         # Edge input: RBF(r), r / rbf_max (beyond the RBF range), one-hot edge type.
         self.backbone = GraphBackbone(embed_dim + self.n_time, n_rbf + 1 + 2, hidden, n_layers, attention=True,
                                       heads=heads)
         self.head = EdgeVectorHead(hidden, 1)
+        # Invariant per-bead coefficient times the bead's centred coordinate (non-periodic systems): the linear
+        # part of the noise prediction, exact for Gaussian marginals (eps = y at t = 1), which edge sums of
+        # bounded weights times unit vectors can only approximate.
+        self.linear_coef = MLP(hidden, hidden, 1, 2, layer_norm=False)
+        # Gaussian skip (non-periodic systems): eps = sigma(t) * y + network. sigma(t) y is the exact noise
+        # prediction for unit-variance Gaussian data (score -y at every t), an exact solution of the SDE's
+        # Fokker–Planck equation; with length_scale = the data's RMS coordinate the network learns only the
+        # deviation from it (EDM-style preconditioning). The last layers start at zero so training starts there.
+        self.skip_sde = dict(skip_sde) if skip_sde is not None else None
+        self._skip = VPSDE(**self.skip_sde) if skip_sde is not None else None
+        if self._skip is not None:
+            for mlp in (self.head.weight_mlp, self.linear_coef):
+                nn.init.zeros_(mlp[-1].weight)
+                nn.init.zeros_(mlp[-1].bias)
 
     def config(self) -> dict:
         """Constructor arguments as a JSON-able dict (for nn.io.save_model_dir)."""
@@ -147,6 +195,8 @@ class DiGScoreModel(nn.Module):
             "n_rbf": self.rbf.centres.shape[0],
             "n_time": self.n_time,
             "embed_dim": self.embedding.embedding_dim,
+            "time_max_freq": self.time_max_freq,
+            "skip_sde": self.skip_sde,
         }
 
     def edges(
@@ -196,10 +246,15 @@ class DiGScoreModel(nn.Module):
         edge_attr = torch.cat(
             [self.rbf(r), (r / self.rbf_max).unsqueeze(1), nn.functional.one_hot(edge_type, 2).to(y.dtype)], dim=1
         )
-        node_attr = torch.cat([self.embedding(bead_types), time_features(t, self.n_time)[batch]], dim=1)
-        _, e = self.backbone(node_attr, edge_attr, edge_index)
+        time_attr = time_features(t, self.n_time, self.time_max_freq)[batch]
+        node_attr = torch.cat([self.embedding(bead_types), time_attr], dim=1)
+        h, e = self.backbone(node_attr, edge_attr, edge_index)
         eps = self.head(e, edge_vec, edge_index, n)[:, 0, :]
         if box is None:
+            y_c = remove_centroid(y, batch, n_graphs)
+            eps = eps + self.linear_coef(h) * y_c
+            if self._skip is not None:
+                eps = eps + self._skip.marginal_std(t)[batch].unsqueeze(1) * y_c
             eps = remove_centroid(eps, batch, n_graphs)
         return eps
 

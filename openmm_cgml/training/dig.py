@@ -34,6 +34,8 @@ class DiGConfig:
     n_rbf: int = 32
     n_time: int = 16
     embed_dim: int = 16
+    time_max_freq: float = 1000.0  # highest frequency of the sinusoidal diffusion-time features
+    gaussian_skip: bool = True  # eps = sigma(t) y + network (non-periodic systems; see DiGScoreModel)
     cutoff: Optional[float] = None  # nm; None = fully connected graph (small, non-periodic systems)
     length_scale: Optional[float] = None  # nm per diffusion unit; None = RMS centred coordinate of the data
     # forward SDE
@@ -80,7 +82,8 @@ class DiGConfig:
 
     def make_model(self, n_types: int, length_scale: float) -> DiGScoreModel:
         return DiGScoreModel(n_types, length_scale, self.cutoff, None, self.hidden, self.n_layers, self.heads,
-                             self.n_rbf, self.n_time, self.embed_dim)
+                             self.n_rbf, self.n_time, self.embed_dim, self.time_max_freq,
+                             self.make_sde().config() if self.gaussian_skip else None)
 
 
 class FrameSet:
@@ -261,8 +264,8 @@ def prepare_out_dir(out_dir: Optional[str], config, resume: bool):
     if (os.path.exists(ckpt) or os.path.exists(os.path.join(out_dir, "cgml_model.json"))) and not resume:
         raise ValueError(f"{out_dir} already holds a training run; pass resume=True or choose another directory")
     if resume and os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
-        saved = DiGConfig.from_yaml(os.path.join(out_dir, CONFIG_FILE)) if isinstance(config, DiGConfig) else None
-        if saved is not None and dataclasses.asdict(saved) != dataclasses.asdict(config):
+        saved = type(config).from_yaml(os.path.join(out_dir, CONFIG_FILE))
+        if dataclasses.asdict(saved) != dataclasses.asdict(config):
             raise ValueError(f"config differs from the one saved in {out_dir}; resume with the same config")
     os.makedirs(out_dir, exist_ok=True)
     config.to_yaml(os.path.join(out_dir, CONFIG_FILE))
