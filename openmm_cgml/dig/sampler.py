@@ -147,9 +147,10 @@ class DiGSampler:
             system: BeadMap, Descriptor, or bead count (score callables).
             method: "ancestral" (reverse SDE, DDPM; default ``sde.n_steps`` steps) or "ode" (probability-flow
                 ODE from the prior, default 50 Heun steps; deterministic given the prior draw).
-            guidance: ``log q(c | x)`` for x (B, N, 3) nm -> (B,); its gradient (times ``scale``) is added to the
-                score at every step, so samples are drawn from p(x) q(c|x)^scale (approximately; it is evaluated
-                on the current noisy structure). Works with both methods.
+            guidance: ``log q(c | x)`` for x (B, N, 3) nm -> (B,) (differentiable); its gradient (times
+                ``scale``) is added to the score at every step, so samples follow p(x) q(c|x)^scale approximately:
+                q is evaluated on the denoised estimate of the current noisy structure (see ``_guided_score``).
+                Works with both methods; costs one extra backward pass per step.
             seed: seeds the prior draw and the ancestral noise (CPU generator: same samples on any device).
             box: (3,) nm box for periodic systems; samples are wrapped into [-box/2, box/2).
         """
@@ -159,14 +160,9 @@ class DiGSampler:
             raise ValueError(f"n must be a positive number of samples, got {n}")
         desc = self.descriptor(system, box)
         remove_com = self._uses_com_removal(desc)
-        base_score = self.score_function(desc)
-        score = base_score
+        score = self.score_function(desc)
         if guidance is not None:
-            guide = self._guidance_term(guidance, scale)
-
-            def score(y, t, _s=base_score, _g=guide):
-                return _s(y, t) + _g(y, t)
-
+            score = self._guided_score(score, guidance, float(scale))
         gen = torch.Generator().manual_seed(int(seed))
         out = []
         batches = range(0, int(n), int(batch_size))
@@ -186,17 +182,25 @@ class DiGSampler:
             out.append(wrap_positions(x, desc.box))
         return torch.cat(out)
 
-    def _guidance_term(self, log_q: Callable, scale: float):
-        length = self.length_scale
+    def _guided_score(self, score: Callable, log_q: Callable, scale: float) -> Callable:
+        """score + scale * grad_y log q(c | x0_hat(y)), with x0_hat = (y + sigma^2 s) / sqrt(alpha_bar) the
+        denoised (Tweedie) estimate, differentiated through the score model (as in diffusion posterior sampling).
+        Evaluating q on the noisy y instead would apply a property of clean structures to pure noise."""
+        sde, length = self.sde, self.length_scale
 
-        def term(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def guided(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 yy = y.detach().requires_grad_(True)
-                lq = log_q(yy * length)
+                s = score(yy, t)
+                shape = (-1,) + (1,) * (y.dim() - 1)
+                var = (sde.marginal_std(t) ** 2).to(y.dtype).view(shape)
+                root_ab = sde.marginal_mean_coef(t).to(y.dtype).view(shape)
+                x0 = (yy + var * s) / root_ab
+                lq = log_q(x0 * length)
                 (g,) = torch.autograd.grad(lq.sum(), yy)
-            return scale * g
+            return s.detach() + scale * g
 
-        return term
+        return guided
 
     # ---- densities -----------------------------------------------------------------------------------------
     def log_prob(

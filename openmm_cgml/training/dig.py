@@ -35,7 +35,7 @@ class DiGConfig:
     n_time: int = 16
     embed_dim: int = 16
     time_max_freq: float = 1000.0  # highest frequency of the sinusoidal diffusion-time features
-    gaussian_skip: bool = True  # eps = sigma(t) y + network (non-periodic systems; see DiGScoreModel)
+    gaussian_skip: bool = False  # eps = sigma(t) y + network (non-periodic systems; see DiGScoreModel)
     cutoff: Optional[float] = None  # nm; None = fully connected graph (small, non-periodic systems)
     length_scale: Optional[float] = None  # nm per diffusion unit; None = RMS centred coordinate of the data
     # forward SDE
