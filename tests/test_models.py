@@ -7,6 +7,17 @@ from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll
 from openmm_cgml.nn.embedding import BeadEmbedding, TypeGraphs
 from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two threads on two cores shared with other jobs make small matmuls ~100x slower; tests only.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 N_BEADS = 24
 H = 3
 TYPE_GRAPHS = [

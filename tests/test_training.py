@@ -1,0 +1,272 @@
+"""Training of the dynamics/score/embedding GNNs: analytic Ornstein-Uhlenbeck and Gaussian checks, exact resume,
+model files, configs, unknown bead types."""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgml.data import write_dataset
+from openmm_cgml.simulate.step import LearnedStep, rollout
+from openmm_cgml.training import TrainConfig, load_model, train
+from test_models import _pair_beadmap
+
+S0 = 0.1  # nm, RMS of each component of a pair's separation vector at equilibrium (sqrt(kT/k))
+THETA = 0.5  # 2 k dt / gamma: relaxation of the pair separation per frame
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two threads on two cores shared with other jobs make small matmuls ~100x slower; tests only.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _grid(n_pairs: int, spacing: float) -> np.ndarray:
+    g = int(math.ceil(n_pairs ** (1 / 3)))
+    return np.stack(np.meshgrid(*[np.arange(g)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_pairs] * spacing
+
+
+def _ou_pairs(n_pairs: int, n_frames: int, seed: int) -> np.ndarray:
+    """Exact overdamped Langevin of harmonic dimers (spring k, rest length 0, friction gamma per bead).
+
+    The centre c diffuses: c' = c + N(0, kT dt / gamma) = c + N(0, S0² THETA / 2) per component. The separation
+    r = x1 - x2 is an OU process: r' = r e^{-THETA} + N(0, S0² (1 - e^{-2 THETA})). Dimers sit 3 nm apart, far
+    beyond the cutoff, so each bead only sees its partner.
+    """
+    rng = np.random.default_rng(seed)
+    c = _grid(n_pairs, 3.0).astype(np.float64)
+    r = rng.normal(0.0, S0, (n_pairs, 3))
+    frames = []
+    for _ in range(n_frames):
+        x = np.empty((2 * n_pairs, 3))
+        x[0::2], x[1::2] = c + r / 2, c - r / 2
+        frames.append(x)
+        c = c + rng.normal(0.0, S0 * math.sqrt(THETA / 2), c.shape)
+        r = r * math.exp(-THETA) + rng.normal(0.0, S0 * math.sqrt(1 - math.exp(-2 * THETA)), r.shape)
+    return np.array(frames)
+
+
+def test_ou_dynamics_matches_analytic_gaussian(tmp_path):
+    """The learned acceleration distribution equals the exact one.
+
+    Bead 1 moves by dx1 = dc + dr/2, Gaussian with mean (e^{-THETA} - 1) r/2 and per-component variance
+    S0² (THETA/2 + (1 - e^{-2 THETA})/4), given the current state only (the process is Markov). The model's target
+    is a = dx1 - h[-1], so its exact conditional law is N((e^{-THETA} - 1) r/2 - h[-1], that variance): the mean
+    needs the partner's separation (an edge vector) and the history velocity, the std is a constant 0.064 nm.
+    """
+    bm = _pair_beadmap(32, periodic=False)
+    path = str(tmp_path / "ou.h5")
+    write_dataset(path, bm, _ou_pairs(32, 200, seed=0), None, np.arange(200) * 10.0, {})
+    config = TrainConfig(embed_dim=4, embed_hidden=8, embed_layers=1, hidden=32, n_layers=2, n_rbf=8, cutoff=0.6,
+                         history_length=1, score_weight=0.0, batch_size=4, n_iterations=300, lr=3e-3, lr_final=3e-4,
+                         checkpoint_every=0, validation_fraction=0.0)
+    model = train(path, None, config, progress=False)
+    assert model.timestep_ps == pytest.approx(10.0) and not model.periodic
+
+    test = _ou_pairs(32, 2, seed=1)  # fresh states, not seen in training
+    x = torch.tensor(test[1], dtype=torch.float32)
+    h = torch.tensor(test[1] - test[0], dtype=torch.float32).unsqueeze(0)
+    with torch.no_grad():
+        step = LearnedStep.from_model(model, bm, refine=False)
+        mean, std = model.dynamics(x, h, step.embed, step.masses, step.bonds, None, None)
+    r = np.zeros((64, 3))
+    r[0::2] = test[1][0::2] - test[1][1::2]
+    r[1::2] = -r[0::2]
+    true_mean = (math.exp(-THETA) - 1) * r / 2 - h[0].numpy()
+    true_std = S0 * math.sqrt(THETA / 2 + (1 - math.exp(-2 * THETA)) / 4)
+    mean_error = float(np.sqrt(((mean.numpy() - true_mean) ** 2).mean()))
+    assert mean_error < 0.06 * true_std, mean_error / true_std  # measured 0.02
+    assert float(std.mean()) == pytest.approx(true_std, rel=0.05)  # measured 1.006 x true
+    assert float(std.std()) < 0.05 * true_std
+    # A model that ignored the partner (mean = -h[-1]) would be off by 0.3 std: the check has teeth.
+    assert float(np.sqrt(((-h[0].numpy() - true_mean) ** 2).mean())) > 0.2 * true_std
+
+
+def _gaussian_pairs(n_pairs: int, n_frames: int, seed: int) -> np.ndarray:
+    """Independent frames of dimers with separation r ~ N(0, S0² I) and random placement (flat in the centre)."""
+    rng = np.random.default_rng(seed)
+    grid = _grid(n_pairs, 4.0)
+    out = []
+    for _ in range(n_frames):
+        c = grid + rng.normal(0.0, 0.5, grid.shape)
+        r = rng.normal(0.0, S0, grid.shape)
+        x = np.empty((2 * n_pairs, 3))
+        x[0::2], x[1::2] = c + r / 2, c - r / 2
+        out.append(x)
+    return np.array(out)
+
+
+def test_score_matches_smoothed_gaussian(tmp_path):
+    """With noise sigma on every bead the separation is N(0, (S0² + 2 sigma²) I) and the centre stays flat, so the
+    exact score of the smoothed density is s_1 = -r~ / (S0² + 2 sigma²) = -s_2 (r~ = x~1 - x~2)."""
+    bm = _pair_beadmap(32, periodic=False)
+    path = str(tmp_path / "gauss.h5")
+    write_dataset(path, bm, _gaussian_pairs(32, 200, seed=0), None, np.arange(200) * 10.0, {})
+    config = TrainConfig(embed_dim=4, embed_hidden=8, embed_layers=1, score_hidden=32, score_layers=2, n_rbf=8,
+                         cutoff=0.8, history_length=1, sigma_max=0.2, sigma_min=0.02, n_sigmas=4, refine_levels=2,
+                         dynamics_weight=0.0, batch_size=4, n_iterations=300, lr=3e-3, lr_final=3e-4,
+                         checkpoint_every=0, validation_fraction=0.0)
+    model = train(path, None, config, progress=False)
+    x = torch.tensor(_gaussian_pairs(32, 1, seed=5)[0], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    step = LearnedStep.from_model(model, bm, refine=False)
+    errors = []
+    with torch.no_grad():
+        for sigma in model.config.levels():
+            err, norm = 0.0, 0.0
+            for _ in range(4):
+                xt = x + sigma * torch.randn(x.shape, generator=gen)
+                pred = model.score(xt, torch.full((64,), sigma), step.embed, step.masses, step.bonds, None, None)
+                rt = xt[0::2] - xt[1::2]
+                true = torch.empty_like(xt)
+                true[0::2] = -rt / (S0**2 + 2 * sigma**2)
+                true[1::2] = rt / (S0**2 + 2 * sigma**2)
+                err += float(((pred - true) ** 2).sum())
+                norm += float((true**2).sum())
+            errors.append(math.sqrt(err / norm))
+    # Relative RMS error per level (measured 0.14, 0.18, 0.13, 0.18); an untrained network gives ~1.
+    assert max(errors) < 0.3 and float(np.mean(errors)) < 0.22, errors
+
+
+# ------------------------------------------------------------------------------ runs, files, resume
+def _small_dataset(path: str, seed: int, periodic: bool = True, n_frames: int = 30, element: str = "C"):
+    rng = np.random.default_rng(seed)
+    bm = _pair_beadmap(5, periodic=periodic, element=element, mass=12.0 if element == "C" else 28.0)
+    box = np.array([1.6, 1.6, 1.6])
+    x = rng.random((bm.n_beads, 3)) * box
+    frames = [x]
+    for _ in range(n_frames - 1):
+        frames.append(frames[-1] + rng.normal(0.0, 0.03, x.shape))
+    provenance = {"reference_config": {"atoms_per_bead": 3, "single_bead_residues": ["LI"], "whole_residues": []}}
+    boxes = np.tile(box, (n_frames, 1)) if periodic else None
+    write_dataset(path, bm, np.array(frames), boxes, np.arange(n_frames) * 2.0, provenance)
+    return bm
+
+
+SMALL = dict(embed_dim=4, embed_hidden=8, embed_layers=1, hidden=8, n_layers=1, n_rbf=4, cutoff=0.5, history_length=2,
+             score_hidden=8, score_layers=1, n_sigmas=4, sigma_max=0.1, sigma_min=0.01, refine_levels=2,
+             frames_per_step=2, batch_size=3, n_iterations=8, checkpoint_every=4, input_noise=0.003,
+             validation_fraction=0.2, split="time", seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    data = str(root / "a.h5")
+    bm = _small_dataset(data, 0)
+    full = str(root / "full")
+    model = train(data, full, TrainConfig(**SMALL), progress=False)
+    return dict(root=root, data=data, bm=bm, full=full, model=model)
+
+
+def test_resume_is_exact(small_run):
+    root, data = small_run["root"], small_run["data"]
+    killed = str(root / "killed")
+
+    def kill(iteration, nll, dsm):
+        if iteration == 4:
+            raise KeyboardInterrupt  # as if the job were killed right after the checkpoint of iteration 4
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, killed, TrainConfig(**SMALL), progress=False, callback=kill)
+    assert os.path.exists(os.path.join(killed, "checkpoint.pt"))
+    assert not os.path.exists(os.path.join(killed, "cgml_model.json"))
+    torch.manual_seed(12345)  # global RNG state must not matter: it is restored from the checkpoint
+    np.random.seed(7)
+    resumed = train(data, killed, TrainConfig(**SMALL), progress=False, resume=True)
+    reference = small_run["model"].state_dict()
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    # A different seed gives different weights (the equality above is not vacuous).
+    other = train(data, None, TrainConfig(**{**SMALL, "seed": 4}), progress=False)
+    assert not torch.equal(other.state_dict()["dynamics.vector_head.weight_mlp.0.weight"],
+                           reference["dynamics.vector_head.weight_mlp.0.weight"])
+    with pytest.raises(ValueError, match="config differs"):
+        train(data, killed, TrainConfig(**{**SMALL, "lr": 0.5}), progress=False, resume=True)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(data, killed, TrainConfig(**SMALL), progress=False, resume=False)
+
+
+def test_saved_model_round_trip(small_run):
+    model = load_model(small_run["full"])
+    trained = small_run["model"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, trained.state_dict()[name]), name
+    c = model.config
+    assert c.timestep_ps == pytest.approx(4.0)  # 2 frames of 2 ps
+    assert c.periodic and c.history_length == 2 and c.cutoff == 0.5
+    assert c.velocity_scale > 0 and c.accel_scale > 0
+    assert model.mapping == {"atoms_per_bead": 3, "single_bead_residues": ["LI"], "whole_residues": []}
+    assert model.vocab.type_names == small_run["bm"].type_names
+    # The loaded model drives a scripted step; it is stochastic and the noise makes beads move.
+    step = torch.jit.script(LearnedStep.from_model(model, small_run["bm"]))
+    x = torch.rand(10, 3) * 1.6
+    traj, h = rollout(step, x, torch.zeros(2, 10, 3), torch.tensor([1.6, 1.6, 1.6]), seed=0, n_steps=3)
+    assert traj.shape == (3, 10, 3) and torch.isfinite(traj).all() and h.shape == (2, 10, 3)
+    torch.testing.assert_close(h[-1], traj[-1] - traj[-2])
+
+
+def test_corrupt_model_files_give_one_line_errors(small_run, tmp_path):
+    bad_weights = str(tmp_path / "bad_weights")
+    shutil.copytree(small_run["full"], bad_weights)
+    weights = os.path.join(bad_weights, "weights.safetensors")
+    with open(weights, "rb") as f:
+        blob = f.read()
+    with open(weights, "wb") as f:
+        f.write(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="corrupt") as err:
+        load_model(bad_weights)
+    assert "\n" not in str(err.value)
+    bad_json = str(tmp_path / "bad_json")
+    shutil.copytree(small_run["full"], bad_json)
+    with open(os.path.join(bad_json, "cgml_model.json"), "w") as f:
+        f.write('{"format_version": 1, "kind": "cgml-dyn')
+    with pytest.raises(ValueError, match="corrupt") as err:
+        load_model(bad_json)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "missing"))
+    bad_ckpt = str(tmp_path / "bad_ckpt")
+    shutil.copytree(small_run["full"], bad_ckpt)
+    with open(os.path.join(bad_ckpt, "checkpoint.pt"), "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot resume") as err:
+        train(small_run["data"], bad_ckpt, TrainConfig(**SMALL), progress=False, resume=True)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_bead_types_and_periodicity(small_run, tmp_path):
+    model = small_run["model"]
+    other = _small_dataset(str(tmp_path / "si.h5"), 1, element="Si")
+    with pytest.raises(ValueError, match=r"not trained on bead types \['PAIR:Si-000000'\]"):
+        LearnedStep.from_model(model, other)
+    step = LearnedStep.from_model(model, other, allow_unseen_types=True)
+    assert torch.isfinite(step.embed).all()
+    nonperiodic = _small_dataset(str(tmp_path / "np.h5"), 2, periodic=False)
+    with pytest.raises(ValueError, match="periodic"):
+        LearnedStep.from_model(model, nonperiodic)
+    with pytest.raises(ValueError, match="periodicity"):
+        train([small_run["data"], str(tmp_path / "np.h5")], None, TrainConfig(**SMALL), progress=False)
+
+
+def test_config_yaml_and_validation(tmp_path):
+    config = TrainConfig(**SMALL)
+    path = str(tmp_path / "cfg.yaml")
+    config.to_yaml(path)
+    assert TrainConfig.from_yaml(path) == config
+    with open(path, "a") as f:
+        f.write("learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown training config keys \\['learning_rate'\\]"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        TrainConfig(validation_fraction=1.5).validate()
+    with pytest.raises(ValueError, match="no training windows"):
+        data = str(tmp_path / "short.h5")
+        _small_dataset(data, 0, n_frames=5)
+        train(data, None, TrainConfig(**SMALL), progress=False)
