@@ -76,3 +76,31 @@ def test_simulate_rejects_bad_input(model_and_system, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "cgml simulate: error" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
+    """Brownian beads with D_ref and 2 D_ref: the comparison reports log10 error log10(2) with error bars."""
+    from openmm_cgml.systems import peo_litfsi_system, peo_litfsi_topology
+    from openmm_cgml.workflows import diffusivity_comparison, format_diffusivity_table
+
+    top = peo_litfsi_topology(8, 3, 8)  # 32 PEO, 8 TFSI and 8 Li beads
+    beadmap = BeadMap.from_openmm(top, peo_litfsi_system(top), **MAPPING)
+    rng = np.random.default_rng(4)
+    dt, n_frames, d_ref = 2.0, 2000, 1e-3  # ps, frames, nm²/ps
+
+    def brownian(d, path):
+        steps = rng.normal(scale=np.sqrt(2 * d * dt), size=(n_frames, beadmap.n_beads, 3))
+        write_dataset(str(path), beadmap, np.cumsum(steps, axis=0), None, np.arange(n_frames) * dt)
+        return str(path)
+
+    ref = brownian(d_ref, tmp_path / "ref.h5")
+    runs = [brownian(2 * d_ref, tmp_path / f"cg{r}.h5") for r in range(4)]
+    table = diffusivity_comparison(ref, runs)
+    assert set(table) == set(beadmap.bead_species())
+    for row in table.values():  # single-bead species (Li, TFSI) are noisy: judge them by their error bars
+        assert row["cg_err_cm2_per_s"] > 0 and row["allatom_err_cm2_per_s"] > 0
+        z_ref = (row["allatom_D_cm2_per_s"] - d_ref * 1e-2) / row["allatom_err_cm2_per_s"]
+        z_cg = (row["cg_D_cm2_per_s"] - 2 * d_ref * 1e-2) / row["cg_err_cm2_per_s"]
+        assert abs(z_ref) < 4 and abs(z_cg) < 4
+    assert table["PEO"]["log10_error"] == pytest.approx(np.log10(2.0), abs=0.1)  # 32 beads: precise
+    assert "log10 err" in format_diffusivity_table(table)
