@@ -1,5 +1,6 @@
-"""The ``cgml`` command. Verbs mirror the pipeline: build, reference, coarse-grain, train, simulate, sample,
-analyze, benchmark, demo (and train-dig for the DiG sampler).
+"""The cgml command: build, reference, coarse-grain, train, train-dig, sample, simulate, analyze, benchmark, demo.
+
+The verbs mirror the pipeline stages.
 
 Each verb imports its stage lazily so ``cgml --help`` is fast and one stage's heavy imports never slow another.
 """
@@ -83,6 +84,47 @@ def _analyze(args):
     print(f"wrote {os.path.join(args.output, 'analysis.json')} and plots")
 
 
+def _train(args):
+    from .training import train_main
+
+    train_main(args.datasets, args.output, config_path=args.config, device=args.device, seed=args.seed,
+               resume=not args.no_resume)
+    from .data import contact_distances
+    from .workflows import CONTACTS_FILE
+
+    # Closest non-bonded approach per bead-type pair in the training data: the collision yardstick of `simulate`.
+    with open(os.path.join(args.output, CONTACTS_FILE), "w") as handle:
+        json.dump(contact_distances(args.datasets), handle)
+
+
+def _train_dig(args):
+    from .training.dig import train_dig_main
+
+    train_dig_main(args.datasets, args.output, config_path=args.config, device=args.device,
+                   resume=not args.no_resume)
+
+
+def _sample(args):
+    from .dig import sample_main
+
+    path = sample_main(args.dig_dir, args.n, args.output, seed=args.seed, method=args.method, steps=args.steps,
+                       device=args.device, overwrite=args.overwrite)
+    print(f"wrote {args.n} DiG samples to {path}")
+
+
+def _benchmark(args):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "benchmarks", "__main__.py")):
+        raise FileNotFoundError("the benchmarks live in the source checkout; run `cgml benchmark` from a clone "
+                                "installed with `pip install -e .`")
+    rc = subprocess.call([sys.executable, "-m", "benchmarks", *(["--only", *args.only] if args.only else [])],
+                         cwd=root)
+    if rc:
+        raise SystemExit(rc)
+
+
 def _simulate(args):
     from .workflows import simulate_main
 
@@ -155,6 +197,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame")
     p.set_defaults(func=_analyze)
 
+    p = sub.add_parser("train", help="train the dynamics + score GNNs on CG datasets (resumes an interrupted run)")
+    p.add_argument("datasets", nargs="+", help="CG datasets (.h5) written by `cgml reference` or `coarse-grain`")
+    p.add_argument("-o", "--output", required=True, help="model directory")
+    p.add_argument("--config", default=None, help="YAML of TrainConfig fields (default: built-in defaults)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --output")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-dig", help="train a DiG equilibrium sampler on CG datasets (denoising score matching)")
+    p.add_argument("datasets", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="DiG model directory")
+    p.add_argument("--config", default=None, help="YAML of DiGConfig fields")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-resume", action="store_true")
+    p.set_defaults(func=_train_dig)
+
+    p = sub.add_parser("sample", help="draw independent equilibrium structures from a DiG model")
+    p.add_argument("dig_dir")
+    p.add_argument("-n", type=int, required=True, help="number of structures")
+    p.add_argument("-o", "--output", required=True, help="output file (.npz, .h5 or .dcd)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=["ode", "ancestral"], default="ode")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_sample)
+
     p = sub.add_parser("simulate", help="run R replicas of a built system with a learned CG model (batched engine)")
     p.add_argument("model", help="model directory (e.g. written by `cgml train`)")
     p.add_argument("--system", required=True, help="directory written by `cgml build` (the all-atom start)")
@@ -167,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory (replica_r.h5, simulate.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("benchmark", help="run the benchmarks (python -m benchmarks) and write their report")
+    p.add_argument("--only", nargs="*", help="benchmark names (allatom_throughput, model_step, speedup, dig, ...)")
+    p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("demo", help="build the default PEO/LiTFSI box and run the shipped model (~10 ns of CG time)")
     p.add_argument("-o", "--output", default="cgml-demo", help="output directory (default ./cgml-demo)")

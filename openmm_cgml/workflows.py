@@ -80,7 +80,7 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
     if dig_path is not None:
         from .dig import initial_states
 
-        start = np.asarray(initial_states(dig_path, replicas, beadmap, seed=seed))
+        start = initial_states(replicas, beadmap, dig_path, box=box, seed=seed, device=device)
     _empty_output_dir(out_dir)
     engine = ReplicaEngine(step, np.broadcast_to(start, (replicas,) + start.shape[-2:]),
                            seeds=[seed + r for r in range(replicas)], box=box, device=device)
