@@ -1,0 +1,116 @@
+"""Accuracy of a learned CG model against an all-atom reference dataset of the same system.
+
+    python benchmarks/accuracy.py --reference REF.h5 [--model MODEL_DIR] [--replicas 8] [--ns 20]
+
+Replica r starts from reference frame r * (T / R) with the velocity history taken from the reference frames
+before it, then runs ``--ns`` of learned CG time in the batched engine. Reported (benchmarks/results/accuracy.json):
+log10 errors of D per species (error bars from replicas / time blocks), RDF first-peak position and height errors
+for every species pair, the mean chain Rg² error, and the collision rate. Whether the reference's composition or
+temperature was part of the model's training data is read from the model's provenance and stated in the output.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from allatom_throughput import RESULTS, cpu_model  # noqa: E402
+
+from openmm_cgml.analysis import first_peak, radius_of_gyration_squared, rdf  # noqa: E402
+from openmm_cgml.data import CGDataset  # noqa: E402
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine  # noqa: E402
+from openmm_cgml.training.model import load_model  # noqa: E402
+from openmm_cgml.workflows import (DEFAULT_MODEL, collision_thresholds, count_collisions,  # noqa: E402
+                                   diffusivity_comparison, format_diffusivity_table)
+
+
+def structure(positions, box, beadmap, r_max: float):
+    """First RDF peak (position nm, height) per species pair and mean Rg² (nm²) of multi-bead molecules."""
+    species = np.asarray(beadmap.bead_species())
+    names = sorted(set(species.tolist()))
+    peaks = {}
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            r, g = rdf(positions, box, species == a, species == b, r_max, n_bins=60)
+            peaks[f"{a}-{b}"] = first_peak(r, g)
+    counts = np.bincount(beadmap.bead_molecule)
+    chains = counts[beadmap.bead_molecule] > 2
+    rg2 = radius_of_gyration_squared(positions[:, chains], beadmap.bead_masses[chains], beadmap.bead_molecule[chains])
+    return peaks, float(rg2.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", required=True, help="all-atom CG dataset (.h5) of the test system")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--ns", type=float, default=20.0, help="CG time per replica")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(RESULTS, "accuracy.json"))
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    with CGDataset(args.reference) as ds:
+        ref_x = np.asarray(ds.positions[:], dtype=np.float32)
+        ref_box = ds.box
+        beadmap, interval = ds.beadmap, ds.frame_interval_ps
+        provenance = ds.provenance
+    stride = int(round(model.timestep_ps / interval))
+    if stride < 1 or abs(stride * interval - model.timestep_ps) > 1e-6:
+        raise SystemExit(f"model step {model.timestep_ps} ps is not a multiple of the reference interval {interval} ps")
+    h = model.history_length
+    first = h * stride
+    starts = np.linspace(first, ref_x.shape[0] - 1, args.replicas).astype(int)
+    x0 = ref_x[starts]
+    history = np.stack([np.stack([ref_x[s - (h - k - 1) * stride] - ref_x[s - (h - k) * stride] for k in range(h)])
+                        for s in starts])
+    box = ref_box[0] if ref_box is not None else None
+    step = LearnedStep.from_model(model, beadmap)
+    engine = ReplicaEngine(step, x0, seeds=[args.seed + r for r in range(args.replicas)], box=box, history=history)
+    n_steps = int(np.ceil(args.ns * 1000.0 / model.timestep_ps))
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = engine.run(n_steps, out_dir=tmp, beadmap=beadmap, progress=True)
+        paths = [os.path.join(tmp, f"replica_{r}.h5") for r in range(args.replicas)]
+        table = diffusivity_comparison(args.reference, paths)
+        cg_x = []
+        for p in paths:
+            with CGDataset(p) as ds:
+                cg_x.append(np.asarray(ds.positions[:]))
+        cg_x = np.concatenate(cg_x)
+    r_max = 0.45 * float(np.min(box)) if box is not None else 1.5
+    ref_peaks, ref_rg2 = structure(ref_x[::max(1, stride // 2)], ref_box[::max(1, stride // 2)], beadmap, r_max)
+    cg_peaks, cg_rg2 = structure(cg_x, np.tile(box, (cg_x.shape[0], 1)), beadmap, r_max)
+    thresholds = collision_thresholds(args.model, beadmap)
+    result = {
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads",
+        "reference": os.path.abspath(args.reference), "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
+        "reference_system": provenance.get("system", provenance.get("builder_args")),
+        "model": os.path.abspath(args.model), "model_trained_on": load_model_extra(args.model),
+        "replicas": args.replicas, "cg_ns_per_replica": n_steps * model.timestep_ps / 1000.0,
+        "engine": stats,
+        "diffusivity": table,
+        "rdf_first_peak": {k: {"allatom": ref_peaks[k], "cg": cg_peaks[k],
+                               "position_error_nm": cg_peaks[k][0] - ref_peaks[k][0],
+                               "height_error": cg_peaks[k][1] - ref_peaks[k][1]} for k in ref_peaks},
+        "rg2_nm2": {"allatom": ref_rg2, "cg": cg_rg2, "relative_error": (cg_rg2 - ref_rg2) / ref_rg2},
+        "collisions_per_bead_per_frame": (float(count_collisions(cg_x, box, beadmap, thresholds).mean()
+                                                / beadmap.n_beads) if thresholds is not None else None),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(format_diffusivity_table(table))
+    print(json.dumps({k: result[k] for k in ("rdf_first_peak", "rg2_nm2", "collisions_per_bead_per_frame")}, indent=1))
+
+
+def load_model_extra(path: str):
+    with open(os.path.join(path, "cgml_model.json")) as handle:
+        return json.load(handle).get("extra", {}).get("trained_on")
+
+
+if __name__ == "__main__":
+    main()
