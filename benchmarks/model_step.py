@@ -1,0 +1,178 @@
+"""Cost of one learned CG step: wall time, FLOPs and fraction of the machine's fp32 matmul peak.
+
+A random periodic bead liquid at a realistic bead density (default 15 beads/nm³: PEO/LiTFSI at ~1.1 g/cm³ is about
+105 atoms/nm³, mapped at 7 atoms per bead) is advanced by the TorchScript ``LearnedStep`` of an (untrained) model
+with the default architecture (``ModelConfig()``: 64-wide, 4 message-passing layers, cutoff 0.8 nm, history 4;
+score GNN 64 x 4 with 5 x 2 annealed-Langevin evaluations per step). Timed both with refinement and dynamics-only.
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls only, so they are a lower bound); the peak is
+the measured rate of a large fp32 ``torch.matmul``. Writes benchmarks/results/model_step.json.
+
+    python benchmarks/model_step.py                       # 100, 1,000 and 10,000 beads, all threads
+    python benchmarks/model_step.py --sizes 100 1000 --threads 1 --device cpu
+"""
+import argparse
+import json
+import math
+import os
+import platform as host
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from openmm_cgml.simulate.step import LearnedStep, step_noise
+from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Four bead chemistries typical of PEO/LiTFSI at 7 atoms per bead (heavy atoms with their hydrogens).
+TYPE_GRAPHS = [
+    {"elements": ["C", "C", "O", "H", "H", "H", "H"], "masses": [12.011, 12.011, 15.999] + [1.008] * 4,
+     "bonds": [[0, 1, 0], [1, 2, 0], [0, 3, 0], [0, 4, 0], [1, 5, 0], [1, 6, 0]]},
+    {"elements": ["Li"], "masses": [6.94], "bonds": []},
+    {"elements": ["S", "O", "O", "N", "C", "F", "F", "F"], "masses": [32.06, 16.0, 16.0, 14.007, 12.011, 19.0, 19.0, 19.0],
+     "bonds": [[0, 1, 0], [0, 2, 0], [0, 3, 0], [0, 4, 0], [4, 5, 0], [4, 6, 0], [4, 7, 0]]},
+    {"elements": ["C", "O", "H", "H", "H"], "masses": [12.011, 15.999, 1.008, 1.008, 1.008],
+     "bonds": [[0, 1, 0], [0, 2, 0], [0, 3, 0], [0, 4, 0]]},
+]
+
+
+class RandomLiquid:
+    """Bead map stand-in for ``LearnedStep.from_model``: N beads of random types, chains of 4 bonded beads."""
+
+    def __init__(self, n_beads: int, gen: torch.Generator):
+        self.n_beads = n_beads
+        self.type_names = [f"T{k}" for k in range(len(TYPE_GRAPHS))]
+        self.type_graphs = TYPE_GRAPHS
+        self.bead_types = torch.randint(0, len(TYPE_GRAPHS), (n_beads,), generator=gen).numpy()
+        self.bead_masses = [sum(TYPE_GRAPHS[t]["masses"]) for t in self.bead_types]
+        self.bonds = [[i, i + 1] for i in range(n_beads - 1) if i % 4 != 3]
+        self.periodic = True
+
+
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matmul rate, FLOP/s (best of ``repeats``)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, x, h, box, device, min_repeats: int, budget_s: float):
+    """(median seconds per step, number of timed steps)."""
+    n_refine = int(step.n_refine)
+    dyn, ref = step_noise(0, 0, x.shape[0], n_refine)
+    dyn, ref = dyn.to(device), ref.to(device)
+    with torch.no_grad():
+        step(x, h, box, dyn, ref)  # warm-up (TorchScript profiling run)
+        _sync(device)
+        times = []
+        start = time.perf_counter()
+        while len(times) < min_repeats or (time.perf_counter() - start < budget_s and len(times) < 20):
+            t0 = time.perf_counter()
+            step(x, h, box, dyn, ref)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], len(times)
+
+
+def count_flops(step, x, h, box, device) -> int:
+    dyn, ref = step_noise(0, 0, x.shape[0], int(step.n_refine))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        step(x, h, box, dyn.to(device), ref.to(device))
+    return int(counter.get_total_flops())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--density", type=float, default=15.0, help="beads per nm³")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds of timing per case (at least 1 step)")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "model_step.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(0)
+
+    config = ModelConfig(timestep_ps=100.0, periodic=True, velocity_scale=0.3, accel_scale=0.3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CGModel(config, BeadVocabulary([f"T{k}" for k in range(len(TYPE_GRAPHS))], TYPE_GRAPHS)).eval()
+    model.to(device)
+    peak = matmul_peak(device)
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {device} ({torch.get_num_threads()} threads)")
+    cases = []
+    for n in args.sizes:
+        system = RandomLiquid(n, gen)
+        edge = (n / args.density) ** (1.0 / 3.0)
+        if edge < 2.0 * config.cutoff:
+            print(f"skipping {n} beads: box {edge:.2f} nm is shorter than twice the cutoff")
+            continue
+        box = torch.full((3,), edge, device=device)
+        x = (torch.rand(n, 3, generator=gen) * edge).to(device)
+        h = (0.1 * torch.randn(config.history_length, n, 3, generator=gen)).to(device)
+        from openmm_cgml.nn.features import typed_edges
+
+        n_edges = int(typed_edges(x, config.cutoff, torch.tensor(system.bonds, device=device), box)[0].shape[1])
+        row = {"n_beads": n, "box_nm": edge, "edges": n_edges, "edges_per_bead": n_edges / n}
+        for label, refine in (("full", None), ("dynamics_only", False)):
+            step = torch.jit.script(LearnedStep.from_model(model, system, refine=refine))
+            seconds, repeats = time_step(step, x, h, box, device, 1 if n >= 10000 else 3, args.budget)
+            flops = count_flops(LearnedStep.from_model(model, system, refine=refine), x, h, box, device)
+            row[label] = {
+                "seconds_per_step": seconds,
+                "timed_steps": repeats,
+                "model_evaluations": 1 + int(step.n_refine),
+                "gflop_per_step": flops / 1e9,
+                "achieved_gflop_per_s": flops / seconds / 1e9,
+                "fraction_of_matmul_peak": flops / seconds / peak,
+                "cg_ns_per_day": config.timestep_ps * 1e-3 / seconds * 86400.0,
+            }
+            print(f"{n:>6} beads {label:>13}: {seconds * 1e3:9.1f} ms/step, {flops / 1e9:8.2f} GFLOP, "
+                  f"{flops / seconds / peak:6.1%} of peak, {row[label]['cg_ns_per_day']:.3g} CG ns/day "
+                  f"(100 ps steps, {n_edges / n:.1f} edges/bead)")
+        cases.append(row)
+    result = {
+        "device": str(device),
+        "cpu_model": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "matmul_peak_gflop_per_s": peak / 1e9,
+        "bead_density_per_nm3": args.density,
+        "model_config": config.to_dict(),
+        "note": "untrained default architecture; FLOPs count matmuls only (lower bound); shared machine",
+        "cases": cases,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return host.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
