@@ -368,3 +368,115 @@ def test_dsm_trained_gaussian_chain_rg2_distribution():
     got = rg2(x.numpy())
     assert js_divergence(got, ref, bins) < 0.03
     assert got.mean() == pytest.approx(ref.mean(), rel=0.2)
+
+
+# ---------------------------------------------------------------------------------------------------- PIDP
+def test_fokker_planck_residual_vanishes_on_exact_marginal_scores():
+    from openmm_cgml.training.pidp import fokker_planck_residual
+
+    sde = VPSDE("sigmoid", 0.1, 20.0)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(6, 4, 3, generator=gen)
+    y = y - y.mean(1, keepdim=True)
+    t = 0.05 + 0.9 * torch.rand(6, generator=gen)
+
+    def marginal(v):  # exact score of the VP marginal of centred N(0, v) data: -y / (ab v + 1 - ab)
+        return lambda yy, tt: -yy / (sde.alpha_bar(tt).view(-1, 1, 1) * v + 1 - sde.alpha_bar(tt).view(-1, 1, 1))
+
+    for v in (0.2, 1.0, 3.0):
+        res = fokker_planck_residual(marginal(v), sde, y, t, 2, True, gen)
+        assert float(res.detach().abs().max()) < 1e-4
+    # a score that is not the evolution of any distribution under this SDE (wrong time dependence)
+    wrong = lambda yy, tt: -yy / (0.3 + tt.view(-1, 1, 1))  # noqa: E731
+    assert float(fokker_planck_residual(wrong, sde, y, t, 2, True, gen).detach().abs().max()) > 0.1
+
+
+def test_openmm_energy_matches_torch_energy_and_forces():
+    import openmm
+    from openmm import unit
+
+    from openmm_cgml.training.pidp import OpenMMEnergy
+
+    system = openmm.System()
+    for _ in range(3):
+        system.addParticle(50.0)
+    bonds = openmm.HarmonicBondForce()
+    bonds.addBond(0, 1, 0.4, 300.0)
+    bonds.addBond(1, 2, 0.5, 200.0)
+    system.addForce(bonds)
+    energy = OpenMMEnergy(system, temperature=300 * unit.kelvin)
+    kT = 0.0083144626 * 300
+
+    def reference(x):
+        r01 = torch.linalg.norm(x[:, 1] - x[:, 0], dim=-1)
+        r12 = torch.linalg.norm(x[:, 2] - x[:, 1], dim=-1)
+        return (150.0 * (r01 - 0.4) ** 2 + 100.0 * (r12 - 0.5) ** 2) / kT
+
+    x = torch.rand(4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    e = energy(x)
+    (g,) = torch.autograd.grad(e.sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    e_ref = reference(x2)
+    (g_ref,) = torch.autograd.grad(e_ref.sum(), x2)
+    assert torch.allclose(e, e_ref, rtol=1e-5) and torch.allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="positions"):
+        energy(torch.zeros(2, 4, 3))
+
+
+def harmonic_dimer(k: float = 100.0):
+    """E = k/2 |x1 - x0|^2 (kT units, k in nm^-2): bond vector ~ N(0, 1/k) per component."""
+    return lambda x: 0.5 * k * ((x[:, 1] - x[:, 0]) ** 2).sum(-1)
+
+
+def test_pidp_losses_vanish_for_the_exact_score():
+    """Every PIDP term is zero for the exact score of the harmonic dimer's VP marginals, and not for N(0, I)."""
+    from openmm_cgml.nn.dig_model import remove_centroid
+    from openmm_cgml.training.pidp import PIDPConfig, pidp_loss
+
+    k, length = 100.0, 0.12
+    var = 1.0 / (2 * k * length**2)  # variance of the centred relative coordinate in diffusion units
+    config = PIDPConfig(length_scale=length, batch_size=64)
+    sde = config.make_sde()
+
+    class ExactNoise(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, y, t, types, bonds, batch, box=None):
+            ab, sig = sde.alpha_bar(t)[batch].unsqueeze(1), sde.marginal_std(t)[batch].unsqueeze(1)
+            return sig * remove_centroid(y, batch, int(batch.max()) + 1) / (ab * self.v + 1 - ab)
+
+    rng = np.random.default_rng(0)
+    bond = rng.normal(0, 0.3, (32, 3))
+    starts = np.stack([-bond / 2, bond / 2], 1)
+    desc = Descriptor([0, 0], [[0, 1]])
+    _, exact = pidp_loss(ExactNoise(var), sde, harmonic_dimer(k), torch.as_tensor(starts, dtype=torch.float32),
+                         desc, config, length, torch.Generator().manual_seed(0))
+    _, prior = pidp_loss(ExactNoise(1.0), sde, harmonic_dimer(k), torch.as_tensor(starts, dtype=torch.float32),
+                         desc, config, length, torch.Generator().manual_seed(0))
+    assert exact["boundary"] < 1e-3 and exact["fpe"] < 1e-6 and exact["prior"] < 1e-6, exact
+    # N(0, I) solves the Fokker–Planck equation and the prior condition, but not the Boltzmann boundary condition
+    assert prior["fpe"] < 1e-6 and prior["boundary"] > 0.3, prior
+
+
+def test_train_pidp_runs_resumes_and_saves(tmp_path):
+    from openmm_cgml.training.pidp import PIDPConfig, train_pidp
+
+    rng = np.random.default_rng(1)
+    bond = rng.normal(0, 0.3, (16, 3))
+    starts = np.stack([-bond / 2, bond / 2], 1)
+    desc = Descriptor([0, 0], [[0, 1]])
+    config = PIDPConfig(length_scale=0.12, n_iterations=12, checkpoint_every=4,
+                        **dict(TINY, batch_size=8, time_max_freq=30.0))
+    losses = []
+    model, sde = train_pidp(harmonic_dimer(), starts, desc, config, str(tmp_path / "p"), progress=False,
+                            callback=lambda i, loss: losses.append(loss))
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    again, _ = train_pidp(harmonic_dimer(), starts, desc, config, str(tmp_path / "p"), resume=True, progress=False)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)  # a finished run resumes to the same weights
+    x = DiGSampler(str(tmp_path / "p")).sample(4, desc, method="ode", steps=4)
+    assert x.shape == (4, 2, 3) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="start structures"):
+        train_pidp(harmonic_dimer(), starts[:, :1], desc, config, progress=False)
