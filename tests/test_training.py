@@ -1,5 +1,6 @@
 """Training of the dynamics/score/embedding GNNs: analytic Ornstein-Uhlenbeck and Gaussian checks, exact resume,
 model files, configs, unknown bead types."""
+import json
 import math
 import os
 import shutil
@@ -134,7 +135,7 @@ def test_score_matches_smoothed_gaussian(tmp_path):
 
 
 # ------------------------------------------------------------------------------ runs, files, resume
-def _small_dataset(path: str, seed: int, periodic: bool = True, n_frames: int = 30, element: str = "C"):
+def _small_dataset(path: str, seed: int, periodic: bool = True, n_frames: int = 40, element: str = "C"):
     rng = np.random.default_rng(seed)
     bm = _pair_beadmap(5, periodic=periodic, element=element, mass=12.0 if element == "C" else 28.0)
     box = np.array([1.6, 1.6, 1.6])
@@ -150,7 +151,7 @@ def _small_dataset(path: str, seed: int, periodic: bool = True, n_frames: int = 
 
 SMALL = dict(embed_dim=4, embed_hidden=8, embed_layers=1, hidden=8, n_layers=1, n_rbf=4, cutoff=0.5, history_length=2,
              score_hidden=8, score_layers=1, n_sigmas=4, sigma_max=0.1, sigma_min=0.01, refine_levels=2,
-             frames_per_step=2, batch_size=3, n_iterations=8, checkpoint_every=4, input_noise=0.003,
+             frames_per_step=2, batch_size=3, n_iterations=12, checkpoint_every=6, input_noise=0.003,
              validation_fraction=0.2, split="time", seed=3)
 
 
@@ -170,8 +171,8 @@ def test_resume_is_exact(small_run):
     killed = str(root / "killed")
 
     def kill(iteration, nll, dsm):
-        if iteration == 4:
-            raise KeyboardInterrupt  # as if the job were killed right after the checkpoint of iteration 4
+        if iteration == 6:
+            raise KeyboardInterrupt  # as if the job were killed right after the checkpoint of iteration 6
 
     with pytest.raises(KeyboardInterrupt):
         train(data, killed, TrainConfig(**SMALL), progress=False, callback=kill)
@@ -204,6 +205,12 @@ def test_saved_model_round_trip(small_run):
     assert c.velocity_scale > 0 and c.accel_scale > 0
     assert model.mapping == {"atoms_per_bead": 3, "single_bead_residues": ["LI"], "whole_residues": []}
     assert model.vocab.type_names == small_run["bm"].type_names
+    # 26 training windows in batches of 3: one epoch (9 iterations) ended, so one validation was recorded.
+    with open(os.path.join(small_run["full"], "cgml_model.json")) as f:
+        extra = json.load(f)["extra"]
+    assert extra["n_train_windows"] == 26 and extra["n_validation_windows"] == 2
+    assert len(extra["validation"]) == 1 and extra["validation"][0]["iteration"] == 9
+    assert math.isfinite(extra["validation"][0]["nll"]) and math.isfinite(extra["validation"][0]["dsm"])
     # The loaded model drives a scripted step; it is stochastic and the noise makes beads move.
     step = torch.jit.script(LearnedStep.from_model(model, small_run["bm"]))
     x = torch.rand(10, 3) * 1.6

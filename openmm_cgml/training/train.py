@@ -15,6 +15,7 @@ uninterrupted run.
 import math
 import os
 import random
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -390,6 +391,9 @@ def train(
     config = _as_config(config)
     trajectories, vocab, mapping, periodic, interval = load_trajectories(dataset_paths, config)
     train_windows, val_windows = make_windows(trajectories, config)
+    if config.validation_fraction > 0 and val_windows.shape[0] == 0:
+        warnings.warn("no validation windows: the held-out part of the data is shorter than one window "
+                      f"({(config.history_length + 1) * config.frames_per_step + 1} frames); training without validation")
     v_scale, a_scale = data_scales(trajectories, train_windows, config)
     model_config = config.model_config(timestep_ps=interval * int(config.frames_per_step), periodic=periodic,
                                        velocity_scale=v_scale, accel_scale=a_scale, mapping=mapping)
