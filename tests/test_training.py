@@ -277,3 +277,18 @@ def test_config_yaml_and_validation(tmp_path):
         data = str(tmp_path / "short.h5")
         _small_dataset(data, 0, n_frames=5)
         train(data, None, TrainConfig(**SMALL), progress=False)
+
+
+def test_train_main_reads_yaml_and_seed(small_run, tmp_path, capsys):
+    from openmm_cgml.training import train_main
+
+    cfg = str(tmp_path / "cfg.yaml")
+    TrainConfig(**{**SMALL, "n_iterations": 2}).to_yaml(cfg)
+    out = str(tmp_path / "model")
+    assert train_main([small_run["data"]], out, config_path=cfg, seed=5) == out
+    assert "written to" in capsys.readouterr().out
+    with open(os.path.join(out, "cgml_model.json")) as f:
+        extra = json.load(f)["extra"]
+    assert extra["training"]["seed"] == 5 and extra["iterations"] == 2
+    assert TrainConfig.from_yaml(os.path.join(out, "config.yaml")).seed == 5
+    assert load_model(out).config.history_length == 2
