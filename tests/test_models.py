@@ -1,5 +1,7 @@
 """Embedding, dynamics and score GNNs: symmetry (translation, rotation, permutation, periodic images), shapes,
 determinism of the bead embeddings, refinement bookkeeping."""
+import io
+
 import pytest
 import torch
 
@@ -226,6 +228,13 @@ def test_step_scripted_equals_eager_and_batched(small_model):
         x1, h1 = step(x, h, box, dyn, ref)
         x2, h2 = scripted(x, h, box, dyn, ref)
     assert torch.equal(x1, x2) and torch.equal(h1, h2)
+    buffer = io.BytesIO()  # a saved TorchScript step (for C++/plugin use) keeps outputs and attributes
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    reloaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x, h, box, dyn, ref)[0], x1)
+    assert reloaded.n_refine == 4 and reloaded.timestep_ps == 100.0 and reloaded.periodic
     torch.testing.assert_close(h1[-1], x1 - x)
     torch.testing.assert_close(h1[0], h[1])
     # Refinement changes the frame; without it the step is the bare dynamics prediction.
