@@ -1,6 +1,11 @@
 """Shared fixtures: tiny systems built once per test session."""
 import pytest
+import torch
 from openmm import unit
+
+# The test models are tiny: one intra-op thread is fastest and avoids oversubscribing small CI machines
+# (measured on 2 shared cores: 2 threads made a small matmul ~270x slower).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

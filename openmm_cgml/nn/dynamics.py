@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone
-from .features import typed_edges
+from .graph import build_edges
 
 
 class DynamicsGNN(nn.Module):
@@ -100,7 +100,7 @@ class DynamicsGNN(nn.Module):
             box: None or (3,) / (B, 3) orthorhombic box, nm. batch: (N,) graph index of each bead, or None.
         """
         n = pos.shape[0]
-        edge_index, edge_vec, edge_type = typed_edges(pos, self.cutoff, bonds, box, batch)
+        edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch)
         src, dst = edge_index[0], edge_index[1]
         r = torch.linalg.norm(edge_vec, dim=1).clamp(min=1e-6)
         unit = edge_vec / r.unsqueeze(1)

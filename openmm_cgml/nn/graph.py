@@ -145,8 +145,9 @@ def build_edges(
     """
     r_index, r_vec = radius_graph(pos, cutoff, box, batch)
     b_index, b_vec = bond_edges(pos, bonds, box, batch)
-    r_type = torch.full((r_index.shape[1],), RADIUS_EDGE, dtype=torch.long, device=pos.device)
-    b_type = torch.full((b_index.shape[1],), BOND_EDGE, dtype=torch.long, device=pos.device)
+    # Literal 0/1 (= RADIUS_EDGE / BOND_EDGE): TorchScript cannot read module-level constants.
+    r_type = torch.zeros((r_index.shape[1],), dtype=torch.long, device=pos.device)
+    b_type = torch.ones((b_index.shape[1],), dtype=torch.long, device=pos.device)
     return (
         torch.cat([r_index, b_index], dim=1),
         torch.cat([r_vec, b_vec], dim=0),

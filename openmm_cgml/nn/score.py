@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbone import EdgeVectorHead, GaussianRBF, GraphBackbone
-from .features import typed_edges
+from .graph import build_edges
 
 
 def sigma_levels(sigma_max: float, sigma_min: float, n_levels: int) -> List[float]:
@@ -68,7 +68,7 @@ class ScoreGNN(nn.Module):
     ) -> torch.Tensor:
         """Score (N, 3) in nm^-1 at noise level ``sigma`` (N,) nm per bead (constant within a graph)."""
         n = pos.shape[0]
-        edge_index, edge_vec, edge_type = typed_edges(pos, self.cutoff, bonds, box, batch)
+        edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch)
         r = torch.linalg.norm(edge_vec, dim=1).clamp(min=1e-6)
         log_sigma = torch.log10(sigma).unsqueeze(1)
         node_attr = torch.cat([embed, torch.log(masses / 10.0).unsqueeze(1), log_sigma], dim=1)
