@@ -48,6 +48,8 @@ class PIDPConfig(DiGConfig):
 
     time_max_freq: float = 30.0  # smooth time features: the Fokker–Planck residual differentiates in t
     gaussian_skip: bool = True  # start from the exact N(0, I) solution of the Fokker–Planck equation
+    n_iterations: int = 5000  # PIDP converges slowly (a physics-informed residual): train long
+    grad_clip: float = 10.0
     kT: float = 1.0  # thermal energy in the energy function's unit (kJ/mol: 2.494 at 300 K; 1 if E is in kT)
     boundary_sigma: float = 0.05  # marginal std (diffusion units) at which the Boltzmann score is imposed
     boundary_weight: float = 1.0  # || s(y, t_b) - s_0(y / sqrt(alpha_bar)) / sqrt(alpha_bar) ||^2, relative
