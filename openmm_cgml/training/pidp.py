@@ -21,9 +21,7 @@ For non-periodic systems everything lives in the centroid-free subspace, as in t
 Energies: any differentiable ``energy(x) -> (B,)`` on x (B, N, 3) nm, in kJ/mol together with ``kT`` in kJ/mol, or
 already in units of kT (kT = 1). :class:`OpenMMEnergy` wraps an OpenMM System (energy and forces from OpenMM).
 """
-import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple, Union
 
