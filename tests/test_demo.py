@@ -1,0 +1,43 @@
+"""The shipped default model and `cgml demo` (on a smaller box than the real demo, same code path)."""
+import json
+import os
+
+import mdtraj
+import numpy as np
+import pytest
+
+from openmm_cgml.data import CGDataset
+from openmm_cgml.training import load_model
+from openmm_cgml.workflows import CONTACTS_FILE, DEFAULT_MODEL, run_demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING_DATA = os.path.join(REPO, "benchmarks", "data", "peo_litfsi_400K.h5")
+
+
+def test_shipped_model_matches_its_training_data():
+    model = load_model(DEFAULT_MODEL)
+    assert model.periodic and model.timestep_ps >= 100.0 and model.history_length >= 1
+    with CGDataset(TRAINING_DATA) as ds:
+        assert set(ds.beadmap.type_names) <= set(model.vocab.type_names)
+        assert model.timestep_ps == pytest.approx(ds.frame_interval_ps * round(model.timestep_ps / ds.frame_interval_ps))
+        assert model.mapping["atoms_per_bead"] == ds.provenance["reference_config"]["atoms_per_bead"]
+    assert os.path.exists(os.path.join(DEFAULT_MODEL, CONTACTS_FILE))
+    size = sum(os.path.getsize(os.path.join(DEFAULT_MODEL, f)) for f in os.listdir(DEFAULT_MODEL))
+    assert size < 10e6  # "a few MB"
+
+
+def test_demo_runs_ten_ns_and_writes_its_outputs(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(str(out), ns=10.0, seed=3, progress=False,
+                       build_options=dict(n_chains=2, eo_per_chain=3, n_salt=1, equilibration_ps=2.0))
+    assert summary["cg_ns"] == pytest.approx(10.0, rel=0.02)
+    assert set(summary["D_cm2_per_s"]) == {"LI", "TFS", "PEO"}
+    assert all(np.isfinite(d) for d in summary["D_cm2_per_s"].values())
+    for name in ("cg.dcd", "cg.pdb", "msd.png", "demo.json", "cg_state.csv"):
+        assert (out / name).stat().st_size > 0
+    traj = mdtraj.load(str(out / "cg.dcd"), top=str(out / "cg.pdb"))
+    assert traj.n_atoms == summary["n_beads"] and traj.n_frames >= 50
+    assert np.isfinite(traj.xyz).all()
+    assert json.loads((out / "demo.json").read_text())["n_atoms"] == 2 * (5 + 7 * 3 + 4) + 16
+    with pytest.raises(ValueError, match="not empty"):
+        run_demo(str(out), ns=1.0, progress=False)
