@@ -70,8 +70,15 @@ def radius_graph(
         lo = lo.scatter_reduce(0, batch.unsqueeze(1).expand(n, 3), pos, reduce="amin", include_self=True)
         rel = pos - lo[batch]
         extent = rel.max(dim=0).values if n > 0 else torch.zeros(3, dtype=pos.dtype, device=device)
-        n_cells = torch.clamp(torch.floor(extent / cutoff), min=0).long() + 1
-        cell3 = torch.minimum(torch.floor(rel / cutoff).long(), n_cells - 1)
+        # Cells at least `cutoff` wide; widened when the beads are spread far apart (e.g. an exploded sample),
+        # so the cell table never outgrows ~8 cells per bead.
+        cell = float(cutoff)
+        n_cells = torch.clamp(torch.floor(extent / cell), min=0).long() + 1
+        limit = max(8 * n, 64)
+        while int(torch.prod(n_cells).item()) * n_graphs > limit:
+            cell = cell * 1.5
+            n_cells = torch.clamp(torch.floor(extent / cell), min=0).long() + 1
+        cell3 = torch.minimum(torch.floor(rel / cell).long(), n_cells - 1)
 
     nx, ny, nz = int(n_cells[0]), int(n_cells[1]), int(n_cells[2])
     cells_per_graph = nx * ny * nz
