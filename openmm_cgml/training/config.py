@@ -5,36 +5,15 @@ from typing import Optional
 
 import yaml
 
-from .model import ModelConfig
+from .model import ArchitectureConfig, ModelConfig
 
-# ModelConfig fields that are measured from the training data rather than chosen by the user.
-DERIVED_FIELDS = ("timestep_ps", "periodic", "velocity_scale", "accel_scale", "mapping")
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run (lengths nm). Architecture fields are those of :class:`ModelConfig`."""
+class TrainConfig(ArchitectureConfig):
+    """Everything that defines a training run (lengths nm): the architecture fields of
+    :class:`~openmm_cgml.training.model.ArchitectureConfig` plus data and optimisation settings."""
 
-    # architecture (see ModelConfig)
-    embed_dim: int = 32
-    embed_hidden: int = 32
-    embed_layers: int = 2
-    hidden: int = 64
-    n_layers: int = 4
-    mlp_layers: int = 2
-    n_rbf: int = 16
-    cutoff: float = 0.8
-    history_length: int = 4
-    min_std: float = 1e-3
-    score_hidden: int = 64
-    score_layers: int = 4
-    score_cutoff: Optional[float] = None
-    sigma_max: float = 1.0
-    sigma_min: float = 0.001
-    n_sigmas: int = 20
-    refine_levels: int = 5
-    refine_steps_per_level: int = 2
-    refine_step_size: float = 5e-7
     # data
     frames_per_step: int = 1  # model time step = frames_per_step x the datasets' frame interval
     validation_fraction: float = 0.1
@@ -97,7 +76,7 @@ class TrainConfig:
 
     def model_config(self, **derived) -> ModelConfig:
         """The :class:`ModelConfig` of this run, with the data-derived fields given as keywords."""
-        names = {f.name for f in dataclasses.fields(ModelConfig)} - set(DERIVED_FIELDS)
+        names = {f.name for f in dataclasses.fields(ArchitectureConfig)}
         values = {k: v for k, v in self.to_dict().items() if k in names}
         values.update(derived)
         return ModelConfig(**values)

@@ -20,8 +20,8 @@ MODEL_KIND = "cgml-dynamics"
 
 
 @dataclass
-class ModelConfig:
-    """Architecture and data-derived settings of a CG model (lengths nm, times ps)."""
+class ArchitectureConfig:
+    """Network sizes, noise ladder and default refinement of a CG model (lengths nm); chosen by the user."""
 
     # embedding GNN over each bead type's atom graph
     embed_dim: int = 32
@@ -46,6 +46,12 @@ class ModelConfig:
     refine_levels: int = 5
     refine_steps_per_level: int = 2
     refine_step_size: float = 5e-7  # nm², alpha at the last level
+
+
+@dataclass
+class ModelConfig(ArchitectureConfig):
+    """Architecture plus the settings measured from the training data (times ps, lengths nm)."""
+
     # set from the training data
     timestep_ps: Optional[float] = None
     periodic: bool = False
