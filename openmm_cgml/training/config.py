@@ -8,7 +8,6 @@ import yaml
 from .model import ArchitectureConfig, ModelConfig
 
 
-
 @dataclass
 class TrainConfig(ArchitectureConfig):
     """Everything that defines a training run (lengths nm): the architecture fields of
