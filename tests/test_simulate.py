@@ -58,6 +58,7 @@ def test_simulation_with_standard_reporters(setup, tmp_path, platform):
     with open(tmp_path / "cg.pdb", "w") as f:
         app.PDBFile.writeFile(cg_top, cg_pos, f)
     sim.reporters.append(app.DCDReporter(str(tmp_path / "cg.dcd"), 2, enforcePeriodicBox=False))
+    sim.reporters.append(app.XTCReporter(str(tmp_path / "cg.xtc"), 3, enforcePeriodicBox=False))
     sim.reporters.append(app.StateDataReporter(str(tmp_path / "log.csv"), 2, step=True, time=True))
     sim.reporters.append(app.CheckpointReporter(str(tmp_path / "cg.chk"), 3))
     start = np.asarray(cg_pos.value_in_unit(unit.nanometer))
@@ -66,6 +67,8 @@ def test_simulation_with_standard_reporters(setup, tmp_path, platform):
     assert state.getTime().value_in_unit(unit.picosecond) == pytest.approx(6 * TIMESTEP_PS)
     traj = mdtraj.load(str(tmp_path / "cg.dcd"), top=str(tmp_path / "cg.pdb"))
     assert traj.n_frames == 3 and traj.n_atoms == beadmap.n_beads
+    xtc = mdtraj.load(str(tmp_path / "cg.xtc"), top=str(tmp_path / "cg.pdb"))
+    assert xtc.n_frames == 2 and np.allclose(xtc.xyz[-1], traj.xyz[-1], atol=2e-3)
     x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     assert np.allclose(traj.xyz[-1], x, atol=1e-3)  # DCD stores Å in float32
     moved = np.linalg.norm(x - start, axis=1)
