@@ -1,4 +1,5 @@
-"""The shipped default model and `cgml demo` (on a smaller box than the real demo, same code path)."""
+"""The shipped default model and `cgml demo` (on a smaller, briefly equilibrated box than the real demo, same code
+path; the box must stay wider than twice the model's 0.8 nm cutoff)."""
 import json
 import os
 
@@ -29,7 +30,7 @@ def test_shipped_model_matches_its_training_data():
 def test_demo_runs_ten_ns_and_writes_its_outputs(tmp_path):
     out = tmp_path / "demo"
     summary = run_demo(str(out), ns=10.0, seed=3, progress=False,
-                       build_options=dict(n_chains=2, eo_per_chain=3, n_salt=1, equilibration_ps=2.0))
+                       build_options=dict(n_chains=4, eo_per_chain=8, n_salt=2, equilibration_ps=2.0))
     assert summary["cg_ns"] == pytest.approx(10.0, rel=0.02)
     assert set(summary["D_cm2_per_s"]) == {"LI", "TFS", "PEO"}
     assert all(np.isfinite(d) for d in summary["D_cm2_per_s"].values())
@@ -38,6 +39,6 @@ def test_demo_runs_ten_ns_and_writes_its_outputs(tmp_path):
     traj = mdtraj.load(str(out / "cg.dcd"), top=str(out / "cg.pdb"))
     assert traj.n_atoms == summary["n_beads"] and traj.n_frames >= 50
     assert np.isfinite(traj.xyz).all()
-    assert json.loads((out / "demo.json").read_text())["n_atoms"] == 2 * (5 + 7 * 3 + 4) + 16
+    assert json.loads((out / "demo.json").read_text())["n_atoms"] == 4 * (5 + 7 * 8 + 4) + 2 * 16
     with pytest.raises(ValueError, match="not empty"):
         run_demo(str(out), ns=1.0, progress=False)

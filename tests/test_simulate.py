@@ -153,3 +153,5 @@ def test_bad_input_gets_clear_errors(setup):
         ReplicaEngine(step, np.zeros((beadmap.n_beads, 3)))
     with pytest.raises(ValueError, match="NaN"):
         ReplicaEngine(step, np.full((beadmap.n_beads, 3), np.nan), box=[3, 3, 3])
+    with pytest.raises(ValueError, match="twice the model's cutoff"):  # minimum image needs box >= 2 cutoff
+        ReplicaEngine(step, np.zeros((beadmap.n_beads, 3)), box=[1.2, 3, 3])

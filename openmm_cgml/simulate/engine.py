@@ -61,6 +61,7 @@ class ReplicaEngine:
             boxes = np.broadcast_to(np.asarray(box, dtype=np.float32), (self.n_replicas, 3)).copy()
             if not (np.isfinite(boxes).all() and (boxes > 0).all()):
                 raise ValueError(f"box lengths must be positive nm, got {boxes.tolist()}")
+            step.check_box(boxes)
         if history is None:
             h = np.zeros((self.n_replicas, self.history_length, self.n_beads, 3), dtype=np.float32)
         else:

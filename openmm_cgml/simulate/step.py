@@ -152,6 +152,15 @@ class LearnedStep(nn.Module):
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
                    levels, steps, size).to(device)
 
+    def check_box(self, box_lengths):
+        """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
+        (minimum-image neighbour search needs it)."""
+        cutoff = max(float(self.dynamics.cutoff), float(self.score.cutoff))
+        shortest = float(np.min(np.asarray(box_lengths, dtype=np.float64)))
+        if shortest < 2.0 * cutoff:
+            raise ValueError(f"the periodic box ({shortest:.3f} nm) is shorter than twice the model's cutoff "
+                             f"({cutoff:g} nm); simulate a larger system")
+
     def batched(self, n_replicas: int) -> "LearnedStep":
         """A step advancing ``n_replicas`` independent copies of this system at once.
 

@@ -72,6 +72,8 @@ def coarse_grain_simulation(
     mapping = dict(getattr(model, "mapping", {}) or {})
     beadmap = BeadMap.from_openmm(topology, system, **mapping)
     step = LearnedStep.from_model(model, beadmap, allow_unseen_types=allow_unseen_types, **step_options)
+    if box_vectors is not None:
+        step.check_box(np.diag(np.asarray(box_vectors.value_in_unit(unit.nanometer))))
     integrator = CGMLIntegrator(step, seed=seed)
     integrator.beadmap = beadmap  # kept for analysis of the run (species, masses, molecules)
     cg_system = create_cg_system(beadmap, integrator, box_vectors)
