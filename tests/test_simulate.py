@@ -155,3 +155,30 @@ def test_bad_input_gets_clear_errors(setup):
         ReplicaEngine(step, np.full((beadmap.n_beads, 3), np.nan), box=[3, 3, 3])
     with pytest.raises(ValueError, match="twice the model's cutoff"):  # minimum image needs box >= 2 cutoff
         ReplicaEngine(step, np.zeros((beadmap.n_beads, 3)), box=[1.2, 3, 3])
+
+
+def test_engine_batches_several_systems(setup, tmp_path):
+    """Replicas of two different systems (one model) in one batched graph equal their separate runs."""
+    from openmm_cgml.systems import build_peo_litfsi
+
+    built, beadmap, model = setup
+    other = build_peo_litfsi(n_chains=3, eo_per_chain=3, n_salt=1, seed=2, equilibration_ps=1.0,
+                             platform="Reference", progress=False)
+    other_map = BeadMap.from_openmm(other.topology, other.system, **MAPPING)
+    assert other_map.n_beads != beadmap.n_beads
+    systems = [(built, beadmap, 21), (other, other_map, 22)]
+    steps, starts, boxes, finals = [], [], [], []
+    for b, m, seed in systems:
+        step = LearnedStep.from_model(model, m)
+        x0 = m.map_positions(b.positions, b.box_vectors)
+        box = np.diag(b.box_vectors.value_in_unit(unit.nanometer))
+        alone = ReplicaEngine(step, x0, seeds=[seed], box=box)
+        alone.run(3, progress=False)
+        steps.append(step), starts.append(x0), boxes.append(box), finals.append(alone.positions[0])
+    together = ReplicaEngine(steps, starts, seeds=[21, 22], box=np.stack(boxes))
+    together.run(3, out_dir=str(tmp_path / "mixed"), beadmap=[beadmap, other_map], progress=False)
+    for k in range(2):
+        assert np.allclose(together.positions[k], finals[k], atol=2e-5)
+    with pytest.raises(ValueError, match="one model"):
+        ReplicaEngine([steps[0], LearnedStep.from_model(tiny_model(beadmap, seed=5), beadmap)], [starts[0]] * 2,
+                      box=boxes[0])

@@ -76,6 +76,11 @@ def _refine_settings(config, refine) -> Tuple[list, int, float]:
     return levels, steps if levels else 0, size
 
 
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 class LearnedStep(nn.Module):
     """One learned step of a fixed bead system (or of B replicas of it, see :meth:`batched`).
 
@@ -166,18 +171,32 @@ class LearnedStep(nn.Module):
 
         Positions are (n_replicas * N, 3) with replica r in rows r*N .. (r+1)*N - 1, the box (n_replicas, 3) nm.
         """
-        if self.n_replicas != 1:
-            raise ValueError("batched() expects a single-replica step")
-        r = int(n_replicas)
-        if r < 1:
+        if int(n_replicas) < 1:
             raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
-        n = self.n_beads
-        offsets = (torch.arange(r, device=self.bonds.device) * n).repeat_interleave(self.bonds.shape[0]).unsqueeze(1)
+        return LearnedStep.concatenate([self] * int(n_replicas))
+
+    @classmethod
+    def concatenate(cls, steps) -> "LearnedStep":
+        """One step advancing several single-replica steps of the same model (e.g. different systems) together:
+        replica r's beads follow replica r-1's, each replica has its own box row and no edges to the others."""
+        first = steps[0]
+        for other in steps:
+            if other.n_replicas != 1:
+                raise ValueError("concatenate() expects single-replica steps")
+            same = (other.dynamics is first.dynamics or _same_weights(other.dynamics, first.dynamics)) and \
+                (other.score is first.score or _same_weights(other.score, first.score))
+            if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
+                    other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
+                    not torch.equal(other.levels, first.levels):
+                raise ValueError("replicas advanced together must use one model with the same refinement settings")
+        sizes = torch.tensor([int(s.n_beads) for s in steps], device=first.bonds.device)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        bonds = torch.cat([s.bonds + int(o) for s, o in zip(steps, offsets.tolist())])
         return LearnedStep(
-            self.dynamics, self.score, self.embed.repeat(r, 1), self.masses.repeat(r), self.bonds.repeat(r, 1) + offsets,
-            self.timestep_ps, self.periodic, self.levels.tolist(), self.steps_per_level, self.step_size,
-            torch.arange(r, device=self.bonds.device).repeat_interleave(n), r,
-        ).to(self.embed.device)
+            first.dynamics, first.score, torch.cat([s.embed for s in steps]), torch.cat([s.masses for s in steps]),
+            bonds, first.timestep_ps, first.periodic, first.levels.tolist(), first.steps_per_level, first.step_size,
+            torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps),
+        ).to(first.embed.device)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, dyn_noise: torch.Tensor,
                 refine_noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
