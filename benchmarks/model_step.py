@@ -14,14 +14,17 @@ import argparse
 import json
 import math
 import os
-import platform as host
+import sys
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from openmm_cgml.simulate.step import LearnedStep, step_noise
-from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from allatom_throughput import cpu_model  # noqa: E402
+
+from openmm_cgml.simulate.step import LearnedStep, step_noise  # noqa: E402
+from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -148,7 +151,7 @@ def main():
         cases.append(row)
     result = {
         "device": str(device),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "matmul_peak_gflop_per_s": peak / 1e9,
@@ -163,15 +166,6 @@ def main():
     print(f"wrote {args.out}")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return host.processor() or "unknown"
 
 
 if __name__ == "__main__":
