@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from allatom_throughput import cpu_model  # noqa: E402
 
+from openmm_cgml.nn.graph import build_edges  # noqa: E402
 from openmm_cgml.simulate.step import LearnedStep, step_noise  # noqa: E402
 from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig  # noqa: E402
 
@@ -128,9 +129,7 @@ def main():
         box = torch.full((3,), edge, device=device)
         x = (torch.rand(n, 3, generator=gen) * edge).to(device)
         h = (0.1 * torch.randn(config.history_length, n, 3, generator=gen)).to(device)
-        from openmm_cgml.nn.features import typed_edges
-
-        n_edges = int(typed_edges(x, config.cutoff, torch.tensor(system.bonds, device=device), box)[0].shape[1])
+        n_edges = int(build_edges(x, config.cutoff, torch.tensor(system.bonds, device=device), box)[0].shape[1])
         row = {"n_beads": n, "box_nm": edge, "edges": n_edges, "edges_per_bead": n_edges / n}
         for label, refine in (("full", None), ("dynamics_only", False)):
             step = torch.jit.script(LearnedStep.from_model(model, system, refine=refine))
