@@ -25,6 +25,10 @@ BENCHMARKS = [
     # Held-out composition (6 x EO8 + 5 LiTFSI; the model was trained on 3 LiTFSI), if its dataset is present.
     ("accuracy", ["--reference", os.path.join(HERE, "data", "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
                   "--ns", "10"], ["accuracy.json"]),
+    ("stability", [], ["stability.json"]),
+    # The shipped model's own training system (in distribution; not a held-out test).
+    ("accuracy", ["--reference", os.path.join(HERE, "data", "peo_litfsi_400K.h5"), "--replicas", "4", "--ns", "10",
+                  "--out", os.path.join(RESULTS, "accuracy_training_system.json")], ["accuracy_training_system.json"]),
 ]
 
 
@@ -83,6 +87,13 @@ def summary_markdown() -> str:
                   f"({_fmt(dg.get('speedup_independent_samples'))}x MD) after {dig.get('train_iterations')} training "
                   f"iterations; Rg² {_fmt(dig.get('rg2_mean_nm2'))} nm² vs MD {_fmt(md.get('rg2_mean_nm2'))} nm², "
                   f"JS divergence {_fmt(dig.get('rg2_js_vs_md'))}", ""]
+    st = _load("stability.json")
+    if st:
+        lines += [f"## Stability on unseen boxes ({len(st['boxes'])} × {st['box']['n_chains']} × EO"
+                  f"{st['box']['eo_per_chain']} + {st['box']['n_salt']} LiTFSI, {st['cg_ns_per_box']:g} ns each)",
+                  f"- blow-ups (a bead moving > {st['bound_nm']:g} nm in one step): {st['blow_ups']} of "
+                  f"{len(st['boxes'])}; largest one-step move {st['largest_move_nm']:.2f} nm; mean CG bond "
+                  f"{st['mean_cg_bond_nm']:.3f} nm", ""]
     for name, title in (("accuracy.json", "held-out system"), ("accuracy_training_system.json", "training system")):
         acc = _load(name)
         if not acc:
