@@ -90,7 +90,9 @@ def summary_markdown() -> str:
     st = _load("stability.json")
     if st:
         lines += [f"## Stability on unseen boxes ({len(st['boxes'])} × {st['box']['n_chains']} × EO"
-                  f"{st['box']['eo_per_chain']} + {st['box']['n_salt']} LiTFSI, {st['cg_ns_per_box']:g} ns each)",
+                  f"{st['box']['eo_per_chain']} + {st['box']['n_salt']} LiTFSI at "
+                  f"{_fmt(sum(b['density_g_cm3'] for b in st['boxes']) / len(st['boxes']), '.2f')} g/cm³, "
+                  f"{st['cg_ns_per_box']:g} ns each)",
                   f"- blow-ups (a bead moving > {st['bound_nm']:g} nm in one step): {st['blow_ups']} of "
                   f"{len(st['boxes'])}; largest one-step move {st['largest_move_nm']:.2f} nm; mean CG bond "
                   f"{st['mean_cg_bond_nm']:.3f} nm", ""]
