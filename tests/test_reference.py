@@ -1,4 +1,5 @@
 """Reference MD -> CG dataset: round trip, exact resume, refusal to overwrite, trajectory coarse-graining."""
+import json
 import os
 
 import mdtraj
@@ -25,6 +26,10 @@ def test_resume_after_interruption_gives_identical_frames(tiny_peo_litfsi, tmp_p
     run_reference(tiny_peo_litfsi, part_dir, config, progress=False, stop_after_frames=5)
     with CGDataset(os.path.join(part_dir, "cg.h5")) as ds:
         assert ds.n_frames == 5
+    with open(os.path.join(part_dir, "checkpoint.json")) as handle:
+        assert json.load(handle)["frames"] == 3
+    with pytest.raises(ValueError, match="other settings.*every_ps=1.0, not 2.0"):
+        run_reference(tiny_peo_litfsi, part_dir, ReferenceConfig(**dict(CONFIG, every_ps=2.0)), progress=False)
     resumed = run_reference(tiny_peo_litfsi, part_dir, config, progress=False)
     pos_a, t_a, box_a = _read(full)
     pos_b, t_b, box_b = _read(resumed)

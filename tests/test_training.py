@@ -171,8 +171,8 @@ def test_resume_is_exact(small_run):
     killed = str(root / "killed")
 
     def kill(iteration, nll, dsm):
-        if iteration == 6:
-            raise KeyboardInterrupt  # as if the job were killed right after the checkpoint of iteration 6
+        if iteration == 8:
+            raise KeyboardInterrupt  # killed two iterations after the checkpoint of iteration 6: they are redone
 
     with pytest.raises(KeyboardInterrupt):
         train(data, killed, TrainConfig(**SMALL), progress=False, callback=kill)

@@ -80,6 +80,18 @@ def _write_json_atomic(path: str, obj):
     os.replace(path + ".tmp", path)
 
 
+def _check_same_run(dataset_path: str, config: ReferenceConfig):
+    """Refuse, in one line, to continue a run with settings that would change its frames (length aside)."""
+    with CGDataset(dataset_path) as ds:
+        saved = ds.provenance.get("reference_config", {})
+    current = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    differ = sorted(k for k in current if k not in ("ns", "checkpoint_every") and k in saved and saved[k] != current[k])
+    if differ:
+        raise ValueError(f"the run in {os.path.dirname(dataset_path)} was made with other settings ("
+                         + ", ".join(f"{k}={saved[k]!r}, not {current[k]!r}" for k in differ)
+                         + "); use the same settings or another output directory")
+
+
 def run_reference(
     built: BuiltSystem,
     out_dir: str,
@@ -112,6 +124,7 @@ def run_reference(
     periodic = built.system.usesPeriodicBoundaryConditions()
 
     if existing:
+        _check_same_run(dataset_path, config)
         beadmap = BeadMap.from_json(os.path.join(out_dir, BEADMAP))
         with open(meta_path) as f:
             done = int(json.load(f)["frames"])
@@ -167,7 +180,8 @@ def run_reference(
                 beads = beadmap.map_positions(state.getPositions(asNumpy=True), box_vectors)
                 writer.append(beads[None], None if box is None else box[None], [done * config.every_ps])
                 done += 1
-                if done % config.checkpoint_every == 0 or done == target:
+                # A stop_after_frames "kill" writes no checkpoint of its own, like a real kill.
+                if done % config.checkpoint_every == 0 or done == config.n_frames:
                     writer.flush()
                     simulation.saveCheckpoint(os.path.join(out_dir, CHECKPOINT + ".tmp"))
                     os.replace(os.path.join(out_dir, CHECKPOINT + ".tmp"), os.path.join(out_dir, CHECKPOINT))

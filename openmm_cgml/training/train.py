@@ -325,7 +325,7 @@ class Trainer:
                 self.cursor = 0
                 self.order = torch.randperm(self.train_windows.shape[0], generator=self.generator)
             if bar is not None:
-                post = {"nll": f"{float(nll):.3f}", "dsm": f"{float(dsm):.3f}"}
+                post = {"nll": f"{self.losses[-1][0]:.3f}", "dsm": f"{self.losses[-1][1]:.3f}"}
                 if self.validation:
                     post["val_nll"] = f"{self.validation[-1]['nll']:.3f}"
                 bar.set_postfix(post)
