@@ -79,16 +79,19 @@ def test_simulation_with_standard_reporters(setup, tmp_path, platform):
     assert sim.integrator.get_history().shape == (2, beadmap.n_beads, 3)
 
 
-def test_checkpoint_resume_is_bit_exact(setup, tmp_path):
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_checkpoint_resume_is_bit_exact(setup, tmp_path, platform):
     built, beadmap, model = setup
-    sim, _, _ = make_simulation(built, model)
+    sim, _, _ = make_simulation(built, model, platform=platform)
     sim.step(3)
     sim.saveCheckpoint(str(tmp_path / "mid.chk"))
     sim.step(3)
     reference, reference_history = unwrapped(sim), sim.integrator.get_history()
 
-    again, _, _ = make_simulation(built, model)
+    # The checkpoint carries the random stream's seed: an integrator made with another seed continues the saved one.
+    again, _, _ = make_simulation(built, model, seed=8, platform=platform)
     again.loadCheckpoint(str(tmp_path / "mid.chk"))
+    assert again.integrator.seed == 7
     again.step(3)
     assert np.array_equal(unwrapped(again), reference)
     assert np.array_equal(again.integrator.get_history(), reference_history)

@@ -4,8 +4,9 @@
 
 * per-DOF variables ``xu`` (unwrapped bead positions, nm) and ``h0 .. h{H-1}`` (velocity history: displacement
   per model step, nm; ``h{H-1}`` most recent);
-* the Context's time, from which the step index (and with the integrator's seed, the step's random numbers)
-  follows; the global variable ``step_index`` mirrors it for inspection.
+* the per-DOF variable ``seed`` (the random stream's seed, so a checkpoint loaded into an integrator made with
+  another seed still continues the saved stream) and the Context's time, from which the step index (and with the
+  seed, the step's random numbers) follows; the global variable ``step_index`` mirrors it for inspection.
 
 The callback never reads a *global* integrator variable: doing so from inside a step discards the step's global
 updates in OpenMM 8.6 (measured), while per-DOF reads are safe.
@@ -69,7 +70,9 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         self.n_refine = int(step.n_refine)
         self.periodic = bool(step.periodic)
         self.addGlobalVariable("step_index", 0.0)
-        self.seed = int(seed)
+        if not 0 <= int(seed) < 2**53:  # stored exactly in a double-precision per-DOF variable
+            raise ValueError(f"seed must be an integer in [0, 2**53), got {seed}")
+        self.addPerDofVariable("seed", float(int(seed)))
         self.addPerDofVariable("started", 0.0)
         self.addPerDofVariable("xu", 0.0)
         self.addPerDofVariable("dnew", 0.0)
@@ -110,6 +113,11 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             forces.append(force)
         return forces
 
+    @property
+    def seed(self) -> int:
+        """Seed of the step's random stream (restored by ``loadCheckpoint`` with the rest of the state)."""
+        return int(self.getPerDofVariableByName("seed")[0][0])
+
     def set_history(self, history):
         """Set the velocity history, (H, N, 3) displacements per model step in nm (``h[-1]`` most recent).
 
@@ -135,7 +143,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer).astype(np.float32)
         history = self.get_history()
         step_index = int(round(state.getTime().value_in_unit(unit.picosecond) / self.timestep_ps))
-        seed = self.seed
+        seed = int(self.getPerDofVariableByName("seed")[0][0])
         if self.periodic:
             box = np.diag(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)).astype(np.float32)
         else:
