@@ -58,13 +58,13 @@ def main():
     model_dir = DEFAULT_MODEL
     if args.train:
         model_dir = os.path.join(args.work, "model")
-        train([reference], model_dir, args.train_config)
+        train([reference], model_dir, args.train_config, resume=True)
         with open(os.path.join(model_dir, CONTACTS_FILE), "w") as handle:
             json.dump(contact_distances([reference]), handle)
     dig_dir = None
     if args.dig:
         dig_dir = os.path.join(args.work, "dig")
-        train_dig([reference], dig_dir)
+        train_dig([reference], dig_dir, resume=True)
 
     run_dir = os.path.join(args.work, "cg_run")
     if not os.path.exists(os.path.join(run_dir, "simulate.json")):

@@ -259,11 +259,22 @@ def main(argv=None):
         parser.error("coarse-grain needs --system DIR or --beadmap FILE")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input: one line that says what to fix, no traceback.
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        # Bad input (or a diverging training run): one line that says what to fix, no traceback.
         print(f"cgml {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if not _is_blow_up(err):
+            raise
+        print(f"cgml {args.verb}: the learned simulation blew up: {err}", file=sys.stderr)
+        return 3
     return 0
+
+
+def _is_blow_up(err: Exception) -> bool:
+    # Only a verb that imported the simulate stage can raise SimulationBlowUp; don't import torch to find out.
+    module = sys.modules.get("openmm_cgml.simulate.integrator")
+    return module is not None and isinstance(err, module.SimulationBlowUp)
 
 
 if __name__ == "__main__":

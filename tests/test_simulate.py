@@ -133,6 +133,32 @@ def test_blow_up_stops_within_one_step_and_keeps_last_state(setup):
     assert sim.integrator.getGlobalVariableByName("step_index") == 1
 
 
+def test_engine_blow_up_saves_last_good_state(setup, tmp_path):
+    """A NaN in step 4 stops the engine; the files end with step 3 (not a report step) and its full state is saved."""
+    from openmm_cgml.data import CGDataset
+
+    built, beadmap, model = setup
+    box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
+    engine = ReplicaEngine(LearnedStep.from_model(model, beadmap),
+                           beadmap.map_positions(built.positions, built.box_vectors), seeds=[3], box=box)
+    inner, calls = engine.step_module, []
+
+    def poisoned(x, h, box, dyn, ref):
+        calls.append(1)
+        x_new, h_new = inner(x, h, box, dyn, ref)
+        return (x_new * float("nan"), h_new) if len(calls) == 4 else (x_new, h_new)
+
+    engine.step_module = poisoned
+    with pytest.raises(SimulationBlowUp, match="learned step 3: bead 0 position is not finite"):
+        engine.run(6, out_dir=str(tmp_path / "run"), beadmap=beadmap, report_every=2, progress=False)
+    state = np.load(tmp_path / "run" / "last_good_state.npz")
+    assert int(state["step_index"]) == 3 and np.array_equal(state["positions"], engine.positions[0])
+    assert np.isfinite(state["history"]).all() and state["history"].shape == (2, beadmap.n_beads, 3)
+    with CGDataset(str(tmp_path / "run" / "replica_0.h5")) as ds:
+        np.testing.assert_allclose(ds.time, [0.0, 2 * TIMESTEP_PS, 3 * TIMESTEP_PS])
+        assert np.array_equal(ds.positions[-1], engine.positions[0])
+
+
 def test_bad_input_gets_clear_errors(setup):
     built, beadmap, model = setup
     other = tiny_model(beadmap, drop_type=beadmap.type_names[0])

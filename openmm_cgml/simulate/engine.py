@@ -13,6 +13,9 @@ import torch
 
 from ..data import CGDatasetWriter
 from .integrator import SimulationBlowUp, check_step
+
+#: Written into a run's output directory when it stops on a blow-up.
+LAST_GOOD_STATE = "last_good_state.npz"
 from .step import LearnedStep, step_noise
 
 
@@ -123,6 +126,13 @@ class ReplicaEngine:
         self._x, self._h = x_new, np.ascontiguousarray(h_new.cpu().numpy(), dtype=np.float32)
         self.step_index += 1
 
+    def save_state(self, path: str):
+        """Write the engine's state to ``path`` (.npz): positions and velocity history (nm, all replicas'
+        beads concatenated), replica sizes, step index, seeds and boxes (nm)."""
+        np.savez(path, positions=self._x, history=self._h, sizes=np.asarray(self.sizes),
+                 step_index=self.step_index, seeds=np.asarray(self.seeds),
+                 boxes=self.boxes if self.boxes is not None else np.zeros((0, 3)), timestep_ps=self.timestep_ps)
+
     def run(self, n_steps: int, out_dir: Optional[str] = None, beadmap=None,
             report_every: int = 1, progress: bool = True, provenance: Optional[dict] = None) -> dict:
         """Advance ``n_steps`` and write every ``report_every``-th frame of replica r to ``out_dir/replica_r.h5``.
@@ -130,7 +140,9 @@ class ReplicaEngine:
         ``beadmap`` is the BeadMap of the system, or a list with one per replica (needed to write files).
 
         Returns throughput figures: simulated ns/day (per replica and summed over replicas) and replica-steps/s.
-        On a blow-up the files hold every frame up to the last good state, then the error propagates.
+        On a blow-up the files end with the last good frame (written even between report steps), the full last good
+        state (positions, velocity history, step index, seeds, boxes) is saved to ``out_dir/last_good_state.npz``,
+        and the :class:`SimulationBlowUp` propagates.
         """
         if n_steps < 0 or report_every < 1:
             raise ValueError("n_steps must be >= 0 and report_every >= 1")
@@ -162,7 +174,14 @@ class ReplicaEngine:
                 write()
             start = time.perf_counter()
             for i in range(n_steps):
-                self.advance()
+                try:
+                    self.advance()
+                except SimulationBlowUp:
+                    if writers:
+                        if i % report_every:  # the last good frame was not a report frame
+                            write()
+                        self.save_state(os.path.join(out_dir, LAST_GOOD_STATE))
+                    raise
                 if (i + 1) % report_every == 0:
                     write()
                 if bar is not None:
