@@ -70,18 +70,38 @@ def _analyze(args):
     from .analysis import analyze_trajectory, format_table
     from .data import CGDataset
 
-    with CGDataset(args.trajectory) as ds:
-        stride = max(1, args.stride)
-        positions = ds.positions[::stride]
-        box = ds.box[::stride] if ds.box is not None else None
-        beadmap = ds.beadmap
-        times = ds.time[::stride]
+    stride = max(1, args.stride)
+    if args.trajectory.endswith((".h5", ".hdf5")):
+        with CGDataset(args.trajectory) as ds:
+            positions = ds.positions[::stride]
+            box = ds.box[::stride] if ds.box is not None else None
+            beadmap = ds.beadmap
+            times = ds.time[::stride]
+    else:
+        positions, box, times, beadmap = _bead_trajectory(args, stride)
     result = analyze_trajectory(
         positions, box, times, beadmap.bead_species(), beadmap.bead_masses, beadmap.bead_molecule,
         out_dir=args.output, n_blocks=args.n_blocks, fit_range=args.fit_range,
     )
     print(format_table(result))
     print(f"wrote {os.path.join(args.output, 'analysis.json')} and plots")
+
+
+def _bead_trajectory(args, stride: int):
+    """Positions (nm), box (nm), times (ps) and BeadMap of a CG trajectory in any format mdtraj reads."""
+    import mdtraj
+    import numpy as np
+
+    from .mapping import BeadMap
+
+    if not (args.top and args.beadmap and args.frame_ps):
+        raise ValueError("a DCD/XTC/... trajectory needs --top (CG PDB), --beadmap (beadmap.json) and --frame-ps")
+    beadmap = BeadMap.from_json(args.beadmap)
+    traj = mdtraj.load(args.trajectory, top=args.top, stride=stride)
+    if traj.n_atoms != beadmap.n_beads:
+        raise ValueError(f"{args.trajectory} has {traj.n_atoms} particles but {args.beadmap} maps {beadmap.n_beads} beads")
+    box = traj.unitcell_lengths.astype(np.float64) if traj.unitcell_lengths is not None else None
+    return traj.xyz.astype(np.float64), box, np.arange(traj.n_frames) * args.frame_ps * stride, beadmap
 
 
 def _train(args):
@@ -189,8 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .h5 file")
     p.set_defaults(func=_coarse_grain)
 
-    p = sub.add_parser("analyze", help="MSD/diffusivity per species, RDFs, Rg2 of a CG dataset (.h5)")
-    p.add_argument("trajectory", help="CG dataset written by `cgml reference`, `coarse-grain` or `simulate`")
+    p = sub.add_parser("analyze", help="MSD/diffusivity per species, RDFs, Rg2 of a CG trajectory")
+    p.add_argument("trajectory", help="CG dataset (.h5) written by `cgml reference`, `coarse-grain` or `simulate`, "
+                                      "or a bead trajectory mdtraj reads (DCD, XTC, ...; unwrapped or wrapped)")
+    p.add_argument("--top", help="CG topology (PDB) of a DCD/XTC trajectory, e.g. the demo's cg.pdb")
+    p.add_argument("--beadmap", help="beadmap.json of a DCD/XTC trajectory (bead species, masses, molecules)")
+    p.add_argument("--frame-ps", type=float, help="time between frames of a DCD/XTC trajectory, ps")
     p.add_argument("-o", "--output", required=True, help="directory for analysis.json and the PNG plots")
     p.add_argument("--n-blocks", type=int, default=5, help="time blocks for the diffusivity error bars")
     p.add_argument("--fit-range", type=float, default=0.2, help="fit the MSD from this fraction of the longest lag")

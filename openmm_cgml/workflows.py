@@ -110,8 +110,9 @@ def run_demo(out_dir: str = "cgml-demo", ns: float = 10.0, seed: int = 0, model_
              build_options: Optional[dict] = None, platform: str = "CPU", progress: bool = True) -> dict:
     """Build the default PEO/LiTFSI box, run the shipped CG model for ``ns`` ns in an OpenMM Simulation, plot MSDs.
 
-    Writes into ``out_dir``: ``allatom/`` (the built system), ``cg.pdb``, ``cg.dcd`` (unwrapped bead trajectory),
-    ``cg_state.csv`` (StateDataReporter), ``msd.png`` and ``demo.json`` (timings, diffusivities per species).
+    Writes into ``out_dir``: ``allatom/`` (the built system), ``cg.pdb``, ``beadmap.json``, ``cg.dcd`` (unwrapped
+    bead trajectory, a frame every ``demo.json["frame_ps"]``), ``cg_state.csv`` (StateDataReporter), ``msd.png`` and
+    ``demo.json`` (timings, diffusivities per species).
     """
     from .analysis import diffusion_coefficient, msd, plot_msd
     from .simulate import coarse_grain_simulation
@@ -134,6 +135,7 @@ def run_demo(out_dir: str = "cgml-demo", ns: float = 10.0, seed: int = 0, model_
     every = max(1, n_steps // 200)
     with open(os.path.join(out_dir, "cg.pdb"), "w") as f:
         app.PDBFile.writeFile(cg_top, cg_pos, f)
+    integrator.beadmap.to_json(os.path.join(out_dir, "beadmap.json"))  # for `cgml analyze cg.dcd`
     simulation.reporters.append(app.DCDReporter(os.path.join(out_dir, "cg.dcd"), every, enforcePeriodicBox=False))
     simulation.reporters.append(
         app.StateDataReporter(os.path.join(out_dir, "cg_state.csv"), every, step=True, time=True, speed=True)
@@ -181,6 +183,7 @@ def run_demo(out_dir: str = "cgml-demo", ns: float = 10.0, seed: int = 0, model_
         "build_seconds": t_build,
         "simulate_seconds": t_sim,
         "cg_ns_per_day": n_steps * integrator.timestep_ps / 1000.0 / t_sim * 86400.0,
+        "frame_ps": dt_frame,
         "D_cm2_per_s": diffusivity,
         "mean_cg_bond_nm": float(bond_nm.mean()) if bond_nm is not None else None,
         "max_cg_bond_nm": float(bond_nm.max()) if bond_nm is not None else None,

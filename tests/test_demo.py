@@ -7,6 +7,7 @@ import mdtraj
 import numpy as np
 import pytest
 
+from openmm_cgml.cli import main as cli_main
 from openmm_cgml.data import CGDataset
 from openmm_cgml.training import load_model
 from openmm_cgml.workflows import CONTACTS_FILE, DEFAULT_MODEL, run_demo
@@ -42,5 +43,14 @@ def test_demo_runs_ten_ns_and_writes_its_outputs(tmp_path):
     assert traj.n_atoms == summary["n_beads"] and traj.n_frames >= 50
     assert np.isfinite(traj.xyz).all()
     assert json.loads((out / "demo.json").read_text())["n_atoms"] == 4 * (5 + 7 * 8 + 4) + 2 * 16
+    # `cgml analyze` reads the demo's DCD with its PDB and bead map (same run minus the t = 0 frame).
+    analysis = tmp_path / "analysis"
+    argv = ["analyze", str(out / "cg.dcd"), "--top", str(out / "cg.pdb"), "--beadmap", str(out / "beadmap.json"),
+            "--frame-ps", str(summary["frame_ps"]), "-o", str(analysis)]
+    assert cli_main(argv) == 0
+    table = json.loads((analysis / "analysis.json").read_text())["diffusion"]
+    for name, d in summary["D_cm2_per_s"].items():
+        assert table[name]["D_cm2_per_s"] == pytest.approx(d, rel=0.3)
+    assert cli_main(argv[:2] + ["-o", str(tmp_path / "bad")]) == 2  # a DCD without --top/--beadmap/--frame-ps
     with pytest.raises(ValueError, match="not empty"):
         run_demo(str(out), ns=1.0, progress=False)
