@@ -104,3 +104,34 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
         assert abs(z_ref) < 4 and abs(z_cg) < 4
     assert table["PEO"]["log10_error"] == pytest.approx(np.log10(2.0), abs=0.1)  # 32 beads: precise
     assert "log10 err" in format_diffusivity_table(table)
+
+
+def test_simulate_starts_replicas_from_dig_samples(model_and_system, tiny_peo_litfsi, tmp_path):
+    """`cgml simulate --dig`: each replica's first frame is its own DiG sample, not the mapped all-atom structure."""
+    from openmm import unit
+
+    from openmm_cgml.dig import initial_states
+    from openmm_cgml.training.dig import DiGConfig, train_dig
+    from test_dig import TINY
+
+    root, beadmap = model_and_system
+    built = tiny_peo_litfsi
+    box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
+    mapped = beadmap.map_positions(built.positions, built.box_vectors)
+    rng = np.random.default_rng(0)
+    frames = mapped[None] + rng.normal(scale=0.05, size=(16,) + mapped.shape)
+    data = str(tmp_path / "frames.h5")
+    write_dataset(data, beadmap, frames, np.tile(box, (16, 1)), np.arange(16.0),
+                  {"reference_config": dict(MAPPING, atoms_per_bead=7, single_bead_residues=["LI"])})
+    dig = train_dig(data, str(tmp_path / "dig"), DiGConfig(n_iterations=4, checkpoint_every=0, cutoff=0.6, **TINY),
+                    progress=False)
+    rc = main(["simulate", str(root / "model"), "--system", str(root / "system"), "--ns", "0.1", "--replicas", "2",
+               "--seed", "4", "--dig", dig, "--quiet", "-o", str(tmp_path / "run")])
+    assert rc == 0
+    expected = initial_states(2, beadmap, dig, box=box, seed=4)
+    firsts = []
+    for r in range(2):
+        with CGDataset(str(tmp_path / "run" / f"replica_{r}.h5")) as ds:
+            firsts.append(ds.positions[0])
+    np.testing.assert_allclose(firsts, expected, atol=1e-6)
+    assert not np.allclose(firsts[0], firsts[1]) and not np.allclose(firsts[0], mapped, atol=0.1)
