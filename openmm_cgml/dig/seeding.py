@@ -52,6 +52,8 @@ def initial_states(
         from openmm import unit
 
         box = box.value_in_unit(unit.nanometer)
+    if box is not None:
+        box = np.array(box, dtype=np.float32).reshape(-1)  # a writable copy (np.diag gives read-only views)
     desc = system if isinstance(system, Descriptor) else sampler.descriptor(system, box)
     if box is not None and not desc.periodic:
         desc = Descriptor(desc.bead_types, desc.bonds, box)
