@@ -17,16 +17,18 @@ def _build(args):
 
     if args.kind == "peo-litfsi":
         built = build_peo_litfsi(
-            n_chains=args.chains,
+            n_chains=6 if args.chains is None else args.chains,
             eo_per_chain=args.eo,
             n_salt=args.salt,
-            temperature=args.temperature * unit.kelvin,
+            temperature=(400.0 if args.temperature is None else args.temperature) * unit.kelvin,
             charge_scale=args.charge_scale,
             mixing=args.mixing,
             seed=args.seed,
         )
     else:
-        built = build_bead_spring(kind=args.model, seed=args.seed)
+        built = build_bead_spring(kind=args.model, n_chains=args.chains, chain_length=args.chain_length,
+                                  temperature=(300.0 if args.temperature is None else args.temperature) * unit.kelvin,
+                                  sequence=args.sequence, bond=args.bond, density=args.density, seed=args.seed)
     built.save(args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}: {built.topology.getNumAtoms()} atoms; {json.dumps(built.metadata.get('density_g_cm3'))} g/cm3")
 
@@ -176,13 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build an all-atom system and save it to a directory")
     p.add_argument("kind", choices=["peo-litfsi", "bead-spring"])
     p.add_argument("-o", "--output", required=True, help="output directory (must not hold files)")
-    p.add_argument("--chains", type=int, default=6)
+    p.add_argument("--chains", type=int, default=None, help="chains (default 6 PEO; 1 bead-spring chain or 20 in a melt)")
     p.add_argument("--eo", type=int, default=8, help="EO units per PEO chain")
     p.add_argument("--salt", type=int, default=3, help="LiTFSI pairs")
-    p.add_argument("--temperature", type=float, default=400.0, help="K")
+    p.add_argument("--temperature", type=float, default=None, help="K (default 400 PEO/LiTFSI, 300 bead-spring)")
     p.add_argument("--charge-scale", type=float, default=0.8)
     p.add_argument("--mixing", choices=["lorentz-berthelot", "geometric"], default="lorentz-berthelot")
     p.add_argument("--model", choices=["chain", "kremer-grest"], default="kremer-grest", help="bead-spring kind")
+    p.add_argument("--chain-length", type=int, default=None, help="beads per bead-spring chain (default 30 / 50)")
+    p.add_argument("--sequence", choices=["random", "block"], default="random", help="bead-spring chain: bead types")
+    p.add_argument("--bond", choices=["harmonic", "fene"], default="harmonic", help="bead-spring chain bonds")
+    p.add_argument("--density", type=float, default=0.85, help="Kremer-Grest beads per sigma^3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_build)
@@ -281,6 +287,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.verb == "coarse-grain" and not (args.system or args.beadmap):
         parser.error("coarse-grain needs --system DIR or --beadmap FILE")
+    if args.verb == "coarse-grain" and args.beadmap and not args.topology:
+        parser.error("coarse-grain with --beadmap needs --topology (the all-atom topology of the trajectory)")
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:

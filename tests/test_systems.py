@@ -335,3 +335,20 @@ def test_from_openmm_validates_input():
         BuiltSystem.from_openmm(topology, system, xyz)
     with pytest.raises(TypeError, match="kelvin"):
         BuiltSystem.from_openmm(topology, system, xyz * unit.nanometer, temperature=300)
+
+
+def test_cli_build_bead_spring_forwards_options(tmp_path, capsys):
+    import json
+
+    from openmm_cgml.cli import main
+
+    argv = ["build", "bead-spring", "--model", "chain", "--chains", "2", "--chain-length", "12", "--sequence", "block",
+            "--temperature", "350", "-o", str(tmp_path / "bs")]
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "bs" / "metadata.json").read_text())
+    assert meta["args"]["n_chains"] == 2 and meta["args"]["chain_length"] == 12 and meta["temperature_K"] == 350.0
+    assert meta["sequences"] == ["AAAABBBBCCCC"] * 2
+    capsys.readouterr()
+    assert main(argv) == 2  # the directory now holds files: one line, nothing overwritten
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cgml build: error" in err[0]
