@@ -6,9 +6,7 @@ saves to and loads from a directory.
 from .bead_spring import build_bead_spring
 from .built import BuiltSystem
 from .peo_litfsi import (PEO_LITFSI_XML, build_peo_litfsi, peo_litfsi_forcefield, peo_litfsi_system,
-                         peo_litfsi_topology,
-                         use_geometric_mixing)
+                         peo_litfsi_topology, scale_ion_charges, use_geometric_mixing)
 
 __all__ = ["BuiltSystem", "build_peo_litfsi", "build_bead_spring", "peo_litfsi_forcefield", "peo_litfsi_system",
-           "peo_litfsi_topology",
-           "use_geometric_mixing", "PEO_LITFSI_XML"]
+           "peo_litfsi_topology", "scale_ion_charges", "use_geometric_mixing", "PEO_LITFSI_XML"]
