@@ -101,24 +101,28 @@ def test_checkpoint_resume_is_bit_exact(setup, tmp_path, platform):
 def test_engine_matches_openmm_integrator(setup, tmp_path):
     built, beadmap, model = setup
     seeds = [11, 12]
-    paths = []
+    paths = []  # every step of each integrator run, (3, N, 3)
     for seed in seeds:
         sim, _, cg_pos = make_simulation(built, model, seed=seed)
-        sim.step(3)
-        paths.append(unwrapped(sim))
+        frames = []
+        for _ in range(3):
+            sim.step(1)
+            frames.append(unwrapped(sim))
+        paths.append(np.asarray(frames))
     step = LearnedStep.from_model(model, beadmap)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
     engine = ReplicaEngine(step, np.stack([cg_pos.value_in_unit(unit.nanometer)] * 2), seeds=seeds, box=box)
     stats = engine.run(3, out_dir=str(tmp_path / "reps"), beadmap=beadmap, progress=False)
     assert stats["replicas"] == 2 and stats["replica_steps_per_s"] > 0
-    for k in range(2):
-        assert np.allclose(engine.positions[k], paths[k], atol=2e-5), np.abs(engine.positions[k] - paths[k]).max()
     assert not np.allclose(paths[0], paths[1])  # different seeds, different trajectories
     from openmm_cgml.data import CGDataset
 
-    with CGDataset(str(tmp_path / "reps" / "replica_1.h5")) as ds:
-        assert ds.n_frames == 4 and np.allclose(ds.positions[-1], paths[1], atol=2e-5)
-        assert ds.time[-1] == pytest.approx(3 * TIMESTEP_PS)
+    # Same random numbers, same model: the only differences are float32 summation orders of the batched graph.
+    for k in range(2):
+        with CGDataset(str(tmp_path / "reps" / f"replica_{k}.h5")) as ds:
+            assert ds.n_frames == 4 and ds.time[-1] == pytest.approx(3 * TIMESTEP_PS)
+            np.testing.assert_allclose(ds.positions[1:], paths[k], rtol=0, atol=2e-5)
+            np.testing.assert_array_equal(engine.positions[k], ds.positions[-1])
 
 
 def test_blow_up_stops_within_one_step_and_keeps_last_state(setup):
