@@ -13,10 +13,10 @@ import torch
 
 from ..data import CGDatasetWriter
 from .integrator import SimulationBlowUp, check_step
+from .step import LearnedStep, step_noise
 
 #: Written into a run's output directory when it stops on a blow-up.
 LAST_GOOD_STATE = "last_good_state.npz"
-from .step import LearnedStep, step_noise
 
 
 class ReplicaEngine:

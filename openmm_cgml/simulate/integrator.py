@@ -143,7 +143,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             x = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer).astype(np.float32)
         history = self.get_history()
         step_index = int(round(state.getTime().value_in_unit(unit.picosecond) / self.timestep_ps))
-        seed = int(self.getPerDofVariableByName("seed")[0][0])
+        seed = self.seed
         if self.periodic:
             box = np.diag(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)).astype(np.float32)
         else:
