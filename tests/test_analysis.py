@@ -263,3 +263,25 @@ def test_analyze_trajectory_writes_json_and_plots(tmp_path):
     assert "Li" in table and "EO4" in table and "first peak" in table
     with pytest.raises(ValueError, match="evenly spaced"):
         analyze_trajectory(wrapped, box, np.arange(n_frames) ** 2.0, species)
+
+
+def test_analyze_trajectory_rg2_relaxation_of_known_time():
+    """Dimers whose bond length follows an Ornstein–Uhlenbeck process (tau = 20 ps): the Rg² ACF time is tau."""
+    rng = np.random.default_rng(11)
+    tau, dt, n_frames, n_dimers = 20.0, 2.0, 3000, 20
+    phi = math.exp(-dt / tau)
+    u = scipy.signal.lfilter([math.sqrt(1.0 - phi ** 2)], [1.0, -phi], rng.normal(size=(n_frames + 500, n_dimers)),
+                             axis=0)[500:]  # stationary unit-variance AR(1) per dimer
+    bond = 0.3 + 0.02 * u  # nm; Rg² = bond² / 4, linear in u to 0.2 %
+    centres = rng.uniform(0.5, 2.5, size=(n_dimers, 3))
+    x = np.zeros((n_frames, 2 * n_dimers, 3))
+    x[:, 0::2] = centres
+    x[:, 1::2] = centres
+    x[:, 1::2, 0] += bond
+    result = analyze_trajectory(x, np.array([3.0, 3.0, 3.0]), np.arange(n_frames) * dt, ["A"] * (2 * n_dimers),
+                                np.full(2 * n_dimers, 10.0), np.repeat(np.arange(n_dimers), 2))
+    (entry,) = result["rg2"].values()
+    assert entry["mean_nm2"] == pytest.approx(0.3 ** 2 / 4, rel=0.01)
+    assert entry["acf_time_ps"] == pytest.approx(tau, rel=0.2)
+    assert entry["relaxation"]["tau_ps"] == pytest.approx(tau, rel=0.2)
+    assert entry["relaxation"]["beta"] == pytest.approx(1.0, abs=0.15)
