@@ -206,7 +206,7 @@ def test_hutchinson_probes_trace_isotropic_exactly():
 
 
 # ---------------------------------------------------------------------------------------------------- paths
-def test_path_end_points_reproduce_inputs():
+def test_path_end_points_reproduce_inputs(tmp_path):
     sde = VPSDE("sigmoid", 0.1, 20.0)
     n, bond_var = 6, 0.04
     sampler = DiGSampler(gaussian_score(chain_covariance(n, bond_var), sde, True), sde, remove_com=True)
@@ -217,6 +217,18 @@ def test_path_end_points_reproduce_inputs():
     assert torch.allclose(frames[-1], kabsch_align(xb, xa), atol=2e-3)
     # the middle frame differs from both ends (it is a path, not a copy)
     assert float((frames[2] - xa).norm()) > 0.05 and float((frames[2] - frames[-1]).norm()) > 0.05
+    # the path as a DCD that mdtraj reads back (DCD stores float32 Å)
+    import mdtraj
+
+    from openmm_cgml.dig.paths import write_dcd
+
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    for i in range(n):
+        top.add_atom(f"B{i}", mdtraj.element.carbon, top.add_residue("CHN", chain))
+    path = write_dcd(frames, top, str(tmp_path / "path.dcd"))
+    back = mdtraj.load(path, top=top)
+    np.testing.assert_allclose(back.xyz, frames.numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- DSM training
