@@ -440,14 +440,20 @@ def harmonic_dimer(k: float = 100.0):
     return lambda x: 0.5 * k * ((x[:, 1] - x[:, 0]) ** 2).sum(-1)
 
 
-def test_pidp_losses_vanish_for_the_exact_score():
-    """Every PIDP term is zero for the exact score of the harmonic dimer's VP marginals, and not for N(0, I)."""
+@pytest.mark.parametrize("n_probes", [1, 0])
+def test_pidp_losses_vanish_for_the_exact_score(n_probes):
+    """Every PIDP term is zero for the exact score of the harmonic dimer's VP marginals, and not for N(0, I),
+    with a Hutchinson or the exact (n_probes=0) divergence."""
     from openmm_cgml.nn.dig_model import remove_centroid
-    from openmm_cgml.training.pidp import PIDPConfig, pidp_loss
+    from openmm_cgml.training.pidp import PIDPConfig, pidp_loss, space_basis
 
+    for n, remove_com in ((2, True), (3, False)):  # orthonormal bases of the diffusion space
+        basis = space_basis(n, remove_com).reshape(-1, 3 * n)
+        assert basis.shape[0] == 3 * (n - remove_com)
+        assert torch.allclose(basis @ basis.t(), torch.eye(basis.shape[0], dtype=basis.dtype))
     k, length = 100.0, 0.12
     var = 1.0 / (2 * k * length**2)  # variance of the centred relative coordinate in diffusion units
-    config = PIDPConfig(length_scale=length, batch_size=64)
+    config = PIDPConfig(length_scale=length, batch_size=64, n_probes=n_probes)
     sde = config.make_sde()
 
     class ExactNoise(torch.nn.Module):

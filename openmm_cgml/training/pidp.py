@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ..nn.dig_model import Descriptor, DiGScoreModel, subspace_rademacher
+from ..nn.dig_model import Descriptor, DiGScoreModel, helmert_basis, subspace_rademacher
 from ..nn.sde import VPSDE
 from .dig import DiGConfig, TrainingRun, descriptor_to_dict, prepare_out_dir
 
@@ -54,7 +54,7 @@ class PIDPConfig(DiGConfig):
     fpe_weight: float = 1.0  # Fokker–Planck residual on [t_b, 1]
     fpe_weighting: str = "sigma2"  # residual^2 times sigma(t)^2 (damps the stiff small times), or "none"
     prior_weight: float = 0.1  # terminal condition at t = 1
-    n_probes: int = 1  # Rademacher probes per collocation point for div s
+    n_probes: int = 1  # Rademacher probes per collocation point for div s; 0: exact divergence
     perturb: float = 0.05  # nm, std of the Gaussian perturbation of start structures (boundary points)
     fpe_batch_size: Optional[int] = None  # collocation points per iteration for the FPE term (default batch_size)
 
@@ -96,7 +96,8 @@ def boltzmann_score(energy: Energy, x: torch.Tensor, kT: float, length_scale: fl
 def fokker_planck_residual(score: ScoreOnGraphs, sde: VPSDE, y: torch.Tensor, t: torch.Tensor, n_probes: int,
                            remove_com: bool, generator: torch.Generator) -> torch.Tensor:
     """Residual d s/dt / beta - 1/2 grad_y [y.s + div s + |s|^2] at (y, t), (B, N, 3), differentiable in the
-    model's parameters. d s/dt by forward-mode autodiff; div s by Hutchinson with ``n_probes`` Rademacher probes."""
+    model's parameters. d s/dt by forward-mode autodiff; div s by Hutchinson with ``n_probes`` Rademacher probes, or
+    exactly with ``n_probes=0`` (small systems: squaring a noisy residual adds the estimator's variance to the loss)."""
     y = y.detach().requires_grad_(True)
     with fwAD.dual_level():
         t_dual = fwAD.make_dual(t, torch.ones_like(t))
@@ -105,14 +106,27 @@ def fokker_planck_residual(score: ScoreOnGraphs, sde: VPSDE, y: torch.Tensor, t:
     s = _centre(s, remove_com)
     ds_dt = _centre(ds_dt, remove_com)
     div = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-    for _ in range(int(n_probes)):
-        v = subspace_rademacher(1, y.shape, remove_com, generator)[0].to(y)
+    if n_probes > 0:
+        probes, weight = subspace_rademacher(int(n_probes), y.shape, remove_com, generator), 1.0 / n_probes
+    else:  # exact: trace over an orthonormal basis of the diffusion space (N*3 or (N-1)*3 backward passes)
+        probes, weight = space_basis(y.shape[1], remove_com).unsqueeze(1), 1.0
+    for v in probes.to(y):
         (jv,) = torch.autograd.grad((s * v).sum(), y, create_graph=True)
-        div = div + (jv * v).sum(dim=(1, 2)) / n_probes
+        div = div + weight * (jv * v).sum(dim=(1, 2))
     f = (y * s).sum(dim=(1, 2)) + div + (s * s).sum(dim=(1, 2))
     (grad_f,) = torch.autograd.grad(f.sum(), y, create_graph=True)
     beta = sde.beta(t).view(-1, 1, 1)
     return ds_dt / beta - 0.5 * _centre(grad_f, remove_com)
+
+
+def space_basis(n_beads: int, remove_com: bool) -> torch.Tensor:
+    """Orthonormal basis (K, N, 3) of the space the diffusion lives in: all of R^(N x 3), or its centroid-free
+    subspace (Helmert contrasts per Cartesian component) for non-periodic systems."""
+    h = helmert_basis(n_beads) if remove_com else torch.eye(n_beads, dtype=torch.float64)
+    basis = torch.zeros(h.shape[1], 3, n_beads, 3, dtype=torch.float64)
+    for c in range(3):
+        basis[:, c, :, c] = h.t()
+    return basis.reshape(-1, n_beads, 3)
 
 
 def boundary_time(sde: VPSDE, sigma: float) -> float:
