@@ -504,8 +504,9 @@ def test_train_pidp_runs_resumes_and_saves(tmp_path):
 def test_pidp_only_training_reaches_harmonic_dimer_distribution():
     """PIDP from the energy alone (no samples) on a harmonic dimer gets <r^2> within a factor 2 of the exact
     3/k = 0.030 nm^2. Measured after 2000 iterations: 0.018 nm^2 in this test (5 min on a loaded 2-core CPU) and
-    0.023 nm^2 in a run with 1 thread; after 800 iterations with a cosine schedule it was 0.006, so the residual
-    loss converges slowly and the distribution is still too narrow: PIDP is not yet at DSM accuracy."""
+    0.023 nm^2 in a run with 1 thread; after 800 iterations with a cosine schedule it was 0.006. It plateaus too
+    narrow: 0.019 after 3000 iterations, 0.019 with 8 Hutchinson probes and 0.010 with the exact divergence
+    (n_probes=0), so the bias is not estimator noise. PIDP is not yet at DSM accuracy."""
     from openmm_cgml.training.pidp import PIDPConfig, train_pidp
 
     k = 100.0
