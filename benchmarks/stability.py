@@ -3,8 +3,9 @@
     python benchmarks/stability.py [--model MODEL_DIR] [--boxes 8] [--ns 10]
 
 Builds ``--boxes`` small PEO/LiTFSI boxes (4 × EO8 + 2 LiTFSI, seeds 0, 1, ...) with only 2 ps of equilibration,
-so they are still far below melt density (about 0.1 g/cm³; the demo test's box), maps them, and runs the model from rest for ``--ns`` of CG time each (random stream = box seed). A run *blows up* at the
-first step where a bead moves more than ``--bound`` nm (the integrator's default bound) or becomes non-finite.
+so they are still far below melt density (about 0.1 g/cm³; the demo test's box), maps them, and runs the model from
+rest in the batched engine for ``--ns`` of CG time each (random stream = box seed). A run *blows up* at the first
+step where a bead moves more than ``--bound`` nm (the integrator's default bound) or becomes non-finite.
 Reported per box and in total (benchmarks/results/stability.json): blow-ups and the step they happened at, the
 largest one-step bead move, the mean CG bond length (all-atom mapping: 0.32 nm) and collisions per bead per frame.
 """
@@ -21,9 +22,9 @@ from openmm import unit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from allatom_throughput import RESULTS, cpu_model  # noqa: E402
 
+from openmm_cgml.analysis import bond_lengths  # noqa: E402
 from openmm_cgml.mapping import BeadMap  # noqa: E402
-from openmm_cgml.simulate import LearnedStep  # noqa: E402
-from openmm_cgml.simulate.step import step_noise  # noqa: E402
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp  # noqa: E402
 from openmm_cgml.systems import build_peo_litfsi  # noqa: E402
 from openmm_cgml.training.model import load_model  # noqa: E402
 from openmm_cgml.workflows import DEFAULT_MODEL, collision_thresholds, count_collisions  # noqa: E402
@@ -34,32 +35,28 @@ BOX = dict(n_chains=4, eo_per_chain=8, n_salt=2, equilibration_ps=2.0)
 def run_box(model, model_path: str, seed: int, n_steps: int, bound_nm: float) -> dict:
     built = build_peo_litfsi(seed=seed, progress=False, platform="CPU", **BOX)
     beadmap = BeadMap.from_openmm(built.topology, built.system, **model.mapping)
-    step = LearnedStep.from_model(model, beadmap)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer)).astype(np.float32)
-    x = torch.as_tensor(beadmap.map_positions(built.positions, built.box_vectors), dtype=torch.float32)
-    h = torch.zeros(step.history_length, x.shape[0], 3)
-    frames, largest, blew_up_at = [x.numpy().copy()], 0.0, None
-    with torch.no_grad():
-        for k in range(n_steps):
-            dyn, ref = step_noise(seed, k, x.shape[0], step.n_refine)
-            x_new, h = step(x, h, torch.from_numpy(box), dyn, ref)
-            move = float(torch.linalg.norm(x_new - x, dim=1).max())
-            if not torch.isfinite(x_new).all() or move > bound_nm:
-                blew_up_at = k
-                break
-            largest, x = max(largest, move), x_new
-            frames.append(x.numpy().copy())
+    # The engine's step, random stream (seed, step index) and blow-up check are those of `cgml simulate`.
+    engine = ReplicaEngine(LearnedStep.from_model(model, beadmap),
+                           beadmap.map_positions(built.positions, built.box_vectors), seeds=[seed], box=box,
+                           max_displacement=bound_nm)
+    frames, largest, blew_up_at = [engine.positions[0]], 0.0, None
+    for k in range(n_steps):
+        try:
+            engine.advance()
+        except SimulationBlowUp:  # the engine keeps the last good state
+            blew_up_at = k
+            break
+        frames.append(engine.positions[0])
+        largest = max(largest, float(np.linalg.norm(frames[-1] - frames[-2], axis=1).max()))
     frames = np.asarray(frames, dtype=np.float64)
-    bonds = np.asarray(beadmap.bonds, dtype=np.int64).reshape(-1, 2)
     thresholds = collision_thresholds(model_path, beadmap)
     collisions = (float(count_collisions(frames, box, beadmap, thresholds).mean() / beadmap.n_beads)
                   if thresholds is not None else None)
-    bond_vec = frames[:, bonds[:, 0]] - frames[:, bonds[:, 1]]
-    bond_vec -= box * np.round(bond_vec / box)  # minimum image, as the model sees bonds
-    return {"seed": seed, "n_beads": beadmap.n_beads, "box_nm": float(box[0]), "density_g_cm3": built.density().value_in_unit(unit.gram / unit.centimeter**3),
-            "blew_up_at_step": blew_up_at,
-            "largest_move_nm": largest, "collisions_per_bead_per_frame": collisions,
-            "mean_cg_bond_nm": float(np.linalg.norm(bond_vec, axis=2).mean())}
+    return {"seed": seed, "n_beads": beadmap.n_beads, "box_nm": float(box[0]),
+            "density_g_cm3": built.density().value_in_unit(unit.gram / unit.centimeter**3),
+            "blew_up_at_step": blew_up_at, "largest_move_nm": largest, "collisions_per_bead_per_frame": collisions,
+            "mean_cg_bond_nm": float(bond_lengths(frames, beadmap.bonds, box).mean())}
 
 
 def main() -> None:
@@ -77,8 +74,9 @@ def main() -> None:
     for seed in range(args.boxes):
         boxes.append(run_box(model, args.model, seed, n_steps, args.bound))
         row = boxes[-1]
-        print(f"box {seed}: {'blew up at step ' + str(row['blew_up_at_step']) if row['blew_up_at_step'] is not None else 'stable'}"
-              f", largest move {row['largest_move_nm']:.2f} nm, mean CG bond {row['mean_cg_bond_nm']:.3f} nm", flush=True)
+        fate = "stable" if row["blew_up_at_step"] is None else f"blew up at step {row['blew_up_at_step']}"
+        print(f"box {seed}: {fate}, largest move {row['largest_move_nm']:.2f} nm, "
+              f"mean CG bond {row['mean_cg_bond_nm']:.3f} nm", flush=True)
     result = {
         "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads",
         "model": os.path.abspath(args.model), "box": BOX, "cg_ns_per_box": n_steps * model.timestep_ps / 1000.0,

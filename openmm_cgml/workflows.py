@@ -114,7 +114,7 @@ def run_demo(out_dir: str = "cgml-demo", ns: float = 10.0, seed: int = 0, model_
     bead trajectory, a frame every ``demo.json["frame_ps"]``), ``cg_state.csv`` (StateDataReporter), ``msd.png`` and
     ``demo.json`` (timings, diffusivities per species).
     """
-    from .analysis import diffusion_coefficient, msd, plot_msd
+    from .analysis import bond_lengths, diffusion_coefficient, msd, plot_msd
     from .simulate import coarse_grain_simulation
     from .systems import build_peo_litfsi
     from .training.model import load_model
@@ -170,12 +170,8 @@ def run_demo(out_dir: str = "cgml-demo", ns: float = 10.0, seed: int = 0, model_
     png = plot_msd(curves, os.path.join(out_dir, "msd.png"))
     thresholds = collision_thresholds(model_path, beadmap)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
-    bonds = np.asarray(beadmap.bonds, dtype=np.int64).reshape(-1, 2)
-    # Chains that stay intact keep their CG bonds near the all-atom value (0.32 nm for the default mapping). Minimum
-    # image, as the model sees them: in a box barely wider than twice the cutoff, two bonded beads that move apart
-    # by more than half the box in one step stay bonded through the neighbouring image.
-    bond_vec = positions[:, bonds[:, 0]] - positions[:, bonds[:, 1]]
-    bond_nm = np.linalg.norm(bond_vec - box * np.round(bond_vec / box), axis=2) if len(bonds) else None
+    # Chains that stay intact keep their CG bonds near the all-atom value (0.32 nm for the default mapping).
+    bond_nm = bond_lengths(positions, beadmap.bonds, box) if len(beadmap.bonds) else None
     summary = {
         "cg_ns": n_steps * integrator.timestep_ps / 1000.0,
         "n_beads": beadmap.n_beads,

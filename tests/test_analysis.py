@@ -285,3 +285,11 @@ def test_analyze_trajectory_rg2_relaxation_of_known_time():
     assert entry["acf_time_ps"] == pytest.approx(tau, rel=0.2)
     assert entry["relaxation"]["tau_ps"] == pytest.approx(tau, rel=0.2)
     assert entry["relaxation"]["beta"] == pytest.approx(1.0, abs=0.15)
+
+
+def test_bond_lengths_use_the_minimum_image():
+    from openmm_cgml.analysis import bond_lengths
+
+    x = np.array([[[0.1, 0.0, 0.0], [2.8, 0.0, 0.0], [0.1, 0.4, 0.0]]])  # bead 1 is 0.3 nm from bead 0 via an image
+    np.testing.assert_allclose(bond_lengths(x, [[0, 1], [0, 2]], [3.0, 3.0, 3.0]), [[0.3, 0.4]])
+    np.testing.assert_allclose(bond_lengths(x[0], [[0, 1]]), [[2.7]])  # no box: plain distance

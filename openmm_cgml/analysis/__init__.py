@@ -13,6 +13,7 @@ from .correlation import (
 from .plots import plot_acf, plot_msd, plot_rdf, plot_rg2_hist
 from .report import analyze_trajectory, format_table
 from .structure import (
+    bond_lengths,
     collision_count,
     collision_rate,
     first_peak,
@@ -36,6 +37,7 @@ __all__ = [
     "StretchedExponential",
     "analyze_trajectory",
     "autocorrelation",
+    "bond_lengths",
     "collision_count",
     "collision_rate",
     "diffusion_by_species",

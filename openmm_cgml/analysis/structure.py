@@ -165,6 +165,21 @@ def make_molecules_whole(positions, box, molecule_index) -> np.ndarray:
     return x[0] if single else x
 
 
+def bond_lengths(positions, bonds, box=None) -> np.ndarray:
+    """Lengths (T, P) nm of the bonds ``bonds`` (P, 2) in every frame of ``positions`` (T, N, 3) or (N, 3) nm.
+
+    With a box (orthorhombic edge lengths (3,) or (T, 3) nm) the minimum image is used, as the models see bonds:
+    in a small box two bonded beads that move apart by more than half the box stay bonded through an image.
+    """
+    x = as_trajectory(positions)
+    pairs = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    d = x[:, pairs[:, 0]] - x[:, pairs[:, 1]]
+    if box is not None:
+        b = as_box(box, x.shape[0])[:, None, :]
+        d -= b * np.round(d / b)
+    return np.linalg.norm(d, axis=2)
+
+
 def _threshold_matrix(threshold_matrix, types, n: int) -> Tuple[np.ndarray, np.ndarray]:
     thresholds = as_float_array(threshold_matrix, unit.nanometer, "threshold_matrix")
     if thresholds.ndim == 0:
