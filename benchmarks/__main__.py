@@ -5,16 +5,17 @@
     python -m benchmarks --summary-only   # rebuild SUMMARY.md from the JSON files already in results/
 
 Every figure in SUMMARY.md is read from a JSON file that a benchmark run wrote; nothing is typed in.
+Each benchmark runs in its own process as ``python -m benchmarks.NAME`` from the repository root.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+from .common import DATA, HERE, RESULTS, Stopwatch, result_path, write_text
+
+ROOT = os.path.dirname(HERE)
 
 #: (script, extra arguments, result files it writes), in the order they run.
 BENCHMARKS = [
@@ -25,12 +26,16 @@ BENCHMARKS = [
     ("speedup", [], ["speedup.json"]),
     ("dig", [], ["dig.json"]),
     # Held-out composition (6 x EO8 + 5 LiTFSI; the model was trained on 3 LiTFSI), if its dataset is present.
-    ("accuracy", ["--reference", os.path.join(HERE, "data", "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
+    ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
                   "--ns", "10"], ["accuracy.json"]),
     ("stability", [], ["stability.json"]),
+    # Compiled plugin vs Python bridge, wall time per learned step.
+    ("plugin_step", [], ["plugin_step.json"]),
+    # The polymer ground truth (class-II chains): baselines and learned models against 100x longer MD.
+    ("polymer", [], ["polymer.json"]),
     # The shipped model's own training system (in distribution; not a held-out test).
-    ("accuracy", ["--reference", os.path.join(HERE, "data", "peo_litfsi_400K.h5"), "--replicas", "4", "--ns", "10",
-                  "--out", os.path.join(RESULTS, "accuracy_training_system.json")], ["accuracy_training_system.json"]),
+    ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_400K.h5"), "--replicas", "4", "--ns", "10",
+                  "--out", result_path("accuracy_training_system")], ["accuracy_training_system.json"]),
 ]
 
 
@@ -42,6 +47,12 @@ def _load(name: str):
         return json.load(handle)
 
 
+def _machine(result: dict) -> dict:
+    """The machine description of a result: its "machine" dict, or (older files) its top-level fields."""
+    described = result.get("machine")
+    return described if isinstance(described, dict) else result
+
+
 def _fmt(value, spec=".3g"):
     return "n/a" if value is None else format(value, spec)
 
@@ -51,7 +62,9 @@ def summary_markdown() -> str:
     lines = ["# openmm-cgml benchmark summary", ""]
     aa = _load("allatom_throughput.json")
     if aa:
-        lines += [f"Machine: {aa.get('cpu_model')} ({aa.get('threads')} threads), OpenMM {aa.get('openmm_version')}.",
+        host = _machine(aa)
+        lines += [f"Machine: {host.get('cpu_model')} ({host.get('threads')} threads), OpenMM "
+                  f"{host.get('openmm_version')}.",
                   "", "## All-atom reference",
                   f"- {aa['n_atoms']} atoms, PME, 2 fs, HBonds: **{aa['ns_per_day']:.1f} ns/day** "
                   f"(density {_fmt(aa.get('density_g_cm3'))} g/cm³)", ""]
@@ -71,7 +84,7 @@ def summary_markdown() -> str:
         lines.append("")
     ms = _load("model_step.json")
     if ms:
-        lines += [f"## One learned step ({ms.get('threads')} thread(s), matmul peak "
+        lines += [f"## One learned step ({_machine(ms).get('threads')} thread(s), matmul peak "
                   f"{_fmt(ms.get('matmul_peak_gflop_per_s'))} GFLOP/s; {ms.get('note', '')})",
                   "| beads | full step (s) | GFLOP | fraction of peak | dynamics only (s) |", "|---|---|---|---|---|"]
         for case in ms.get("cases", []):
@@ -131,19 +144,18 @@ def main(argv=None) -> int:
         for name, extra, _ in BENCHMARKS:
             if args.only and name not in args.only:
                 continue
-            script = os.path.join(HERE, f"{name}.py")
-            if not os.path.exists(script):
+            if not (os.path.exists(os.path.join(HERE, f"{name}.py"))
+                    or os.path.exists(os.path.join(HERE, name, "__main__.py"))):
                 print(f"[benchmarks] {name}: no script, skipped", flush=True)
                 continue
-            start = time.time()
             print(f"[benchmarks] {name} ...", flush=True)
-            rc = subprocess.call([sys.executable, script, *extra])
-            print(f"[benchmarks] {name}: exit {rc} after {time.time() - start:.0f} s", flush=True)
+            with Stopwatch() as clock:
+                rc = subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *extra], cwd=ROOT)
+            print(f"[benchmarks] {name}: exit {rc} after {clock.seconds:.0f} s", flush=True)
             if rc:
                 failed.append(name)
     text = summary_markdown()
-    with open(os.path.join(RESULTS, "SUMMARY.md"), "w") as handle:
-        handle.write(text + "\n")
+    write_text(text + "\n", os.path.join(RESULTS, "SUMMARY.md"))
     print(text)
     if failed:
         print(f"[benchmarks] failed: {', '.join(failed)}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Accuracy of a learned CG model against an all-atom reference dataset of the same system.
 
-    python benchmarks/accuracy.py --reference REF.h5 [--model MODEL_DIR] [--replicas 8] [--ns 20]
+    python -m benchmarks.accuracy --reference REF.h5 [--model MODEL_DIR] [--replicas 8] [--ns 20]
 
 Replica r starts from reference frame r * (T / R) with the velocity history taken from the reference frames
 before it, then runs ``--ns`` of learned CG time in the batched engine. Reported (benchmarks/results/accuracy.json):
@@ -8,24 +8,19 @@ log10 errors of D per species (error bars from replicas / time blocks), RDF firs
 for every species pair, the mean chain Rg² error, and the collision rate. Whether the reference's composition or
 temperature was part of the model's training data is read from the model's provenance and stated in the output.
 """
-import argparse
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
-import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from allatom_throughput import RESULTS, cpu_model  # noqa: E402
+from openmm_cgml.analysis import (collision_thresholds, count_collisions, diffusivity_comparison, first_peak,
+                                  format_diffusivity_table, radius_of_gyration_squared, rdf)
+from openmm_cgml.data import CGDataset
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine
+from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
-from openmm_cgml.analysis import first_peak, radius_of_gyration_squared, rdf  # noqa: E402
-from openmm_cgml.data import CGDataset  # noqa: E402
-from openmm_cgml.simulate import LearnedStep, ReplicaEngine  # noqa: E402
-from openmm_cgml.training.model import load_model  # noqa: E402
-from openmm_cgml.workflows import (DEFAULT_MODEL, collision_thresholds, count_collisions,  # noqa: E402
-                                   diffusivity_comparison, format_diffusivity_table)
+from .common import benchmark_parser, machine, set_threads, write_json
 
 
 def structure(positions, box, beadmap, r_max: float):
@@ -43,15 +38,15 @@ def structure(positions, box, beadmap, r_max: float):
     return peaks, float(rg2.mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = benchmark_parser(__doc__, "accuracy", threads=None)
     parser.add_argument("--reference", required=True, help="all-atom CG dataset (.h5) of the test system")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--ns", type=float, default=20.0, help="CG time per replica")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(RESULTS, "accuracy.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
 
     model = load_model(args.model)
     with CGDataset(args.reference) as ds:
@@ -86,7 +81,7 @@ def main() -> None:
     cg_peaks, cg_rg2 = structure(cg_x, np.tile(box, (cg_x.shape[0], 1)), beadmap, r_max)
     thresholds = collision_thresholds(args.model, beadmap)
     result = {
-        "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads",
+        "machine": machine(),
         "reference": os.path.abspath(args.reference), "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
         "reference_system": provenance.get("system", provenance.get("builder_args")),
         "model": os.path.abspath(args.model), "model_trained_on": load_model_extra(args.model),
@@ -100,9 +95,7 @@ def main() -> None:
         "collisions_per_bead_per_frame": (float(count_collisions(cg_x, box, beadmap, thresholds).mean()
                                                 / beadmap.n_beads) if thresholds is not None else None),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(result, args.out)
     print(format_diffusivity_table(table))
     print(json.dumps({k: result[k] for k in ("rdf_first_peak", "rg2_nm2", "collisions_per_bead_per_frame")}, indent=1))
 

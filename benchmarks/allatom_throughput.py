@@ -3,20 +3,17 @@
 Throughput: CPU platform with all threads, PME, 2 fs, HBonds constraints, LangevinMiddleIntegrator at 400 K;
 warm-up steps, then timed steps. Writes benchmarks/results/allatom_throughput.json.
 
-    python benchmarks/allatom_throughput.py                      # build the default box (short equilibration)
-    python benchmarks/allatom_throughput.py --system DIR         # a box saved with BuiltSystem.save
-    python benchmarks/allatom_throughput.py --mixing-density     # LB vs geometric 400 K density (slow)
+    python -m benchmarks.allatom_throughput                      # build the default box (short equilibration)
+    python -m benchmarks.allatom_throughput --system DIR         # a box saved with BuiltSystem.save
+    python -m benchmarks.allatom_throughput --mixing-density     # LB vs geometric 400 K density (slow)
 
 The mixing check builds the same small box (seed, schedule) with each rule, runs NPT at 1 bar and averages the
 density over the second half; it writes benchmarks/results/mixing_density.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform as host
-import time
 
 import numpy as np
 import openmm as mm
@@ -25,18 +22,7 @@ from openmm import unit
 from openmm_cgml.systems import BuiltSystem, build_peo_litfsi
 from openmm_cgml.systems.built import AMU_PER_NM3_IN_G_PER_CM3
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return host.processor() or "unknown"
+from .common import Stopwatch, benchmark_parser, machine, result_path, write_json
 
 
 def throughput(built: BuiltSystem, warmup_steps: int, steps: int, threads: int) -> dict:
@@ -49,13 +35,33 @@ def throughput(built: BuiltSystem, warmup_steps: int, steps: int, threads: int) 
     context.setVelocitiesToTemperature(built.temperature, 0)
     integrator.step(warmup_steps)
     context.getState(getEnergy=True)  # synchronise
-    start = time.perf_counter()
-    integrator.step(steps)
-    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        integrator.step(steps)
+        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     ns = steps * 0.002 / 1000
-    return {"ns_per_day": ns / seconds * 86400, "timed_steps": steps, "timed_seconds": seconds,
+    return {"ns_per_day": ns / clock.seconds * 86400, "timed_steps": steps, "timed_seconds": clock.seconds,
             "final_potential_kj_mol": energy}
+
+
+def npt_densities(mixing: str, npt_ps: float, build_ps: float, threads: int) -> tuple[np.ndarray, int]:
+    """Density (g/cm³) every 1 ps of NPT at 1 bar of the small box built with ``mixing``, and its atom count."""
+    built = build_peo_litfsi(n_chains=6, eo_per_chain=8, n_salt=3, mixing=mixing, seed=0,
+                             equilibration_ps=build_ps, platform="CPU", progress=False)
+    system = built.system
+    system.addForce(mm.MonteCarloBarostat(1 * unit.bar, built.temperature, 25))
+    integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, 0.002 * unit.picosecond)
+    integrator.setRandomNumberSeed(7)
+    context = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    context.setPeriodicBoxVectors(*[mm.Vec3(*r) for r in built.box_vectors.value_in_unit(unit.nanometer)])
+    context.setPositions(built.positions)
+    context.setVelocitiesToTemperature(built.temperature, 7)
+    mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles()))
+    densities = []
+    for _ in range(int(npt_ps)):
+        integrator.step(500)
+        box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        densities.append(mass * AMU_PER_NM3_IN_G_PER_CM3 / float(np.linalg.det(box)))
+    return np.array(densities), built.n_atoms
 
 
 def mixing_density(npt_ps: float, build_ps: float, threads: int) -> dict:
@@ -63,60 +69,40 @@ def mixing_density(npt_ps: float, build_ps: float, threads: int) -> dict:
     out = {"box": "6 x CH3O(CH2CH2O)8CH3 + 3 LiTFSI", "seed": 0, "build_equilibration_ps": build_ps,
            "npt_ps": npt_ps, "averaged_over": "second half of the NPT run, sampled every 1 ps"}
     for mixing in ("lorentz-berthelot", "geometric"):
-        start = time.perf_counter()
-        built = build_peo_litfsi(n_chains=6, eo_per_chain=8, n_salt=3, mixing=mixing, seed=0,
-                                 equilibration_ps=build_ps, platform="CPU", progress=False)
-        system = built.system
-        system.addForce(mm.MonteCarloBarostat(1 * unit.bar, built.temperature, 25))
-        integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, 0.002 * unit.picosecond)
-        integrator.setRandomNumberSeed(7)
-        context = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
-        context.setPeriodicBoxVectors(*[mm.Vec3(*r) for r in built.box_vectors.value_in_unit(unit.nanometer)])
-        context.setPositions(built.positions)
-        context.setVelocitiesToTemperature(built.temperature, 7)
-        mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles()))
-        densities = []
-        for _ in range(int(npt_ps)):
-            integrator.step(500)
-            box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-            densities.append(mass * AMU_PER_NM3_IN_G_PER_CM3 / float(np.linalg.det(box)))
-        half = np.array(densities[len(densities) // 2:])
+        with Stopwatch() as clock:
+            densities, n_atoms = npt_densities(mixing, npt_ps, build_ps, threads)
+        half = densities[len(densities) // 2:]
         out[mixing] = {"density_g_cm3": float(half.mean()), "std_g_cm3": float(half.std()),
-                       "n_atoms": built.n_atoms, "seconds": time.perf_counter() - start}
+                       "n_atoms": n_atoms, "seconds": clock.seconds}
         print(mixing, out[mixing], flush=True)
     lb, geo = out["lorentz-berthelot"]["density_g_cm3"], out["geometric"]["density_g_cm3"]
     out["relative_difference_geometric_vs_lb"] = (geo - lb) / lb
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = benchmark_parser(__doc__, None, threads=os.cpu_count())
     parser.add_argument("--system", help="directory written by BuiltSystem.save (default: build the default box)")
     parser.add_argument("--equilibration-ps", type=float, default=20.0, help="when building (default 20)")
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--mixing-density", action="store_true", help="run the mixing-rule density comparison")
     parser.add_argument("--npt-ps", type=float, default=60.0, help="NPT length per mixing rule (default 60)")
-    args = parser.parse_args()
-    os.makedirs(RESULTS, exist_ok=True)
+    args = parser.parse_args(argv)
     if args.mixing_density:
         result = mixing_density(args.npt_ps, args.equilibration_ps, args.threads)
-        result["openmm_version"] = mm.version.full_version
-        result["cpu_model"], result["threads"] = cpu_model(), args.threads
-        with open(os.path.join(RESULTS, "mixing_density.json"), "w") as handle:
-            json.dump(result, handle, indent=2)
+        result["machine"] = machine(args.threads)
+        write_json(result, args.out or result_path("mixing_density"))
         print(json.dumps(result, indent=2))
         return
     built = BuiltSystem.load(args.system) if args.system else build_peo_litfsi(
         equilibration_ps=args.equilibration_ps, platform="CPU")
     result = {"system": "PEO/LiTFSI " + json.dumps(built.metadata.get("args", {})), "n_atoms": built.n_atoms,
               "mixing": built.metadata.get("mixing"), "density_g_cm3": built.metadata.get("density_g_cm3"),
-              "cpu_model": cpu_model(), "threads": args.threads, "openmm_version": mm.version.full_version,
-              "platform": "CPU", "timestep_fs": 2.0, "constraints": "HBonds", "nonbonded": "PME"}
+              "machine": machine(args.threads), "platform": "CPU", "timestep_fs": 2.0, "constraints": "HBonds",
+              "nonbonded": "PME"}
     result.update(throughput(built, args.warmup_steps, args.steps, args.threads))
-    with open(os.path.join(RESULTS, "allatom_throughput.json"), "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(result, args.out or result_path("allatom_throughput"))
     print(f"{result['n_atoms']} atoms, {args.threads} threads: {result['ns_per_day']:.1f} ns/day")
 
 

@@ -5,39 +5,24 @@ MD (OpenMM, implicit-solvent bead-spring chain from openmm_cgml.systems) yields 
 construction. A small DiG model is trained by DSM on the MD frames (so the comparison includes what DiG learned:
 mean and distribution of Rg^2 are reported next to MD's). Prints a summary and writes benchmarks/results/dig.json.
 
-    python benchmarks/dig.py [--md-ps 2000] [--train-iterations 1500] [--threads 1]
+    python -m benchmarks.dig [--md-ps 2000] [--train-iterations 1500] [--threads 1]
 """
-import argparse
-import json
-import os
-import platform
-import time
-
 import numpy as np
 import openmm
-import torch
 from openmm import unit
 
-from openmm_cgml.analysis.correlation import autocorrelation, integrated_time
+from openmm_cgml.analysis import autocorrelation, integrated_time, js_divergence
 from openmm_cgml.dig import DiGSampler
 from openmm_cgml.nn.dig_model import Descriptor
 from openmm_cgml.systems import build_bead_spring
 from openmm_cgml.training.dig import DiGConfig, FrameSet, fit_dig
 
+from .common import Stopwatch, benchmark_parser, machine, set_threads, write_json
+
 
 def rg2(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
     return (x**2).sum(axis=2).mean(axis=1)
-
-
-def js_divergence(a, b, n_bins=20) -> float:
-    bins = np.quantile(np.concatenate([a, b]), np.linspace(0, 1, n_bins + 1))
-    bins[0], bins[-1] = -np.inf, np.inf
-    p = np.histogram(a, bins)[0] + 1e-12
-    q = np.histogram(b, bins)[0] + 1e-12
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-    return float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum())
 
 
 def run_md(built, md_ps: float, dt_ps: float, report_steps: int, threads: int, seed: int):
@@ -50,16 +35,15 @@ def run_md(built, md_ps: float, dt_ps: float, report_steps: int, threads: int, s
     integrator.step(int(50.0 / dt_ps))  # 50 ps equilibration
     n_frames = int(md_ps / dt_ps / report_steps)
     frames = np.empty((n_frames, built.system.getNumParticles(), 3), dtype=np.float32)
-    start = time.perf_counter()
-    for k in range(n_frames):
-        integrator.step(report_steps)
-        frames[k] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-    wall = time.perf_counter() - start
-    return frames, wall
+    with Stopwatch() as clock:
+        for k in range(n_frames):
+            integrator.step(report_steps)
+            frames[k] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return frames, clock.seconds
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "dig", threads=1)
     parser.add_argument("--beads", type=int, default=100)
     parser.add_argument("--md-ps", type=float, default=2000.0, help="production MD length (ps)")
     parser.add_argument("--dt", type=float, default=0.02, help="MD time step (ps)")
@@ -67,12 +51,9 @@ def main():
     parser.add_argument("--train-iterations", type=int, default=1500)
     parser.add_argument("--n-samples", type=int, default=512)
     parser.add_argument("--ode-steps", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for OpenMM and torch")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                      "dig.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
 
     built = build_bead_spring("chain", chain_length=args.beads, seed=1)
     frames, md_wall = run_md(built, args.md_ps, args.dt, args.report_steps, args.threads, seed=1)
@@ -90,26 +71,26 @@ def main():
     config = DiGConfig(hidden=32, n_layers=3, heads=4, n_rbf=16, n_time=16, embed_dim=8, cutoff=1.5,
                        batch_size=8, n_iterations=args.train_iterations, lr=2e-3, lr_final=1e-4, ema_decay=0.995,
                        checkpoint_every=0, n_steps=500)
-    start = time.perf_counter()
-    model, sde = fit_dig([FrameSet(frames, desc)], config, device=args.device, progress=False)
-    train_wall = time.perf_counter() - start
+    with Stopwatch() as clock:
+        model, sde = fit_dig([FrameSet(frames, desc)], config, device=args.device, progress=False)
+    train_wall = clock.seconds
     sampler = DiGSampler(model, sde, device=args.device)
     sampler.sample(8, desc, method="ode", steps=2, batch_size=8)  # warm-up
-    start = time.perf_counter()
-    samples = sampler.sample(args.n_samples, desc, method="ode", steps=args.ode_steps, seed=0, batch_size=64).numpy()
-    sample_wall = time.perf_counter() - start
+    with Stopwatch() as clock:
+        samples = sampler.sample(args.n_samples, desc, method="ode", steps=args.ode_steps, seed=0,
+                                 batch_size=64).numpy()
+    sample_wall = clock.seconds
     dig_per_s = args.n_samples / sample_wall
     dig_rg2 = rg2(samples)
     print(f"DiG: trained {args.train_iterations} iterations in {train_wall:.0f} s; {args.n_samples} samples "
           f"({args.ode_steps} Heun steps) in {sample_wall:.1f} s -> {dig_per_s:.2f} independent samples/s "
           f"({dig_per_s / md_independent_per_s:.1f}x MD)")
     print(f"Rg^2 (nm^2): MD {series.mean():.3f} +- {series.std():.3f}, DiG {dig_rg2.mean():.3f} +- {dig_rg2.std():.3f},"
-          f" JS divergence {js_divergence(dig_rg2, series):.3f} nats")
+          f" JS divergence {js_divergence(dig_rg2, series, bins_from='pooled'):.3f} nats")
 
     result = {
         "system": f"{args.beads}-bead implicit-solvent bead-spring chain (openmm_cgml.systems.build_bead_spring)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
-                    "device": args.device, "torch": torch.__version__, "openmm": openmm.__version__},
+        "machine": machine(args.threads, args.device),
         "md": {"length_ps": args.md_ps, "dt_ps": args.dt, "frame_interval_ps": frame_ps, "wall_s": md_wall,
                "steps_per_s": md_steps_per_s, "rg2_tau_int_ps": tau_ps,
                "independent_samples_per_s": md_independent_per_s,
@@ -118,13 +99,10 @@ def main():
                 "config": {k: v for k, v in config.__dict__.items()}, "ode_steps": args.ode_steps,
                 "n_samples": args.n_samples, "sample_wall_s": sample_wall, "independent_samples_per_s": dig_per_s,
                 "rg2_mean_nm2": float(dig_rg2.mean()), "rg2_std_nm2": float(dig_rg2.std()),
-                "rg2_js_vs_md": js_divergence(dig_rg2, series)},
+                "rg2_js_vs_md": js_divergence(dig_rg2, series, bins_from='pooled')},
         "speedup_independent_samples": dig_per_s / md_independent_per_s,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json(result, args.out)}")
 
 
 if __name__ == "__main__":

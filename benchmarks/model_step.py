@@ -7,27 +7,20 @@ score GNN 64 x 4 with 5 x 2 annealed-Langevin evaluations per step). Timed both 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls only, so they are a lower bound); the peak is
 the measured rate of a large fp32 ``torch.matmul``. Writes benchmarks/results/model_step.json.
 
-    python benchmarks/model_step.py                       # 100, 1,000 and 10,000 beads, all threads
-    python benchmarks/model_step.py --sizes 100 1000 --threads 1 --device cpu
+    python -m benchmarks.model_step                       # 100, 1,000 and 10,000 beads, all threads
+    python -m benchmarks.model_step --sizes 100 1000 --threads 1 --device cpu
 """
-import argparse
-import json
 import math
-import os
-import sys
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from allatom_throughput import cpu_model  # noqa: E402
+from openmm_cgml.nn.graph import build_edges
+from openmm_cgml.simulate.step import LearnedStep, step_noise
+from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig
 
-from openmm_cgml.nn.graph import build_edges  # noqa: E402
-from openmm_cgml.simulate.step import LearnedStep, step_noise  # noqa: E402
-from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig  # noqa: E402
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from .common import benchmark_parser, machine, set_threads, write_json
 
 # Four bead chemistries typical of PEO/LiTFSI at 7 atoms per bead (heavy atoms with their hydrogens).
 TYPE_GRAPHS = [
@@ -98,17 +91,14 @@ def count_flops(step, x, h, box, device) -> int:
     return int(counter.get_total_flops())
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "model_step", threads=None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--density", type=float, default=15.0, help="beads per nm³")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of timing per case (at least 1 step)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "model_step.json"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
 
@@ -149,22 +139,14 @@ def main():
                   f"(100 ps steps, {n_edges / n:.1f} edges/bead)")
         cases.append(row)
     result = {
-        "device": str(device),
-        "cpu_model": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
+        "machine": machine(device=str(device)),
         "matmul_peak_gflop_per_s": peak / 1e9,
         "bead_density_per_nm3": args.density,
         "model_config": config.to_dict(),
         "note": "untrained default architecture; FLOPs count matmuls only (lower bound); shared machine",
         "cases": cases,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
-
-
+    print(f"wrote {write_json(result, args.out)}")
 
 
 if __name__ == "__main__":

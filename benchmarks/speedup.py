@@ -1,7 +1,7 @@
 """Learned CG vs all-atom OpenMM on the same box, measured side by side in one run.
 
-    python benchmarks/speedup.py                       # build the default box, use the shipped model
-    python benchmarks/speedup.py --system BOX_DIR --model MODEL_DIR --replicas 16
+    python -m benchmarks.speedup                       # build the default box, use the shipped model
+    python -m benchmarks.speedup --system BOX_DIR --model MODEL_DIR --replicas 16
 
 Figures (written to benchmarks/results/speedup.json):
 - simulated ns per wall-clock day of all-atom OpenMM (CPU platform, PME, 2 fs) on the box;
@@ -9,38 +9,33 @@ Figures (written to benchmarks/results/speedup.json):
   with 1 and R replicas; their ratios to all-atom are the headline speed-ups;
 - the OpenMM-bridge overhead: time per step in the integrator / time per step in the engine (1 replica).
 """
-import argparse
 import json
 import os
-import sys
-import time
 
 import numpy as np
 import openmm
-import torch
 from openmm import app, unit
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from allatom_throughput import RESULTS, cpu_model, throughput  # noqa: E402
+from openmm_cgml.mapping import BeadMap
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine, coarse_grain_simulation
+from openmm_cgml.systems import BuiltSystem, build_peo_litfsi
+from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
-from openmm_cgml.mapping import BeadMap  # noqa: E402
-from openmm_cgml.simulate import LearnedStep, ReplicaEngine, coarse_grain_simulation  # noqa: E402
-from openmm_cgml.systems import BuiltSystem, build_peo_litfsi  # noqa: E402
-from openmm_cgml.training.model import load_model  # noqa: E402
-from openmm_cgml.workflows import DEFAULT_MODEL  # noqa: E402
+from .allatom_throughput import throughput
+from .common import Stopwatch, benchmark_parser, machine, set_threads, write_json
 
 
 def time_integrator(built, model, steps: int, threads: int) -> float:
     """Seconds per learned step inside an OpenMM Simulation (CPU platform)."""
-    cg_top, cg_system, cg_pos, integrator = coarse_grain_simulation(
-        built.topology, built.system, built.positions, model, box_vectors=built.box_vectors, seed=0)
-    sim = app.Simulation(cg_top, cg_system, integrator, openmm.Platform.getPlatformByName("CPU"),
+    cg = coarse_grain_simulation(built.topology, built.system, built.positions, model,
+                                 box_vectors=built.box_vectors, seed=0)
+    sim = app.Simulation(cg.topology, cg.system, cg.integrator, openmm.Platform.getPlatformByName("CPU"),
                          {"Threads": str(threads)})
-    sim.context.setPositions(cg_pos)
+    sim.context.setPositions(cg.positions)
     sim.step(2)  # warm-up
-    start = time.perf_counter()
-    sim.step(steps)
-    return (time.perf_counter() - start) / steps
+    with Stopwatch() as clock:
+        sim.step(steps)
+    return clock.seconds / steps
 
 
 def time_engine(step, start, box, replicas: int, steps: int) -> float:
@@ -51,16 +46,15 @@ def time_engine(step, start, box, replicas: int, steps: int) -> float:
     return stats["seconds"] / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = benchmark_parser(__doc__, "speedup", threads=os.cpu_count())
     parser.add_argument("--system", help="BuiltSystem directory (default: build the default box)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--aa-steps", type=int, default=2000)
     parser.add_argument("--cg-steps", type=int, default=40)
     parser.add_argument("--replicas", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
     built = BuiltSystem.load(args.system) if args.system else build_peo_litfsi(platform="CPU", progress=False)
     model = load_model(args.model)
     aa = throughput(built, 200, args.aa_steps, args.threads)
@@ -75,7 +69,7 @@ def main() -> None:
     per_step_batch = time_engine(step, start, box, args.replicas, max(4, args.cg_steps // 4))
     day = 86400.0
     result = {
-        "machine": f"{cpu_model()}, {args.threads} threads, no GPU" if not torch.cuda.is_available() else "cuda",
+        "machine": machine(args.threads),
         "system": built.metadata.get("args"), "n_atoms": built.n_atoms, "n_beads": beadmap.n_beads,
         "model": os.path.abspath(args.model), "model_timestep_ps": model.timestep_ps,
         "allatom_ns_per_day": aa["ns_per_day"],
@@ -91,9 +85,7 @@ def main() -> None:
     result["speedup_engine"] = result["cg_engine_ns_per_day"] / aa["ns_per_day"]
     result["speedup_engine_batched_total"] = result["cg_engine_batched_ns_per_day_total"] / aa["ns_per_day"]
     result["bridge_overhead"] = per_step_integrator / per_step_engine
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "speedup.json"), "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(result, args.out)
     print(json.dumps(result, indent=2))
     print(f"learned CG / all-atom: {result['speedup_integrator']:.0f}x in an OpenMM Simulation, "
           f"{result['speedup_engine_batched_total']:.0f}x summed over {args.replicas} batched replicas")

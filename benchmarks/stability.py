@@ -1,6 +1,6 @@
 """Stability of a learned CG model on boxes it was not trained on.
 
-    python benchmarks/stability.py [--model MODEL_DIR] [--boxes 8] [--ns 10]
+    python -m benchmarks.stability [--model MODEL_DIR] [--boxes 8] [--ns 10]
 
 Builds ``--boxes`` small PEO/LiTFSI boxes (4 × EO8 + 2 LiTFSI, seeds 0, 1, ...) with only 2 ps of equilibration,
 so they are still far below melt density (about 0.1 g/cm³; the demo test's box), maps them, and runs the model from
@@ -9,25 +9,18 @@ step where a bead moves more than ``--bound`` nm (the integrator's default bound
 Reported per box and in total (benchmarks/results/stability.json): blow-ups and the step they happened at, the
 largest one-step bead move, the mean CG bond length (all-atom mapping: 0.32 nm) and collisions per bead per frame.
 """
-import argparse
-import json
 import os
-import sys
-import time
 
 import numpy as np
-import torch
 from openmm import unit
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from allatom_throughput import RESULTS, cpu_model  # noqa: E402
+from openmm_cgml.analysis import bond_lengths, collision_thresholds, count_collisions
+from openmm_cgml.mapping import BeadMap
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp
+from openmm_cgml.systems import build_peo_litfsi
+from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
-from openmm_cgml.analysis import bond_lengths  # noqa: E402
-from openmm_cgml.mapping import BeadMap  # noqa: E402
-from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp  # noqa: E402
-from openmm_cgml.systems import build_peo_litfsi  # noqa: E402
-from openmm_cgml.training.model import load_model  # noqa: E402
-from openmm_cgml.workflows import DEFAULT_MODEL, collision_thresholds, count_collisions  # noqa: E402
+from .common import Stopwatch, benchmark_parser, machine, set_threads, write_json
 
 BOX = dict(n_chains=4, eo_per_chain=8, n_salt=2, equilibration_ps=2.0)
 
@@ -59,35 +52,34 @@ def run_box(model, model_path: str, seed: int, n_steps: int, bound_nm: float) ->
             "mean_cg_bond_nm": float(bond_lengths(frames, beadmap.bonds, box).mean())}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = benchmark_parser(__doc__, "stability", threads=None)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--boxes", type=int, default=8)
     parser.add_argument("--ns", type=float, default=10.0, help="CG time per box")
     parser.add_argument("--bound", type=float, default=2.0, help="largest allowed one-step bead move, nm")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "stability.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
 
     model = load_model(args.model)
     n_steps = int(np.ceil(args.ns * 1000.0 / model.timestep_ps))
-    start, boxes = time.time(), []
-    for seed in range(args.boxes):
-        boxes.append(run_box(model, args.model, seed, n_steps, args.bound))
-        row = boxes[-1]
-        fate = "stable" if row["blew_up_at_step"] is None else f"blew up at step {row['blew_up_at_step']}"
-        print(f"box {seed}: {fate}, largest move {row['largest_move_nm']:.2f} nm, "
-              f"mean CG bond {row['mean_cg_bond_nm']:.3f} nm", flush=True)
+    boxes = []
+    with Stopwatch() as clock:
+        for seed in range(args.boxes):
+            boxes.append(run_box(model, args.model, seed, n_steps, args.bound))
+            row = boxes[-1]
+            fate = "stable" if row["blew_up_at_step"] is None else f"blew up at step {row['blew_up_at_step']}"
+            print(f"box {seed}: {fate}, largest move {row['largest_move_nm']:.2f} nm, "
+                  f"mean CG bond {row['mean_cg_bond_nm']:.3f} nm", flush=True)
     result = {
-        "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads",
+        "machine": machine(),
         "model": os.path.abspath(args.model), "box": BOX, "cg_ns_per_box": n_steps * model.timestep_ps / 1000.0,
-        "bound_nm": args.bound, "boxes": boxes, "seconds": time.time() - start,
+        "bound_nm": args.bound, "boxes": boxes, "seconds": clock.seconds,
         "blow_ups": sum(b["blew_up_at_step"] is not None for b in boxes),
         "largest_move_nm": max(b["largest_move_nm"] for b in boxes),
         "mean_cg_bond_nm": float(np.mean([b["mean_cg_bond_nm"] for b in boxes])),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json(result, args.out)
     print(f"{result['blow_ups']} of {len(boxes)} boxes blew up; largest move {result['largest_move_nm']:.2f} nm")
 
 

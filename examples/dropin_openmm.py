@@ -17,8 +17,7 @@ from openmm.app import (PME, CheckpointReporter, DCDReporter, ForceField, HBonds
 
 from openmm_cgml.simulate import coarse_grain_simulation
 from openmm_cgml.systems import PEO_LITFSI_XML, build_peo_litfsi, scale_ion_charges
-from openmm_cgml.training.model import load_model
-from openmm_cgml.workflows import DEFAULT_MODEL
+from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--pdb", default="peo_litfsi.pdb", help="all-atom PDB (built and equilibrated if missing)")
@@ -38,14 +37,17 @@ scale_ion_charges(system, pdb.topology, 0.8)  # as in the model's training data 
 
 # CHANGED: instead of LangevinMiddleIntegrator(...) on the all-atom system, map it to beads and get the learned
 # integrator (one step = the model's time step, e.g. 100 ps).
+# The box comes from the System (set from the PDB's CRYST1 record); pass box_vectors= to override it.
 model = load_model(DEFAULT_MODEL)
-cg_topology, cg_system, cg_positions, integrator = coarse_grain_simulation(
-    pdb.topology, system, pdb.positions, model, box_vectors=pdb.topology.getPeriodicBoxVectors(), seed=1)
+cg = coarse_grain_simulation(pdb.topology, system, pdb.positions, model, seed=1)
+integrator = cg.integrator
 
-simulation = Simulation(cg_topology, cg_system, integrator, Platform.getPlatformByName("CPU"))
-simulation.context.setPositions(cg_positions)
+simulation = Simulation(cg.topology, cg.system, integrator, Platform.getPlatformByName("CPU"))
+simulation.context.setPositions(cg.positions)
+# No setVelocitiesToTemperature / minimizeEnergy: the learned model has no velocities and no energy (README).
 with open("dropin_cg.pdb", "w") as handle:
-    PDBFile.writeFile(cg_topology, cg_positions, handle)
+    PDBFile.writeFile(cg.topology, cg.positions, handle)
+cg.beadmap.to_json("dropin_beadmap.json")  # bead species, masses, molecules: for `cgml analyze dropin_cg.dcd`
 simulation.reporters.append(DCDReporter("dropin_cg.dcd", 10, enforcePeriodicBox=False))
 simulation.reporters.append(StateDataReporter(stdout, 10, step=True, time=True, speed=True))
 simulation.reporters.append(CheckpointReporter("dropin_cg.chk", 50))

@@ -17,14 +17,14 @@ import os
 
 from openmm import unit
 
-from openmm_cgml.analysis import diffusion_coefficient, msd, plot_msd
-from openmm_cgml.data import CGDataset, contact_distances
+from openmm_cgml.analysis import (diffusion_coefficient, diffusivity_comparison, format_diffusivity_table, msd,
+                                  plot_msd)
+from openmm_cgml.data import CGDataset
 from openmm_cgml.reference import ReferenceConfig, run_reference
 from openmm_cgml.systems import BuiltSystem, build_peo_litfsi
-from openmm_cgml.training import train
+from openmm_cgml.training import DEFAULT_MODEL, train
 from openmm_cgml.training.dig import train_dig
-from openmm_cgml.workflows import (CONTACTS_FILE, DEFAULT_MODEL, diffusivity_comparison,
-                                   format_diffusivity_table, simulate_main)
+from openmm_cgml.workflows import simulate_main
 
 
 def main():
@@ -58,9 +58,7 @@ def main():
     model_dir = DEFAULT_MODEL
     if args.train:
         model_dir = os.path.join(args.work, "model")
-        train([reference], model_dir, args.train_config, resume=True)
-        with open(os.path.join(model_dir, CONTACTS_FILE), "w") as handle:
-            json.dump(contact_distances([reference]), handle)
+        train([reference], model_dir, args.train_config, resume=True)  # also writes the model's contacts.json
     dig_dir = None
     if args.dig:
         dig_dir = os.path.join(args.work, "dig")

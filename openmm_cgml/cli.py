@@ -37,19 +37,56 @@ def _reference(args):
     from .reference import ReferenceConfig, run_reference
     from .systems import BuiltSystem
 
-    built = BuiltSystem.load(args.system)
-    config = ReferenceConfig(
+    config = ReferenceConfig(  # checks every setting before the system is loaded
         ns=args.ns,
         every_ps=args.every_ps,
         timestep_fs=args.timestep_fs,
         seed=args.seed,
         platform=args.platform,
+        threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
         atoms_per_bead=args.atoms_per_bead,
         whole_residues=tuple(args.whole_residues),
     )
+    built = BuiltSystem.load(args.system)
     out = args.output or os.path.join(args.system, "reference")
     path = run_reference(built, out, config, resume=True, progress=not args.quiet)
     print(f"CG dataset: {path}")
+
+
+def _campaign_table(campaign) -> str:
+    """ns done / target per system, and each species' MSD exponent once a run has 100 frames."""
+    import numpy as np
+
+    from .analysis import msd_exponents_by_species
+    from .data import CGDataset
+    from .reference import campaign_status
+
+    lines = [f"{'system':28s} {'role':7s} {'EO:Li':>5s} {'T/K':>4s} {'atoms':>5s} {'ns done/target':>15s}  MSD exponent"]
+    for row in campaign_status(campaign):
+        alphas = ""
+        if row["ns_done"] > 0:
+            with CGDataset(row["dataset"]) as ds:
+                if ds.n_frames >= 100:
+                    x = np.asarray(ds.positions[:], dtype=np.float64)
+                    exps = msd_exponents_by_species(x, ds.frame_interval_ps, ds.beadmap.bead_species())
+                    alphas = " ".join(f"{k}={v:.2f}" for k, v in exps.items())
+        lines.append(f"{row['name']:28s} {row['role']:7s} {row['eo_per_li']:5.1f} {row['temperature_K']:4.0f} "
+                     f"{row['atoms']:5d} {row['ns_done']:7.2f}/{row['ns_target']:<7g}  {alphas}")
+    return "\n".join(lines)
+
+
+def _campaign(args):
+    from .reference import load_campaign, run_campaign
+
+    campaign = load_campaign(args.manifest)
+    if args.action == "run":
+        def report(system, ns_done):
+            if not args.quiet:
+                print(f"{system.name}: {ns_done:.2f} / {system.ns:g} ns", flush=True)
+
+        run_campaign(campaign, only=args.only, progress=not args.quiet, on_chunk=report, scheduler=args.scheduler)
+    print(_campaign_table(campaign))
 
 
 def _coarse_grain(args):
@@ -57,6 +94,9 @@ def _coarse_grain(args):
     from .reference import coarse_grain_trajectory
     from .systems import BuiltSystem
 
+    from .reference.coarse_grain import check_trajectory_file
+
+    check_trajectory_file(args.trajectory)
     if args.beadmap:
         beadmap = BeadMap.from_json(args.beadmap)
         topology = args.topology
@@ -72,7 +112,7 @@ def _analyze(args):
     from .analysis import analyze_trajectory, format_table
     from .data import CGDataset
 
-    stride = max(1, args.stride)
+    stride = args.stride
     if args.trajectory.endswith((".h5", ".hdf5")):
         with CGDataset(args.trajectory) as ds:
             positions = ds.positions[::stride]
@@ -98,25 +138,40 @@ def _bead_trajectory(args, stride: int):
 
     if not (args.top and args.beadmap and args.frame_ps):
         raise ValueError("a DCD/XTC/... trajectory needs --top (CG PDB), --beadmap (beadmap.json) and --frame-ps")
+    from .reference.coarse_grain import check_trajectory_file
+
+    check_trajectory_file(args.trajectory)
+    if not os.path.isfile(args.top):
+        raise FileNotFoundError(f"--top {args.top} does not exist")
     beadmap = BeadMap.from_json(args.beadmap)
     traj = mdtraj.load(args.trajectory, top=args.top, stride=stride)
     if traj.n_atoms != beadmap.n_beads:
         raise ValueError(f"{args.trajectory} has {traj.n_atoms} particles but {args.beadmap} maps {beadmap.n_beads} beads")
+    _check_beadmap_matches_topology(beadmap, traj.topology, args.beadmap, args.top)
     box = traj.unitcell_lengths.astype(np.float64) if traj.unitcell_lengths is not None else None
     return traj.xyz.astype(np.float64), box, np.arange(traj.n_frames) * args.frame_ps * stride, beadmap
+
+
+def _check_beadmap_matches_topology(beadmap, topology, beadmap_path: str, top_path: str):
+    """Refuse a bead map whose beads are not the topology's, bead by bead (type and species, in order).
+
+    The CG topology (``BeadMap.to_topology``, e.g. the demo's cg.pdb) names bead b's atom ``B<type>`` and its
+    residue after the first three letters of its species; a reversed or reshuffled bead map breaks the match.
+    """
+    species = beadmap.bead_species()
+    for b, atom in enumerate(topology.atoms):
+        want_atom, want_res = f"B{beadmap.bead_types[b]}", species[b][:3]
+        if atom.name != want_atom or atom.residue.name.strip() != want_res.strip():
+            raise ValueError(f"{beadmap_path} does not match {top_path}: bead {b} is {want_atom}/{want_res} in the "
+                             f"bead map but {atom.name}/{atom.residue.name} in the topology (wrong order or species?)")
 
 
 def _train(args):
     from .training import train_main
 
+    # train() also writes contacts.json (the collision yardstick of `simulate`) once training has completed
     train_main(args.datasets, args.output, config_path=args.config, device=args.device, seed=args.seed,
                resume=not args.no_resume)
-    from .data import contact_distances
-    from .workflows import CONTACTS_FILE
-
-    # Closest non-bonded approach per bead-type pair in the training data: the collision yardstick of `simulate`.
-    with open(os.path.join(args.output, CONTACTS_FILE), "w") as handle:
-        json.dump(contact_distances(args.datasets), handle)
 
 
 def _train_dig(args):
@@ -148,21 +203,37 @@ def _benchmark(args):
 
 
 def _simulate(args):
-    from .workflows import simulate_main
+    from .workflows import simulate_ensemble, simulate_main
 
-    stats = simulate_main(args.model, args.system, args.ns, args.output, replicas=args.replicas, seed=args.seed,
-                          device=args.device, report_every_ps=args.report_every_ps, dig_path=args.dig,
-                          progress=not args.quiet)
-    print(f"{stats['replicas']} replicas x {stats['n_beads']} beads, {stats['cg_ns']:g} ns each: "
+    options = dict(replicas=args.replicas, seed=args.seed, device=args.device, report_every_ps=args.report_every_ps,
+                   dig_path=args.dig, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
+    try:
+        if args.scheduler is not None:  # one Dask task per replica, each resumable from its own checkpoint
+            stats = simulate_ensemble(args.model, args.system, args.ns, args.output, args.scheduler, **options)
+        else:
+            stats = simulate_main(args.model, args.system, args.ns, args.output, **options)
+    except KeyboardInterrupt as stop:
+        # Ctrl-C: the engine stopped at a step boundary and saved a checkpoint (or the last one stays valid).
+        where = f" at learned step {stop.step_index}" if hasattr(stop, "step_index") else ""
+        print(f"cgml simulate: interrupted{where}; {args.output} keeps a resumable state: run the same command "
+              "to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    resumed = f" (resumed from step {stats['resumed_from_step']})" if stats.get("resumed_from_step") else ""
+    print(f"{stats['replicas']} replicas x {stats['n_beads']} beads, {stats['cg_ns']:g} ns each{resumed}: "
           f"{stats['ns_per_day_total']:.3g} simulated ns/day in total, {stats['replica_steps_per_s']:.3g} "
           f"replica-steps/s; collisions/frame {stats.get('collisions_per_frame', 'n/a')}; wrote {args.output}")
 
 
 def _demo(args):
-    from .workflows import DEFAULT_MODEL, run_demo
+    from .training import model_path
+    from .workflows import run_demo
 
-    summary = run_demo(args.output, ns=args.ns, seed=args.seed, model_path=args.model or DEFAULT_MODEL,
-                       progress=not args.quiet)
+    try:
+        summary = run_demo(args.output, ns=args.ns, seed=args.seed, model_path=model_path(args.model),
+                           progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"cgml demo: interrupted; nothing was written to {args.output}", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"demo: {summary['n_atoms']} atoms -> {summary['n_beads']} beads; {summary['cg_ns']:g} ns of CG time in "
           f"{summary['simulate_seconds']:.1f} s ({summary['cg_ns_per_day']:.3g} ns/day); built in "
           f"{summary['build_seconds']:.0f} s")
@@ -200,14 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-fs", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--platform", default=None, help="OpenMM platform (default: fastest available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU platform threads (default: OpenMM's); 1 makes a resumed run bit-equal to an uninterrupted one")
+    p.add_argument("--checkpoint-every", type=int, default=25, help="frames between checkpoints")
     p.add_argument("--atoms-per-bead", type=int, default=7)
     p.add_argument("--whole-residues", nargs="*", default=[], help="residues mapped to one bead each, e.g. TFSI")
     p.add_argument("-o", "--output", default=None, help="run directory (default SYSTEM/reference); resumes if present")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reference)
 
+    p = sub.add_parser("campaign", help="run (resumable) or show a multi-system reference campaign from a YAML manifest")
+    p.add_argument("action", choices=["run", "status"])
+    p.add_argument("manifest", help="campaign YAML (e.g. benchmarks/data/campaign.yaml)")
+    p.add_argument("--only", nargs="*", default=None, help="run only these systems (names in the manifest)")
+    p.add_argument("--scheduler", default=None,
+                   help="run the systems as Dask tasks: local:N (LocalCluster), tcp://HOST:PORT or a scheduler file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_campaign)
+
     p = sub.add_parser("coarse-grain", help="map an existing all-atom trajectory to a CG dataset")
-    p.add_argument("trajectory", help="any trajectory mdtraj reads (DCD, XTC, HDF5, ...)")
+    p.add_argument("trajectory", help="any trajectory mdtraj reads (DCD, XTC, TRR, ...; mdtraj HDF5 needs "
+                                      "PyTables)")
     p.add_argument("--system", help="directory written by `cgml build` (for the bond graph and masses)")
     p.add_argument("--beadmap", help="an existing beadmap.json instead of --system")
     p.add_argument("--topology", help="topology file for the trajectory (default SYSTEM/topology.pdb)")
@@ -264,7 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--report-every-ps", type=float, default=None, help="frame interval (default: every step)")
     p.add_argument("--dig", default=None, help="DiG model directory: start each replica from a DiG sample")
-    p.add_argument("-o", "--output", required=True, help="output directory (replica_r.h5, simulate.json)")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="learned steps between checkpoints (a killed run resumes from the last one)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output directory (replica_r.h5, checkpoint.npz, simulate.json); the same command on an "
+                        "unfinished run resumes it")
+    p.add_argument("--scheduler", default=None,
+                   help="run each replica as a Dask task (own directory OUT/replica_r/, resumable on another worker "
+                        "if one dies): local:N (LocalCluster), tcp://HOST:PORT or a scheduler file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_simulate)
 
@@ -276,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="cgml-demo", help="output directory (default ./cgml-demo)")
     p.add_argument("--ns", type=float, default=10.0, help="CG time, ns (default 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="model directory (default: the shipped default model)")
+    p.add_argument("--model", default=None, help="shipped model name or model directory (default: the shipped "
+                   "default model)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)
     return parser
@@ -290,17 +382,72 @@ def main(argv=None):
     if args.verb == "coarse-grain" and args.beadmap and not args.topology:
         parser.error("coarse-grain with --beadmap needs --topology (the all-atom topology of the trajectory)")
     try:
+        _check_arguments(args)
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, OSError, FloatingPointError) as err:
         # Bad input (or a diverging training run): one line that says what to fix, no traceback.
-        print(f"cgml {args.verb}: error: {err}", file=sys.stderr)
+        print(f"cgml {args.verb}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"cgml {args.verb}: interrupted; run the same command again to continue where it stopped",
+              file=sys.stderr)
+        return 130
     except RuntimeError as err:
         if not _is_blow_up(err):
             raise
-        print(f"cgml {args.verb}: the learned simulation blew up: {err}", file=sys.stderr)
+        print(f"cgml {args.verb}: the learned simulation blew up: {_one_line(err)}", file=sys.stderr)
         return 3
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+#: Options that must be finite and > 0 (checked before any work, for every verb that has them).
+_POSITIVE_FLOATS = {"ns": "--ns", "every_ps": "--every-ps", "timestep_fs": "--timestep-fs", "frame_ps": "--frame-ps",
+                    "report_every_ps": "--report-every-ps", "temperature": "--temperature"}
+#: Integer options that must be >= 1.
+_POSITIVE_INTS = {"n_blocks": "--n-blocks", "replicas": "--replicas", "n": "-n", "stride": "--stride",
+                  "atoms_per_bead": "--atoms-per-bead", "steps": "--steps", "chains": "--chains",
+                  "threads": "--threads"}
+#: Verbs whose -o is a directory (the others write one file).
+_DIRECTORY_OUTPUTS = {"build", "reference", "analyze", "train", "train-dig", "simulate", "demo"}
+
+
+def _check_arguments(args) -> None:
+    """One-line errors for option values no verb can use, before any verb starts work."""
+    import math
+
+    for key, flag in _POSITIVE_FLOATS.items():
+        value = getattr(args, key, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    for key, flag in _POSITIVE_INTS.items():
+        value = getattr(args, key, None)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    fit_range = getattr(args, "fit_range", None)
+    if fit_range is not None and not (0 < fit_range < 1):
+        raise ValueError(f"--fit-range must be a fraction in (0, 1), got {fit_range}")
+    output = getattr(args, "output", None)
+    if output:
+        if args.verb in _DIRECTORY_OUTPUTS and os.path.exists(output) and not os.path.isdir(output):
+            raise ValueError(f"-o {output} is a file; give a directory")
+        if args.verb not in _DIRECTORY_OUTPUTS and os.path.isdir(output):
+            raise ValueError(f"-o {output} is a directory; give a file name")
+    device = getattr(args, "device", None)
+    if device is not None and device != "cpu":
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise ValueError(f"--device {device} is not a torch device; use cpu or cuda") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this torch build ({torch.__version__}) sees no CUDA device; "
+                             "use --device cpu")
 
 
 def _is_blow_up(err: Exception) -> bool:

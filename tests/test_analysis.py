@@ -100,6 +100,19 @@ def test_diffusion_by_species_blocks_and_replicas():
         diffusion_by_species(x, 1.0, species[:-1])
 
 
+def test_block_error_bars_have_the_right_size():
+    """Over many independent systems of known D, (D - D_true) / err spreads like Student's t with n_blocks - 1
+    degrees of freedom (std sqrt(9 / 7) = 1.13 for 10 blocks): error bars twice too large give 0.57, half
+    as large 2.3. Each of 300 species of 8 Brownian walkers is one independent system."""
+    rng = np.random.default_rng(11)
+    d_true, n_systems = 0.05, 300
+    x = brownian(rng, 400, 8 * n_systems, d_true, 1.0)
+    result = diffusion_by_species(x, 1.0, np.repeat(np.arange(n_systems), 8), n_blocks=10)
+    z = np.array([(d - d_true) / err for d, err in result.values()])
+    assert len(z) == n_systems
+    assert 0.85 < z.std() < 1.5 and abs(z.mean()) < 0.3
+
+
 def mdtraj_rdf(x, box, sel_a, sel_b, r_max, n_bins):
     top = mdtraj.Topology()
     residue = top.add_residue("X", top.add_chain())
@@ -293,3 +306,46 @@ def test_bond_lengths_use_the_minimum_image():
     x = np.array([[[0.1, 0.0, 0.0], [2.8, 0.0, 0.0], [0.1, 0.4, 0.0]]])  # bead 1 is 0.3 nm from bead 0 via an image
     np.testing.assert_allclose(bond_lengths(x, [[0, 1], [0, 2]], [3.0, 3.0, 3.0]), [[0.3, 0.4]])
     np.testing.assert_allclose(bond_lengths(x[0], [[0, 1]]), [[2.7]])  # no box: plain distance
+
+
+def test_diffusive_regime_detector_refuses_subdiffusion_and_recovers_known_d():
+    from openmm_cgml.analysis import NotDiffusiveError, diffusive_coefficient, msd, msd_exponent
+
+    rng = np.random.default_rng(7)
+    dt, n_frames, n_walkers = 2.0, 400, 300
+    # Diffusive: Brownian walkers, D = 0.01 nm^2/ps exactly (per-axis step variance 2 D dt).
+    d_true = 0.01
+    walk = np.cumsum(rng.normal(scale=np.sqrt(2 * d_true * dt), size=(n_frames, n_walkers, 3)), axis=0)
+    lag, curve = msd(walk, dt)
+    fit = diffusive_coefficient(lag, curve)
+    assert fit.alpha == pytest.approx(1.0, abs=0.05)
+    assert fit.D_nm2_per_ps == pytest.approx(d_true, rel=0.08)
+    assert fit.fit_start_ps == pytest.approx(0.2 * lag[-1], abs=dt) and fit.fit_end_ps == lag[-1]
+    # Sub-diffusive: fractional Brownian motion with Hurst exponent 0.3, MSD ∝ t^0.6 (exact covariance,
+    # Cholesky), so any straight-line "D" would depend on the trajectory length.
+    t = np.arange(1, n_frames + 1) * dt
+    hurst = 0.3
+    cov = 0.5 * (t[:, None] ** (2 * hurst) + t[None, :] ** (2 * hurst) - np.abs(t[:, None] - t[None, :]) ** (2 * hurst))
+    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(n_frames))
+    fbm = np.einsum("ts,snk->tnk", chol, rng.normal(size=(n_frames, n_walkers, 3))) * 0.05
+    lag, curve = msd(fbm, dt)
+    assert msd_exponent(lag, curve) == pytest.approx(2 * hurst, abs=0.08)
+    with pytest.raises(NotDiffusiveError, match=r"sub-diffusive over .* \(exponent 0\.\d\d < 0.9\)"):
+        diffusive_coefficient(lag, curve)
+
+
+def test_js_divergence_limits_and_symmetry_of_bins():
+    from openmm_cgml.analysis import js_divergence
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=20000), rng.normal(size=20000)
+    assert js_divergence(a, b) < 2e-3                                   # same distribution
+    # Disjoint supports: ln 2 on pooled bins. On the reference's 20 bins the whole sample falls in the open top
+    # bin, which also holds 1/20 of the reference: 0.5 ln(1/0.525) + 0.5 (0.95 ln 2 + 0.05 ln(0.05/0.525)).
+    assert js_divergence(a + 100.0, a, bins_from="pooled") == pytest.approx(np.log(2), rel=1e-6)
+    expected = 0.5 * np.log(1 / 0.525) + 0.5 * (0.95 * np.log(2) + 0.05 * np.log(0.05 / 0.525))
+    assert js_divergence(a + 100.0, a) == pytest.approx(expected, rel=1e-6)
+    # Two unit Gaussians one sigma apart: the exact JS divergence is 0.1114 nats (quadrature).
+    assert js_divergence(a + 1.0, b, n_bins=40, bins_from="pooled") == pytest.approx(0.1114, abs=0.01)
+    with pytest.raises(ValueError, match="bins_from"):
+        js_divergence(a, b, bins_from="left")

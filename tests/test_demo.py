@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from openmm_cgml.cli import main as cli_main
-from openmm_cgml.data import CGDataset
-from openmm_cgml.training import load_model
-from openmm_cgml.workflows import CONTACTS_FILE, DEFAULT_MODEL, run_demo
+from openmm_cgml.data import CONTACTS_FILE, CGDataset
+from openmm_cgml.training import DEFAULT_MODEL, load_model
+from openmm_cgml.workflows import run_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_DATA = os.path.join(REPO, "benchmarks", "data", "peo_litfsi_400K.h5")

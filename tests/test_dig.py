@@ -110,7 +110,7 @@ def test_vp_sde_schedules_are_consistent():
         assert float(sde.alpha_bar(torch.tensor(0.0))) == pytest.approx(1.0)
         assert float(sde.alpha_bar(torch.tensor(1.0))) < 1e-3  # the prior is (almost) N(0, I)
         ab = sde.discrete_alpha_bars()
-        assert torch.allclose(torch.cumprod(1 - sde.discrete_betas(), 0), ab[1:], rtol=1e-10)
+        assert torch.allclose(ab, sde.alpha_bar(torch.arange(0, 201, dtype=torch.float64) / 200), rtol=1e-12)
         std = sde.marginal_std(t)
         assert torch.allclose(std**2 + sde.marginal_mean_coef(t) ** 2, torch.ones_like(t), atol=1e-12)
     with pytest.raises(ValueError):
@@ -274,7 +274,16 @@ def test_train_dig_dataset_checkpoint_resume_is_exact(tmp_path):
         train_dig(data, part, config, resume=False, progress=False)
     with pytest.raises(ValueError, match="config differs"):
         train_dig(data, part, DiGConfig(n_iterations=17, checkpoint_every=5, **TINY), resume=True, progress=False)
-    train_dig(data, part, config, resume=True, progress=False)  # continues from iteration 10
+    other = str(tmp_path / "other.h5")
+    write_dataset(other, bm, chain_samples(64, n, 0.01, seed=2), None, np.arange(64) * 1.0, {})
+    with pytest.raises(ValueError, match="other data") as err:
+        train_dig(other, part, config, resume=True, progress=False)
+    assert "\n" not in str(err.value)
+    done = []
+    train_dig(data, part, config, resume=True, progress=False, callback=lambda i, loss: done.append(i))
+    # it continues from the checkpoint of iteration 10 (a run restarted from scratch gives the same weights,
+    # so only the start iteration tells a real resume from a discarded checkpoint)
+    assert done == list(range(11, 17)), done
     m_full, sde, names = load_dig(full)
     m_part, _, _ = load_dig(part)
     for (k, a), b in zip(m_full.state_dict().items(), m_part.state_dict().values()):
@@ -491,9 +500,26 @@ def test_train_pidp_runs_resumes_and_saves(tmp_path):
     model, sde = train_pidp(harmonic_dimer(), starts, desc, config, str(tmp_path / "p"), progress=False,
                             callback=lambda i, loss: losses.append(loss))
     assert len(losses) == 12 and all(np.isfinite(losses))
-    again, _ = train_pidp(harmonic_dimer(), starts, desc, config, str(tmp_path / "p"), resume=True, progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill(iteration, loss):
+        if iteration == 6:
+            raise Kill  # between the checkpoints of iterations 4 and 8
+
+    with pytest.raises(Kill):
+        train_pidp(harmonic_dimer(), starts, desc, config, str(tmp_path / "k"), progress=False, callback=kill)
+    assert not os.path.exists(str(tmp_path / "k" / "cgml_model.json"))
+    done = []
+    again, _ = train_pidp(harmonic_dimer(), starts, desc, config, str(tmp_path / "k"), resume=True, progress=False,
+                          callback=lambda i, loss: done.append(i))
+    assert done == list(range(5, 13)), done  # started at the checkpoint of iteration 4, not from scratch
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
-        assert torch.equal(a, b)  # a finished run resumes to the same weights
+        assert torch.equal(a, b)  # the resumed run ends with the weights of the uninterrupted one
+    with pytest.raises(ValueError, match="other data"):
+        train_pidp(harmonic_dimer(), starts[::-1].copy(), desc, config, str(tmp_path / "k"), resume=True,
+                   progress=False)
     x = DiGSampler(str(tmp_path / "p")).sample(4, desc, method="ode", steps=4)
     assert x.shape == (4, 2, 3) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="start structures"):

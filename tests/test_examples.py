@@ -23,3 +23,6 @@ def test_dropin_example_runs_from_a_pdb(tmp_path):
     assert "simulated 2.0 ns of CG time" in run.stdout
     traj = mdtraj.load(str(tmp_path / "dropin_cg.dcd"), top=str(tmp_path / "dropin_cg.pdb"))
     assert traj.n_frames == 2 and traj.n_atoms == 4 * 9 + 2 * 2 and np.isfinite(traj.xyz).all()
+    from openmm_cgml.mapping import BeadMap
+
+    assert BeadMap.from_json(str(tmp_path / "dropin_beadmap.json")).n_beads == traj.n_atoms  # returned, not patched on

@@ -36,11 +36,15 @@ def test_radius_graph_matches_brute_force(case):
     edge_index, edge_vec = radius_graph(pos, cutoff, box, batch)
     got = {(int(j), int(i)) for j, i in edge_index.t().tolist()}
     assert got == brute_force(pos, cutoff, box, batch) and len(got) > 0
-    # edge vectors are x_i - x_j under the minimum image
+    # edge vectors are x_i - x_j under the minimum image (the vector, not only its length: a flipped sign fails)
     j, i = edge_index
     assert torch.all(edge_vec.norm(dim=1) < cutoff)
-    if box is None:
-        assert torch.allclose(edge_vec, pos[i] - pos[j])
+    expected = pos[i] - pos[j]
+    if box is not None:
+        b = box[batch[i]] if box.dim() == 2 else box.expand_as(expected)
+        expected = expected - b * torch.round(expected / b)
+        assert not torch.allclose(expected, pos[i] - pos[j])  # some edges really cross the boundary
+    assert torch.allclose(edge_vec, expected, atol=1e-6)
 
 
 def test_build_edges_adds_typed_bond_edges_and_scripts():
@@ -51,3 +55,12 @@ def test_build_edges_adds_typed_bond_edges_and_scripts():
     assert pairs == {(0, 1, 0), (1, 0, 0), (1, 2, 1), (2, 1, 1)}
     scripted = torch.jit.script(build_edges)
     assert torch.equal(scripted(pos, 0.5, bonds)[0], index)
+    # under PBC both edge kinds carry x_i - x_j of the minimum image (edge (j, i)): beads 0 and 2 meet across the
+    # boundary, so x_2 - x_0 = 1.5 nm becomes -0.3 nm
+    box = torch.tensor([1.8, 2.0, 2.0])
+    index, vec, types = build_edges(pos, 0.5, torch.tensor([[0, 2]]), box)
+    got = {(int(a), int(b), int(t)): v.tolist() for (a, b), t, v in zip(index.t().tolist(), types.tolist(), vec)}
+    for key, want in {(0, 1, 0): [0.3, 0, 0], (1, 0, 0): [-0.3, 0, 0], (2, 0, 0): [0.3, 0, 0], (0, 2, 0): [-0.3, 0, 0],
+                      (2, 0, 1): [0.3, 0, 0], (0, 2, 1): [-0.3, 0, 0]}.items():
+        assert got.pop(key) == pytest.approx(want, abs=1e-6), key
+    assert not got

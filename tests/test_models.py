@@ -1,7 +1,5 @@
 """Embedding, dynamics and score GNNs: symmetry (translation, rotation, permutation, periodic images), shapes,
-determinism of the bead embeddings, refinement bookkeeping."""
-import io
-
+determinism of the bead embeddings, refinement bookkeeping. (The learned step's tests are in test_simulate.py.)"""
 import pytest
 import torch
 
@@ -184,90 +182,3 @@ def _pair_beadmap(n_pairs: int, periodic: bool, element: str = "C", mass: float 
         "type_names": [f"PAIR:{element}-000000"], "type_graphs": [graph], "bead_residue_names": ["PAI"] * n,
         "bead_species": ["PAIR"] * n, "periodic": periodic,
     })
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig
-
-    torch.manual_seed(1)
-    bm = _pair_beadmap(6, periodic=True)
-    config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, n_rbf=8, cutoff=0.5,
-                         history_length=2, score_hidden=16, score_layers=1, n_sigmas=6, sigma_max=0.2,
-                         sigma_min=0.005, refine_levels=2, refine_steps_per_level=2, refine_step_size=1e-6,
-                         timestep_ps=100.0, periodic=True, velocity_scale=0.05, accel_scale=0.05)
-    return CGModel(config, BeadVocabulary(bm.type_names, bm.type_graphs)).eval(), bm
-
-
-def test_step_noise_deterministic():
-    from openmm_cgml.simulate.step import step_noise
-
-    a = step_noise(7, 3, 5, 4)
-    b = step_noise(7, 3, 5, 4)
-    c = step_noise(7, 4, 5, 4)
-    d = step_noise(8, 3, 5, 4)
-    assert a[0].shape == (5, 3) and a[1].shape == (4, 5, 3) and a[0].dtype == torch.float32
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], d[0])
-    assert abs(float(torch.cat([a[0].flatten(), a[1].flatten()]).std()) - 1.0) < 0.4
-
-
-def test_step_scripted_equals_eager_and_batched(small_model):
-    from openmm_cgml.simulate.step import LearnedStep, rollout, step_noise
-
-    model, bm = small_model
-    step = LearnedStep.from_model(model, bm)
-    assert step.n_refine == 4 and step.history_length == 2 and step.periodic and step.timestep_ps == 100.0
-    scripted = torch.jit.script(step)
-    gen = torch.Generator().manual_seed(0)
-    box = torch.tensor([1.2, 1.2, 1.2])
-    x = torch.rand(bm.n_beads, 3, generator=gen) * box
-    h = 0.02 * torch.randn(2, bm.n_beads, 3, generator=gen)
-    dyn, ref = step_noise(11, 0, bm.n_beads, step.n_refine)
-    with torch.no_grad():
-        x1, h1 = step(x, h, box, dyn, ref)
-        x2, h2 = scripted(x, h, box, dyn, ref)
-    assert torch.equal(x1, x2) and torch.equal(h1, h2)
-    buffer = io.BytesIO()  # a saved TorchScript step (for C++/plugin use) keeps outputs and attributes
-    torch.jit.save(scripted, buffer)
-    buffer.seek(0)
-    reloaded = torch.jit.load(buffer)
-    with torch.no_grad():
-        assert torch.equal(reloaded(x, h, box, dyn, ref)[0], x1)
-    assert reloaded.n_refine == 4 and reloaded.timestep_ps == 100.0 and reloaded.periodic
-    torch.testing.assert_close(h1[-1], x1 - x)
-    torch.testing.assert_close(h1[0], h[1])
-    # Refinement changes the frame; without it the step is the bare dynamics prediction.
-    bare = LearnedStep.from_model(model, bm, refine=False)
-    with torch.no_grad():
-        x3, _ = bare(x, h, box, dyn, ref[:0])
-        mean, std = model.dynamics(x, h, bare.embed, bare.masses, bare.bonds, box, None)
-    assert bare.n_refine == 0 and (x3 - x1).abs().max() > 1e-6
-    torch.testing.assert_close(x3, x + h[-1] + mean + std.unsqueeze(1) * dyn)
-    # Two replicas in one batch (second one translated) give the single-replica results.
-    two = torch.jit.script(step.batched(2))
-    shift = torch.tensor([0.3, -0.2, 0.5])
-    dyn2 = torch.cat([dyn, dyn])
-    ref2 = torch.cat([ref, ref], dim=1)
-    with torch.no_grad():
-        xb, hb = two(torch.cat([x, x + shift]), torch.cat([h, h], dim=1), torch.stack([box, box]), dyn2, ref2)
-    torch.testing.assert_close(xb[: bm.n_beads], x1, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(xb[bm.n_beads:] - shift, x1, atol=1e-5, rtol=1e-5)
-    # rollout() reproduces successive steps with step_noise(seed, k).
-    traj, _ = rollout(scripted, x, h, box, seed=11, n_steps=2)
-    torch.testing.assert_close(traj[0], x1)
-
-
-def test_step_refuses_unknown_types_and_wrong_periodicity(small_model):
-    from openmm_cgml.simulate.step import LearnedStep
-
-    model, _ = small_model
-    other = _pair_beadmap(3, periodic=True, element="Si", mass=28.0)
-    with pytest.raises(ValueError, match=r"not trained on bead types \['PAIR:Si-000000'\]"):
-        LearnedStep.from_model(model, other)
-    step = LearnedStep.from_model(model, other, allow_unseen_types=True)  # extrapolates from the atom graph
-    assert step.embed.shape == (6, 8) and torch.isfinite(step.embed).all()
-    with pytest.raises(ValueError, match="periodic"):
-        LearnedStep.from_model(model, _pair_beadmap(3, periodic=False))
-    with pytest.raises(ValueError, match="refinement settings"):
-        LearnedStep.from_model(model, _pair_beadmap(3, periodic=True), refine={"sigma": 1.0})

@@ -30,14 +30,103 @@ def test_resume_after_interruption_gives_identical_frames(tiny_peo_litfsi, tmp_p
         assert json.load(handle)["frames"] == 3
     with pytest.raises(ValueError, match="other settings.*every_ps=1.0, not 2.0"):
         run_reference(tiny_peo_litfsi, part_dir, ReferenceConfig(**dict(CONFIG, every_ps=2.0)), progress=False)
+    _poison_frames(os.path.join(part_dir, "cg.h5"), 3)
     resumed = run_reference(tiny_peo_litfsi, part_dir, config, progress=False)
     pos_a, t_a, box_a = _read(full)
     pos_b, t_b, box_b = _read(resumed)
     assert pos_a.shape == (config.n_frames, pos_a.shape[1], 3) and config.n_frames == 9
     np.testing.assert_array_equal(t_a, np.arange(9) * 1.0)
-    np.testing.assert_array_equal(pos_a, pos_b)
+    # The resumed run started at the checkpoint: frames before it are the (poisoned) ones already on disk ...
+    assert np.all(pos_b[:3] == 7.0) and _resumed_at(part_dir) == [3]
+    # ... and every frame after it equals the uninterrupted run's, bit for bit.
+    np.testing.assert_array_equal(pos_a[3:], pos_b[3:])
     np.testing.assert_array_equal(t_a, t_b)
     np.testing.assert_array_equal(box_a, box_b)
+
+
+def _poison_frames(path, n):
+    """Overwrite the first ``n`` frames with 7.0: a resume that recomputes them (instead of starting from the
+    checkpoint) is caught."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f["positions"][:n] = 7.0
+
+
+def _resumed_at(run_dir):
+    with open(os.path.join(run_dir, "checkpoint.json")) as handle:
+        return json.load(handle)["resumed_at"]
+
+
+FAST_CPU = dict(ns=0.0016, every_ps=0.2, timestep_fs=2.0, platform="CPU", threads=1, checkpoint_every=3, seed=0)
+
+
+def test_cpu_resume_is_bit_exact_and_seed_zero_is_deterministic(tiny_peo_litfsi, tmp_path):
+    """On the CPU platform (1 thread) a killed + resumed run equals the uninterrupted one bit for bit.
+
+    Without the reload of each checkpoint in the uninterrupted run (and DeterministicForces), OpenMM's CPU
+    force sums differ after a checkpoint load and the frames diverge within one frame (measured).
+    Seed 0 (the default) is a fixed seed: two identical runs give identical frames.
+    """
+    config = ReferenceConfig(**FAST_CPU)
+    full = _read(run_reference(tiny_peo_litfsi, str(tmp_path / "a"), config, progress=False))
+    again = _read(run_reference(tiny_peo_litfsi, str(tmp_path / "b"), config, progress=False))
+    for x, y in zip(full, again):
+        np.testing.assert_array_equal(x, y)
+    part = str(tmp_path / "part")
+    for stop in (2, 5, 7):  # killed three times, between checkpoints
+        run_reference(tiny_peo_litfsi, part, config, progress=False, stop_after_frames=stop)
+    resumed = _read(run_reference(tiny_peo_litfsi, part, config, progress=False))
+    assert _resumed_at(part) == [1, 3, 6]
+    for x, y in zip(full, resumed):
+        np.testing.assert_array_equal(x, y)
+    assert full[0].shape[0] == config.n_frames == 9 and np.all(np.diff(full[0][:, 0, 0]) != 0)
+    # Extending a finished run equals having asked for the longer run at once.
+    longer = ReferenceConfig(**dict(FAST_CPU, ns=0.0024))
+    extended = _read(run_reference(tiny_peo_litfsi, part, longer, progress=False))
+    at_once = _read(run_reference(tiny_peo_litfsi, str(tmp_path / "long"), longer, progress=False))
+    for x, y in zip(at_once, extended):
+        np.testing.assert_array_equal(x, y)
+    # A different seed gives a different run.
+    other = _read(run_reference(tiny_peo_litfsi, str(tmp_path / "c"), ReferenceConfig(**dict(FAST_CPU, seed=1)),
+                                progress=False))
+    assert not np.array_equal(other[0][1:], full[0][1:])
+
+
+def test_run_killed_before_first_checkpoint_starts_over(tiny_peo_litfsi, tmp_path):
+    config = ReferenceConfig(**FAST_CPU)
+    full = _read(run_reference(tiny_peo_litfsi, str(tmp_path / "full"), config, progress=False))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cg.h5").write_bytes(b"half-written")  # what a kill during the very first write leaves
+    (run_dir / "beadmap.json").write_text("{")
+    again = _read(run_reference(tiny_peo_litfsi, str(run_dir), config, progress=False))
+    for x, y in zip(full, again):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_reference_refuses_another_system_and_bad_settings(tiny_peo_litfsi, tmp_path):
+    from openmm import unit
+
+    from openmm_cgml.systems import BuiltSystem
+
+    config = ReferenceConfig(**dict(FAST_CPU, ns=0.0004))
+    run_dir = str(tmp_path / "run")
+    run_reference(tiny_peo_litfsi, run_dir, config, progress=False)
+    b = tiny_peo_litfsi
+    hotter = BuiltSystem(b.topology, b.system, b.positions, b.box_vectors, 450 * unit.kelvin, dict(b.metadata))
+    with pytest.raises(ValueError, match="another system"):
+        run_reference(hotter, run_dir, ReferenceConfig(**dict(FAST_CPU, ns=0.0008)), progress=False)
+    for bad, match in ((dict(ns=-1), "ns must be"), (dict(ns=float("nan")), "ns must be"),
+                       (dict(ns=float("inf")), "ns must be"), (dict(every_ps=0), "every_ps must be"),
+                       (dict(timestep_fs=0), "timestep_fs must be"), (dict(platform="Bogus"), "available: .*Reference"),
+                       (dict(seed=-2), "seed must be")):
+        with pytest.raises(ValueError, match=match):
+            ReferenceConfig(**dict(FAST_CPU, **bad))
+    with pytest.raises(ValueError, match="no such residue.*LI"):
+        run_reference(b, str(tmp_path / "x"), ReferenceConfig(**dict(FAST_CPU, whole_residues=("TFSX",))),
+                      progress=False)
+    assert not os.path.exists(tmp_path / "x")
 
 
 def test_dataset_round_trip_and_metadata(tiny_peo_litfsi, tmp_path):

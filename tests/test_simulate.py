@@ -1,5 +1,7 @@
-"""The learned step inside OpenMM: Simulation + reporters, bit-exact checkpoints, batched engine parity, errors."""
-import math
+"""The learned step (pure function, scripted, batched, rollout) and its wrappers: the OpenMM integrator inside
+Simulation + reporters (bit-exact checkpoints, setPositions, shared System, velocities/energies), the batched
+engine (parity, blow-ups, checkpoint/resume), errors."""
+import io
 
 import mdtraj
 import numpy as np
@@ -9,8 +11,8 @@ import torch
 from openmm import app, unit
 
 from openmm_cgml.mapping import BeadMap
-from openmm_cgml.simulate import (CGMLIntegrator, LearnedStep, ReplicaEngine, SimulationBlowUp,
-                                  coarse_grain_simulation, create_cg_system)
+from openmm_cgml.simulate import (CGMLIntegrator, LearnedStep, ReplicaEngine, RunInterrupted, SimulationBlowUp,
+                                  coarse_grain_simulation, rollout)
 from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig
 
 MAPPING = {"atoms_per_bead": 7, "whole_residues": ["TFS"]}
@@ -38,12 +40,12 @@ def setup(tiny_peo_litfsi):
     return built, beadmap, tiny_model(beadmap)
 
 
-def make_simulation(built, model, seed=7, platform="Reference"):
-    cg_top, cg_system, cg_pos, integrator = coarse_grain_simulation(
-        built.topology, built.system, built.positions, model, box_vectors=built.box_vectors, seed=seed)
-    sim = app.Simulation(cg_top, cg_system, integrator, openmm.Platform.getPlatformByName(platform))
-    sim.context.setPositions(cg_pos)
-    return sim, cg_top, cg_pos
+def make_simulation(built, model, seed=7, platform="Reference", **options):
+    setup = coarse_grain_simulation(built.topology, built.system, built.positions, model,
+                                    box_vectors=built.box_vectors, seed=seed, **options)
+    sim = app.Simulation(setup.topology, setup.system, setup.integrator, openmm.Platform.getPlatformByName(platform))
+    sim.context.setPositions(setup.positions)
+    return sim, setup.topology, setup.positions
 
 
 def unwrapped(sim):
@@ -215,3 +217,323 @@ def test_engine_batches_several_systems(setup, tmp_path):
     with pytest.raises(ValueError, match="one model"):
         ReplicaEngine([steps[0], LearnedStep.from_model(tiny_model(beadmap, seed=5), beadmap)], [starts[0]] * 2,
                       box=boxes[0])
+
+
+# ---------------------------------------------------------------- the learned step (moved from test_models.py)
+@pytest.fixture(scope="module")
+def small_model():
+    from test_models import _pair_beadmap
+
+    torch.manual_seed(1)
+    bm = _pair_beadmap(6, periodic=True)
+    config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, n_rbf=8, cutoff=0.5,
+                         history_length=2, score_hidden=16, score_layers=1, n_sigmas=6, sigma_max=0.2,
+                         sigma_min=0.005, refine_levels=2, refine_steps_per_level=2, refine_step_size=1e-6,
+                         timestep_ps=100.0, periodic=True, velocity_scale=0.05, accel_scale=0.05)
+    return CGModel(config, BeadVocabulary(bm.type_names, bm.type_graphs)).eval(), bm
+
+
+def test_step_noise_deterministic():
+    from openmm_cgml.simulate.step import step_noise
+
+    a = step_noise(7, 3, 5, 4)
+    b = step_noise(7, 3, 5, 4)
+    c = step_noise(7, 4, 5, 4)
+    d = step_noise(8, 3, 5, 4)
+    assert a[0].shape == (5, 3) and a[1].shape == (4, 5, 3) and a[0].dtype == torch.float32
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], d[0])
+    assert abs(float(torch.cat([a[0].flatten(), a[1].flatten()]).std()) - 1.0) < 0.4
+
+
+def test_step_scripted_equals_eager_and_batched(small_model):
+    from openmm_cgml.simulate.step import LearnedStep, rollout, step_noise
+
+    model, bm = small_model
+    step = LearnedStep.from_model(model, bm)
+    assert step.n_refine == 4 and step.history_length == 2 and step.periodic and step.timestep_ps == 100.0
+    scripted = torch.jit.script(step)
+    gen = torch.Generator().manual_seed(0)
+    box = torch.tensor([1.2, 1.2, 1.2])
+    x = torch.rand(bm.n_beads, 3, generator=gen) * box
+    h = 0.02 * torch.randn(2, bm.n_beads, 3, generator=gen)
+    dyn, ref = step_noise(11, 0, bm.n_beads, step.n_refine)
+    with torch.no_grad():
+        x1, h1 = step(x, h, box, dyn, ref)
+        x2, h2 = scripted(x, h, box, dyn, ref)
+    assert torch.equal(x1, x2) and torch.equal(h1, h2)
+    buffer = io.BytesIO()  # a saved TorchScript step (for C++/plugin use) keeps outputs and attributes
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    reloaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x, h, box, dyn, ref)[0], x1)
+    assert reloaded.n_refine == 4 and reloaded.timestep_ps == 100.0 and reloaded.periodic
+    torch.testing.assert_close(h1[-1], x1 - x)
+    torch.testing.assert_close(h1[0], h[1])
+    # Refinement changes the frame; without it the step is the bare dynamics prediction.
+    bare = LearnedStep.from_model(model, bm, refine=False)
+    with torch.no_grad():
+        x3, _ = bare(x, h, box, dyn, ref[:0])
+        mean, std = model.dynamics(x, h, bare.embed, bare.masses, bare.bonds, box, None)
+    assert bare.n_refine == 0 and (x3 - x1).abs().max() > 1e-6
+    torch.testing.assert_close(x3, x + h[-1] + mean + std.unsqueeze(1) * dyn)
+    # Two replicas in one batch (second one translated) give the single-replica results.
+    two = torch.jit.script(step.batched(2))
+    shift = torch.tensor([0.3, -0.2, 0.5])
+    dyn2 = torch.cat([dyn, dyn])
+    ref2 = torch.cat([ref, ref], dim=1)
+    with torch.no_grad():
+        xb, hb = two(torch.cat([x, x + shift]), torch.cat([h, h], dim=1), torch.stack([box, box]), dyn2, ref2)
+    torch.testing.assert_close(xb[: bm.n_beads], x1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xb[bm.n_beads:] - shift, x1, atol=1e-5, rtol=1e-5)
+    # rollout() reproduces successive steps with step_noise(seed, k).
+    traj, _ = rollout(scripted, x, h, box, seed=11, n_steps=2)
+    torch.testing.assert_close(traj[0], x1)
+
+
+def test_rollout_equals_manual_steps_with_their_own_noise(small_model):
+    """Every frame of rollout() equals the step applied by hand with step_noise(seed, k), from start_step on."""
+    from openmm_cgml.simulate.step import LearnedStep, rollout, step_noise
+
+    model, bm = small_model
+    step = LearnedStep.from_model(model, bm)
+    gen = torch.Generator().manual_seed(2)
+    box = torch.tensor([1.2, 1.2, 1.2])
+    x = torch.rand(bm.n_beads, 3, generator=gen) * box
+    h = 0.02 * torch.randn(2, bm.n_beads, 3, generator=gen)
+    traj, h_end = rollout(step, x, h, box, seed=5, n_steps=4, start_step=3)
+    assert traj.shape == (4, bm.n_beads, 3)
+    xk, hk = x, h
+    with torch.no_grad():
+        for k in range(4):
+            dyn, ref = step_noise(5, 3 + k, bm.n_beads, step.n_refine)
+            xk, hk = step(xk, hk, box, dyn, ref)
+            assert torch.equal(traj[k], xk), f"rollout frame {k} differs from the manual step"
+    assert torch.equal(h_end, hk)
+    assert not torch.allclose(traj[1] - traj[0], traj[2] - traj[1])  # the steps are not all alike
+
+
+def test_step_refuses_unknown_types_and_wrong_periodicity(small_model):
+    from test_models import _pair_beadmap
+
+    from openmm_cgml.simulate.step import LearnedStep
+
+    model, _ = small_model
+    other = _pair_beadmap(3, periodic=True, element="Si", mass=28.0)
+    with pytest.raises(ValueError, match=r"not trained on bead types \['PAIR:Si-000000'\]"):
+        LearnedStep.from_model(model, other)
+    step = LearnedStep.from_model(model, other, allow_unseen_types=True)  # extrapolates from the atom graph
+    assert step.embed.shape == (6, 8) and torch.isfinite(step.embed).all()
+    with pytest.raises(ValueError, match="periodic"):
+        LearnedStep.from_model(model, _pair_beadmap(3, periodic=False))
+    with pytest.raises(ValueError, match="refinement settings"):
+        LearnedStep.from_model(model, _pair_beadmap(3, periodic=True), refine={"sigma": 1.0})
+
+
+# ---------------------------------------------------------------- the OpenMM bridge
+def _start(built, beadmap):
+    box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
+    return beadmap.map_positions(built.positions, built.box_vectors).astype(np.float32), box
+
+
+def test_checkpoint_reporter_file_restores_the_run(setup, tmp_path):
+    """A CheckpointReporter's file, read back with loadCheckpoint, continues exactly like the uninterrupted run."""
+    built, beadmap, model = setup
+    sim, _, _ = make_simulation(built, model)
+    sim.reporters.append(app.CheckpointReporter(str(tmp_path / "run.chk"), 3))
+    sim.step(5)  # the file holds step 3 (the reporter's next report would be step 6)
+    reference = unwrapped(sim)
+    again, _, _ = make_simulation(built, model, seed=99)
+    again.loadCheckpoint(str(tmp_path / "run.chk"))
+    assert again.context.getState().getTime().value_in_unit(unit.picosecond) == pytest.approx(3 * TIMESTEP_PS)
+    again.step(2)
+    assert np.array_equal(unwrapped(again), reference)
+
+
+def test_set_positions_mid_run_restarts_from_them_with_zero_history(setup):
+    """Documented rule: positions set after the first step are the new start and the velocity history is reset
+    to zero; the step index (and so the noise) continues. Reference: rollout() from those positions."""
+    built, beadmap, model = setup
+    x0, box = _start(built, beadmap)
+    sim, _, _ = make_simulation(built, model)
+    sim.step(2)
+    same, _, _ = make_simulation(built, model)
+    same.step(2)
+    # Setting the positions the integrator wrote (a round trip through getState) changes nothing.
+    same.context.setPositions(same.context.getState(getPositions=True).getPositions())
+    plain, _, _ = make_simulation(built, model)
+    plain.step(4)
+    same.step(2)
+    assert np.array_equal(unwrapped(same), unwrapped(plain))
+    shifted = (unwrapped(sim) + np.random.default_rng(0).normal(scale=0.05, size=x0.shape)).astype(np.float32)
+    sim.context.setPositions(shifted.astype(np.float64) * unit.nanometer)
+    sim.step(2)
+    step = sim.integrator.step_module
+    expected, h_end = rollout(step, torch.from_numpy(shifted), torch.zeros(2, beadmap.n_beads, 3),
+                              torch.from_numpy(box.astype(np.float32)), seed=7, n_steps=2, start_step=2)
+    np.testing.assert_allclose(unwrapped(sim), expected[-1].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sim.integrator.get_history(), h_end.numpy(), rtol=0, atol=1e-6)
+    assert not np.allclose(unwrapped(sim), unwrapped(plain), atol=1e-3)
+
+
+def test_two_simulations_share_one_system(setup):
+    """The CG System is not bound to an integrator: two Simulations on one System, stepped in turn, each follow
+    their own solo trajectory; the System serialises."""
+    built, beadmap, model = setup
+    cg = coarse_grain_simulation(built.topology, built.system, built.positions, model, seed=7)
+    other = CGMLIntegrator(cg.integrator.step_module, seed=8)
+    sims = [app.Simulation(cg.topology, cg.system, integ, openmm.Platform.getPlatformByName("Reference"))
+            for integ in (cg.integrator, other)]
+    for sim in sims:
+        sim.context.setPositions(cg.positions)
+    for _ in range(3):
+        for sim in sims:
+            sim.step(1)
+    for sim, seed in zip(sims, (7, 8)):
+        solo, _, _ = make_simulation(built, model, seed=seed)
+        solo.step(3)
+        assert np.array_equal(unwrapped(sim), unwrapped(solo))
+    assert "PythonForce" in openmm.XmlSerializer.serialize(cg.system)
+    assert cg.beadmap.n_beads == beadmap.n_beads and not hasattr(cg.integrator, "beadmap")
+
+
+def test_force_groups_are_a_checked_parameter(setup):
+    built, beadmap, model = setup
+    default, _, _ = make_simulation(built, model)
+    moved, _, _ = make_simulation(built, model, force_groups=(2, 5))
+    default.step(2)
+    moved.step(2)
+    assert np.array_equal(unwrapped(default), unwrapped(moved))
+    assert {f.getForceGroup() for f in moved.system.getForces()} == {2, 5}
+    for bad in [(30, 30), (0, 32), (-1, 3), (1,)]:
+        with pytest.raises(ValueError, match="force groups in 0..31|two integers"):
+            make_simulation(built, model, force_groups=bad)
+    cg = coarse_grain_simulation(built.topology, built.system, built.positions, model, force_groups=(2, 5))
+    stray = CGMLIntegrator(cg.integrator.step_module)  # default groups 30/31, which this System lacks
+    sim = app.Simulation(cg.topology, cg.system, stray, openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(cg.positions)
+    with pytest.raises(ValueError, match="did not run"):
+        sim.step(1)
+
+
+def test_box_defaults_to_the_system_and_accepts_plain_numbers(setup):
+    built, beadmap, model = setup
+    box = built.box_vectors.value_in_unit(unit.nanometer)
+    results = []
+    for box_vectors in (None, np.asarray(box), built.system.getDefaultPeriodicBoxVectors(), built.box_vectors):
+        cg = coarse_grain_simulation(built.topology, built.system, built.positions, model, box_vectors=box_vectors)
+        got = np.asarray([v.value_in_unit(unit.nanometer) for v in cg.system.getDefaultPeriodicBoxVectors()])
+        results.append(got)
+        assert np.allclose(np.asarray(cg.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer)), got)
+    default = np.asarray([v.value_in_unit(unit.nanometer) for v in built.system.getDefaultPeriodicBoxVectors()])
+    assert np.allclose(results[0], default)
+    for got in results[1:]:
+        assert np.allclose(got, np.asarray(box))
+    tilted = np.asarray(box).copy()
+    tilted[1, 0] = 0.5
+    with pytest.raises(ValueError, match="orthorhombic"):
+        coarse_grain_simulation(built.topology, built.system, built.positions, model, box_vectors=tilted)
+
+
+def test_openmm_habits_have_documented_meanings(setup, tmp_path):
+    """Velocities set by the user are refused in one line; temperature and potential energy report 0 (not
+    available); minimizeEnergy leaves the positions as they are."""
+    built, beadmap, model = setup
+    sim, _, cg_pos = make_simulation(built, model)
+    sim.reporters.append(app.StateDataReporter(str(tmp_path / "log.csv"), 1, potentialEnergy=True, temperature=True))
+    sim.step(2)
+    rows = [line.split(",") for line in (tmp_path / "log.csv").read_text().strip().splitlines()[1:]]
+    assert len(rows) == 2 and all(float(pe) == 0.0 and float(t) == 0.0 for pe, t in rows)
+    before = sim.context.getState(getPositions=True).getPositions(asNumpy=True)
+    sim.minimizeEnergy()
+    after = sim.context.getState(getPositions=True).getPositions(asNumpy=True)
+    assert np.array_equal(np.asarray(before), np.asarray(after))
+    sim.context.setVelocitiesToTemperature(420 * unit.kelvin)
+    with pytest.raises(ValueError, match="velocities were set"):
+        sim.step(1)
+
+
+def _poison_dynamics(step):
+    for p in step.dynamics.parameters():
+        p.data.fill_(float("nan"))
+
+
+def test_nan_inside_a_step_is_a_blow_up_with_the_last_good_state(setup, tmp_path):
+    """A model that produces NaN inside its step (here: NaN weights) stops with SimulationBlowUp, not an error
+    from graph building; the integrator's Context and err.state keep the last good state, the engine writes it."""
+    built, beadmap, model = setup
+    sim, _, _ = make_simulation(built, model)
+    sim.step(1)
+    good, good_history = unwrapped(sim).copy(), sim.integrator.get_history()
+    _poison_dynamics(sim.integrator.step_module)
+    with pytest.raises(SimulationBlowUp, match="learned step 1: bead 0 position is not finite") as info:
+        sim.step(1)
+    assert np.array_equal(unwrapped(sim), good)
+    state = info.value.state
+    assert state["step_index"] == 1 and np.array_equal(state["positions"], good.astype(np.float32))
+    assert np.array_equal(state["history"], good_history)
+    x0, box = _start(built, beadmap)
+    step = LearnedStep.from_model(model, beadmap)
+    _poison_dynamics(step)
+    engine = ReplicaEngine(step, x0, seeds=[3], box=box)
+    with pytest.raises(SimulationBlowUp, match="learned step 0: bead 0 position is not finite"):
+        engine.run(2, out_dir=str(tmp_path / "run"), beadmap=beadmap, progress=False)
+    saved = np.load(tmp_path / "run" / "last_good_state.npz")
+    assert int(saved["step_index"]) == 0 and np.array_equal(saved["positions"], x0)
+
+
+# ---------------------------------------------------------------- batched engine: checkpoint and resume
+class _Crash(Exception):
+    pass
+
+
+def test_engine_killed_between_checkpoints_resumes_exactly(setup, tmp_path):
+    """Crash at step 6 with checkpoints every 4 steps: the resumed run restarts at step 4 (not 0), drops the
+    frames written after that checkpoint, and its files equal the uninterrupted run bit for bit."""
+    from openmm_cgml.data import CGDataset
+
+    built, beadmap, model = setup
+    x0, box = _start(built, beadmap)
+    step = LearnedStep.from_model(model, beadmap)
+    whole = ReplicaEngine(step, np.stack([x0, x0]), seeds=[1, 2], box=box)
+    whole.run(9, out_dir=str(tmp_path / "whole"), beadmap=beadmap, report_every=2, progress=False)
+
+    def crash(engine):
+        if engine.step_index == 6:
+            raise _Crash()
+
+    first = ReplicaEngine(step, np.stack([x0, x0]), seeds=[1, 2], box=box)
+    with pytest.raises(_Crash):
+        first.run(9, out_dir=str(tmp_path / "cut"), beadmap=beadmap, report_every=2, checkpoint_every=4,
+                  progress=False, on_step=crash)
+    with CGDataset(str(tmp_path / "cut" / "replica_0.h5")) as ds:
+        assert ds.n_frames == 4  # steps 0, 2, 4, 6 on disk; the checkpoint at step 4 knows of 3
+    with pytest.raises(ValueError, match="exists"):  # no silent overwrite without resume
+        ReplicaEngine(step, np.stack([x0, x0]), seeds=[1, 2], box=box).run(
+            9, out_dir=str(tmp_path / "cut"), beadmap=beadmap, report_every=2, progress=False)
+    resumed, visited = ReplicaEngine(step, np.stack([x0, x0]), seeds=[1, 2], box=box), []
+    resumed.run(5, out_dir=str(tmp_path / "cut"), beadmap=beadmap, report_every=2, checkpoint_every=4,
+                resume=True, progress=False, on_step=lambda e: visited.append(e.step_index))
+    assert visited == [5, 6, 7, 8, 9]
+    for k in range(2):
+        with CGDataset(str(tmp_path / "whole" / f"replica_{k}.h5")) as a, \
+                CGDataset(str(tmp_path / "cut" / f"replica_{k}.h5")) as b:
+            assert b.n_frames == a.n_frames == 5
+            assert np.array_equal(a.positions[:], b.positions[:]) and np.array_equal(a.time, b.time)
+    with pytest.raises(ValueError, match="other replicas"):
+        ReplicaEngine(step, np.stack([x0, x0]), seeds=[1, 3], box=box).run(
+            1, out_dir=str(tmp_path / "cut"), beadmap=beadmap, resume=True, progress=False)
+
+
+def test_engine_stop_request_saves_a_checkpoint(setup, tmp_path):
+    built, beadmap, model = setup
+    x0, box = _start(built, beadmap)
+    step = LearnedStep.from_model(model, beadmap)
+    engine = ReplicaEngine(step, x0, seeds=[4], box=box)
+    with pytest.raises(RunInterrupted) as info:
+        engine.run(5, out_dir=str(tmp_path / "run"), beadmap=beadmap, progress=False, stop_after=2)
+    assert info.value.step_index == 2
+    saved = np.load(tmp_path / "run" / "checkpoint.npz")
+    assert int(saved["step_index"]) == 2 and list(saved["frames"]) == [3]
+    assert np.array_equal(saved["positions"], engine.positions[0])

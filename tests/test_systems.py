@@ -352,3 +352,52 @@ def test_cli_build_bead_spring_forwards_options(tmp_path, capsys):
     assert main(argv) == 2  # the directory now holds files: one line, nothing overwritten
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cgml build: error" in err[0]
+
+
+def test_overwrite_replaces_the_whole_directory(tmp_path):
+    """`build --overwrite` must not leave the old system's reference run behind to be continued (#9.3)."""
+    target = tmp_path / "box"
+    first = build_bead_spring("chain", chain_length=12, minimize=False, seed=1)
+    first.save(target)
+    (target / "reference").mkdir()
+    (target / "reference" / "cg.h5").write_bytes(b"frames of the old system")
+    second = build_bead_spring("chain", chain_length=16, minimize=False, seed=2)
+    second.save(target, overwrite=True)
+    assert sorted(os.listdir(target)) == ["metadata.json", "state.xml", "system.xml", "topology.pdb"]
+    assert BuiltSystem.load(target).n_atoms == 16
+    assert first.fingerprint() != second.fingerprint() == BuiltSystem.load(target).fingerprint()
+    assert [n for n in os.listdir(tmp_path) if n != "box"] == []  # no staging directory left
+    # A directory with subdirectories that is not a saved system is not wiped by overwrite=True.
+    other = tmp_path / "data"
+    (other / "keep").mkdir(parents=True)
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        second.save(other, overwrite=True)
+    assert os.listdir(other) == ["keep"]
+
+
+def test_load_refuses_python_force_before_deserializing(tmp_path):
+    """A PythonForce's function is a pickle: OpenMM would run it while deserializing system.xml (#9.1)."""
+    import pickle
+
+    import openmm as mm
+
+    class RunsCode:
+        def __reduce__(self):
+            return exec, (f"open({str(tmp_path / 'MARKER')!r}, 'w').write('ran')",)
+
+    built = build_bead_spring("chain", chain_length=12, minimize=False)
+    target = built.save(tmp_path / "box")
+    system = mm.XmlSerializer.deserialize(open(os.path.join(target, "system.xml")).read())
+    system.addForce(mm.PythonForce(_python_force_callback))
+    text = mm.XmlSerializer.serialize(system).replace(pickle.dumps(_python_force_callback).hex(),
+                                                      pickle.dumps(RunsCode()).hex())
+    open(os.path.join(target, "system.xml"), "w").write(text)
+    with pytest.raises(ValueError, match="PythonForce.*refusing to load"):
+        BuiltSystem.load(target)
+    assert not (tmp_path / "MARKER").exists()
+    mm.XmlSerializer.deserialize(text)  # control: OpenMM itself runs the payload
+    assert (tmp_path / "MARKER").read_text() == "ran"
+
+
+def _python_force_callback(state):
+    return 0.0, np.zeros((12, 3))

@@ -177,10 +177,17 @@ def test_resume_is_exact(small_run):
     with pytest.raises(KeyboardInterrupt):
         train(data, killed, TrainConfig(**SMALL), progress=False, callback=kill)
     assert os.path.exists(os.path.join(killed, "checkpoint.pt"))
+    # an interrupted run leaves neither a model nor a (half-written) collision yardstick behind
     assert not os.path.exists(os.path.join(killed, "cgml_model.json"))
+    assert not os.path.exists(os.path.join(killed, "contacts.json"))
     torch.manual_seed(12345)  # global RNG state must not matter: it is restored from the checkpoint
     np.random.seed(7)
-    resumed = train(data, killed, TrainConfig(**SMALL), progress=False, resume=True)
+    done = []
+    resumed = train(data, killed, TrainConfig(**SMALL), progress=False, resume=True,
+                    callback=lambda i, nll, dsm: done.append(i))
+    # The resumed run starts at the checkpoint (iteration 6), not from scratch: a fresh run would give the same
+    # weights (it is deterministic), so only this tells a real resume from a discarded checkpoint.
+    assert done == list(range(7, 13)), done
     reference = small_run["model"].state_dict()
     for name, value in resumed.state_dict().items():
         assert torch.equal(value, reference[name]), name
@@ -192,6 +199,67 @@ def test_resume_is_exact(small_run):
         train(data, killed, TrainConfig(**{**SMALL, "lr": 0.5}), progress=False, resume=True)
     with pytest.raises(ValueError, match="already holds a training run"):
         train(data, killed, TrainConfig(**SMALL), progress=False, resume=False)
+
+
+def test_contacts_written_by_train(small_run):
+    """train() writes the collision yardstick itself: equal to contact_distances of the training data."""
+    from openmm_cgml.data import contact_distances
+
+    with open(os.path.join(small_run["full"], "contacts.json")) as f:
+        contacts = json.load(f)
+    assert contacts == json.loads(json.dumps(contact_distances([small_run["data"]])))
+    assert contacts["type_names"] == small_run["bm"].type_names
+    assert not [f for f in os.listdir(small_run["full"]) if f.endswith(".tmp")]  # atomic writes leave no temp files
+
+
+def test_resume_on_other_data_or_config_is_refused(small_run, tmp_path, capsys):
+    """#9.3: `cgml train NEW.h5 -o FINISHED_RUN` is refused in one line and changes nothing in the run."""
+    from openmm_cgml.cli import main as cli_main
+
+    run = str(tmp_path / "run")
+    shutil.copytree(small_run["full"], run)
+    cfg = str(tmp_path / "cfg.yaml")
+    TrainConfig(**SMALL).to_yaml(cfg)
+    before = {f: open(os.path.join(run, f), "rb").read() for f in os.listdir(run)}
+    new = str(tmp_path / "new.h5")
+    _small_dataset(new, 9)  # same shape and types, other frames
+    assert cli_main(["train", new, "-o", run, "--config", cfg, "--seed", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other data" in err and "\n" not in err and "Traceback" not in err, err
+    # a copy of the same data under another name is other data too (the paths are part of the fingerprint)
+    same = str(tmp_path / "same.h5")
+    shutil.copy(small_run["data"], same)
+    with pytest.raises(ValueError, match="other data"):
+        train(same, run, TrainConfig(**SMALL), progress=False, resume=True)
+    with pytest.raises(ValueError, match="config differs"):
+        train(small_run["data"], run, TrainConfig(**{**SMALL, "seed": 4}), progress=False, resume=True)
+    after = {f: open(os.path.join(run, f), "rb").read() for f in os.listdir(run)}
+    assert after == before  # weights, scales, trained_on, contacts.json all untouched
+    # the same data and config resume the finished run without a single iteration
+    done = []
+    model = train(small_run["data"], run, TrainConfig(**SMALL), progress=False, resume=True,
+                  callback=lambda i, nll, dsm: done.append(i))
+    assert done == []
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, small_run["model"].state_dict()[name]), name
+
+
+def test_load_model_by_name():
+    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi") the same by name."""
+    from openmm_cgml.training import DEFAULT_MODEL, PRETRAINED_MODELS
+
+    assert "peo-litfsi" in PRETRAINED_MODELS and os.path.isdir(PRETRAINED_MODELS["peo-litfsi"])
+    by_default, by_name, by_path = load_model(), load_model("peo-litfsi"), load_model(DEFAULT_MODEL)
+    with open(os.path.join(PRETRAINED_MODELS["peo-litfsi"], "cgml_model.json")) as f:
+        shipped = json.load(f)
+    for model in (by_default, by_name, by_path):
+        assert model.config.timestep_ps == shipped["config"]["timestep_ps"]
+        assert model.vocab.type_names == shipped["extra"]["vocab"]["type_names"]
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, by_path.state_dict()[name]), name
+    with pytest.raises(ValueError, match=r"unknown model 'peo-litfsi-xl'.*\['peo-litfsi'\]") as err:
+        load_model("peo-litfsi-xl")
+    assert "\n" not in str(err.value)
 
 
 def test_saved_model_round_trip(small_run):
@@ -239,6 +307,31 @@ def test_corrupt_model_files_give_one_line_errors(small_run, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError):
         load_model(str(tmp_path / "missing"))
+    from safetensors.torch import load_file, save_file
+
+    nan_weights = str(tmp_path / "nan_weights")
+    shutil.copytree(small_run["full"], nan_weights)
+    tensors = load_file(os.path.join(nan_weights, "weights.safetensors"))
+    name = sorted(k for k in tensors if tensors[k].is_floating_point())[0]
+    tensors[name] = tensors[name].clone().fill_(float("nan"))
+    save_file(tensors, os.path.join(nan_weights, "weights.safetensors"))
+    with pytest.raises(ValueError, match="non-finite") as err:
+        load_model(nan_weights)
+    assert "\n" not in str(err.value)
+    for config in ('"not a dict"', '{"timestep_ps": 0.0}', '{"hidden": 64, "n_heads": 2}'):
+        bad_config = str(tmp_path / f"bad_config{len(config)}")
+        shutil.copytree(small_run["full"], bad_config)
+        with open(os.path.join(bad_config, "cgml_model.json")) as f:
+            manifest = json.load(f)
+        manifest["config"] = json.loads(config) if config.startswith("{") else "not a dict"
+        if config.startswith("{"):
+            with open(os.path.join(small_run["full"], "cgml_model.json")) as f:
+                manifest["config"] = {**json.load(f)["config"], **json.loads(config)}
+        with open(os.path.join(bad_config, "cgml_model.json"), "w") as f:
+            json.dump(manifest, f)
+        with pytest.raises(ValueError) as err:
+            load_model(bad_config)
+        assert "\n" not in str(err.value) and ("mapping" in str(err.value) or "consistent" in str(err.value)), err
     bad_ckpt = str(tmp_path / "bad_ckpt")
     shutil.copytree(small_run["full"], bad_ckpt)
     with open(os.path.join(bad_ckpt, "checkpoint.pt"), "wb") as f:
@@ -269,14 +362,51 @@ def test_config_yaml_and_validation(tmp_path):
     assert TrainConfig.from_yaml(path) == config
     with open(path, "a") as f:
         f.write("learning_rate: 0.1\n")
-    with pytest.raises(ValueError, match="unknown training config keys \\['learning_rate'\\]"):
+    with pytest.raises(ValueError, match="unknown training config keys \\['learning_rate'\\]") as err:
         TrainConfig.from_yaml(path)
+    assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="validation_fraction"):
         TrainConfig(validation_fraction=1.5).validate()
     with pytest.raises(ValueError, match="no training windows"):
         data = str(tmp_path / "short.h5")
         _small_dataset(data, 0, n_frames=5)
         train(data, None, TrainConfig(**SMALL), progress=False)
+
+
+def test_every_config_refuses_bad_keys_types_and_yaml_in_one_line(tmp_path):
+    from openmm_cgml.training import ModelConfig, OptimConfig
+    from openmm_cgml.training.dig import DiGConfig
+    from openmm_cgml.training.pidp import PIDPConfig
+
+    for cls in (TrainConfig, ModelConfig, OptimConfig, DiGConfig, PIDPConfig):
+        with pytest.raises(ValueError, match=r"unknown .*config keys \['lr_max'\]") as err:
+            cls.from_dict({"lr_max": 1.0})
+        assert "\n" not in str(err.value)
+    bad = [(TrainConfig, {"lr": "fast"}, "lr must be a finite number"), (TrainConfig, {"batch_size": 2.5}, "integer"),
+           (TrainConfig, {"lr": float("nan")}, "finite"), (TrainConfig, {"n_layers": 0}, "n_layers must be >= 1"),
+           (TrainConfig, {"split": 3}, "string"), (ModelConfig, {"timestep_ps": 0.0}, "timestep_ps must be > 0"),
+           (ModelConfig, {"mapping": [1]}, "mapping"), (DiGConfig, {"schedule": "cosine"}, "schedule"),
+           (DiGConfig, {"hidden": 30, "heads": 4}, "divisible"), (DiGConfig, {"ema_decay": 1.0}, "ema_decay"),
+           (DiGConfig, {"gaussian_skip": "yes"}, "true or false"), (PIDPConfig, {"kT": -1.0}, "kT"),
+           (PIDPConfig, {"fpe_weighting": "sigma"}, "fpe_weighting")]
+    for cls, values, message in bad:
+        with pytest.raises(ValueError, match=message) as err:
+            cls.from_dict(values)
+        assert "\n" not in str(err.value), values
+    assert TrainConfig.from_dict({"lr": "1e-3"}).lr == 1e-3  # YAML 1.1 reads 1e-3 (no dot) as a string
+    assert DiGConfig.from_dict({"n_iterations": np.int64(3)}).n_iterations == 3
+    broken = str(tmp_path / "broken.yaml")
+    with open(broken, "w") as f:
+        f.write("lr: [0.1\nbatch_size: 3\n")
+    for cls in (TrainConfig, DiGConfig):
+        with pytest.raises(ValueError, match="not valid YAML") as err:
+            cls.from_yaml(broken)
+        assert "\n" not in str(err.value)
+    listing = str(tmp_path / "list.yaml")
+    with open(listing, "w") as f:
+        f.write("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        TrainConfig.from_yaml(listing)
 
 
 def test_train_main_reads_yaml_and_seed(small_run, tmp_path, capsys):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from openmm_cgml.cli import main
-from openmm_cgml.data import CGDataset, contact_distances, write_dataset
+from openmm_cgml.analysis import collision_thresholds
+from openmm_cgml.data import CONTACTS_FILE, CGDataset, contact_distances, write_dataset
 from openmm_cgml.mapping import BeadMap
-from openmm_cgml.workflows import CONTACTS_FILE, collision_thresholds, simulate_main
+from openmm_cgml.workflows import simulate_main
 
 from test_simulate import MAPPING, TIMESTEP_PS, tiny_model
 
@@ -81,7 +82,7 @@ def test_simulate_rejects_bad_input(model_and_system, tmp_path, capsys):
 def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
     """Brownian beads with D_ref and 2 D_ref: the comparison reports log10 error log10(2) with error bars."""
     from openmm_cgml.systems import peo_litfsi_system, peo_litfsi_topology
-    from openmm_cgml.workflows import diffusivity_comparison, format_diffusivity_table
+    from openmm_cgml.analysis import diffusivity_comparison, format_diffusivity_table
 
     top = peo_litfsi_topology(8, 3, 8)  # 32 PEO, 8 TFSI and 8 Li beads
     beadmap = BeadMap.from_openmm(top, peo_litfsi_system(top), **MAPPING)
@@ -135,3 +136,114 @@ def test_simulate_starts_replicas_from_dig_samples(model_and_system, tiny_peo_li
             firsts.append(ds.positions[0])
     np.testing.assert_allclose(firsts, expected, atol=1e-6)
     assert not np.allclose(firsts[0], firsts[1]) and not np.allclose(firsts[0], mapped, atol=0.1)
+
+
+_KILL_AT_STEP = """
+import os, signal, sys
+from openmm_cgml.simulate import engine as E
+advance = E.ReplicaEngine.advance
+def dying(self):
+    if self.step_index == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)  # like kill -9: no cleanup, no last checkpoint
+    advance(self)
+E.ReplicaEngine.advance = dying
+from openmm_cgml.workflows import simulate_main
+simulate_main(sys.argv[1], sys.argv[2], ns=float(sys.argv[3]), out_dir=sys.argv[4], replicas=2, seed=3, progress=False,
+              checkpoint_every=3)
+"""
+
+
+def _frames(run_dir, r):
+    with CGDataset(str(run_dir / f"replica_{r}.h5")) as ds:
+        return ds.positions[:], ds.time
+
+
+def test_simulate_killed_and_resumed_equals_uninterrupted(model_and_system, tmp_path):
+    """kill -9 at step 7 of 10 (checkpoints every 3 steps): the flushed frames survive, the same command resumes
+    from step 6 (not from scratch), and every frame equals the uninterrupted run bit for bit."""
+    import subprocess
+    import sys
+
+    root, beadmap = model_and_system
+    args = [str(root / "model"), str(root / "system"), "1.0"]
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_STEP.format(step=7), args[0], args[1], args[2],
+                             str(tmp_path / "cut")], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _frames(tmp_path / "cut", 0)[0].shape[0] == 8  # steps 0..7 were flushed before the kill
+    stats = simulate_main(args[0], args[1], ns=1.0, out_dir=str(tmp_path / "cut"), replicas=2, seed=3,
+                          progress=False, checkpoint_every=3)
+    assert stats["resumed_from_step"] == 6 and stats["steps"] == 4 and stats["complete"]
+    whole = simulate_main(args[0], args[1], ns=1.0, out_dir=str(tmp_path / "whole"), replicas=2, seed=3,
+                          progress=False, checkpoint_every=3)
+    assert whole["resumed_from_step"] == 0 and whole["steps"] == 10
+    for r in range(2):
+        (xa, ta), (xb, tb) = _frames(tmp_path / "whole", r), _frames(tmp_path / "cut", r)
+        assert xa.shape[0] == 11 and np.array_equal(xa, xb) and np.array_equal(ta, tb)
+    # the same directory with other settings is refused in one line
+    with pytest.raises(ValueError, match="other settings .*seed 3 != 4"):
+        simulate_main(args[0], args[1], ns=1.0, out_dir=str(tmp_path / "cut"), replicas=2, seed=4, progress=False)
+
+
+def test_simulate_ctrl_c_stops_cleanly_and_resumes(model_and_system, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from openmm_cgml.simulate import engine as E
+
+    root, beadmap = model_and_system
+    advance = E.ReplicaEngine.advance
+
+    def interrupted(self):
+        advance(self)
+        if self.step_index == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the run
+
+    monkeypatch.setattr(E.ReplicaEngine, "advance", interrupted)
+    argv = ["simulate", str(root / "model"), "--system", str(root / "system"), "--ns", "0.6", "--quiet",
+            "-o", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 130 and len(err) == 1 and "interrupted at learned step 3" in err[0]
+    info = json.loads((tmp_path / "run" / "simulate.json").read_text())
+    assert info["complete"] is False and info["step_index"] == 3
+    monkeypatch.setattr(E.ReplicaEngine, "advance", advance)
+    assert main(argv) == 0
+    info = json.loads((tmp_path / "run" / "simulate.json").read_text())
+    assert info["complete"] is True and info["resumed_from_step"] == 3 and info["step_index"] == 6
+    assert _frames(tmp_path / "run", 0)[0].shape[0] == 7
+
+
+@pytest.mark.parametrize("bad", [["--ns", "-1"], ["--ns", "nan"], ["--ns", "inf"], ["--replicas", "0"],
+                                 ["--device", "cuda"], ["--report-every-ps", "0"]])
+def test_simulate_refuses_bad_arguments_before_any_work(model_and_system, tmp_path, capsys, bad):
+    import torch
+
+    if "cuda" in bad and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root, _ = model_and_system
+    argv = ["simulate", str(root / "model"), "--system", str(root / "system"), "--ns", "1", "--quiet",
+            "-o", str(tmp_path / "o")]
+    rc = main(argv + bad)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "cgml simulate: error" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_refuses_bad_ns_at_once_and_leaves_nothing(tmp_path, capsys):
+    import time
+
+    start = time.perf_counter()
+    rc = main(["demo", "--ns", "-1", "--quiet", "-o", str(tmp_path / "demo")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "ns must be a" in err[0]
+    from openmm_cgml.workflows import run_demo
+
+    for ns in (-1.0, float("nan"), float("inf")):  # the function checks too, before loading or building anything
+        with pytest.raises(ValueError, match="ns must be a positive"):
+            run_demo(str(tmp_path / "demo"), ns=ns, progress=False)
+    assert time.perf_counter() - start < 5 and list(tmp_path.iterdir()) == []
+    # a demo that fails after it started writing leaves no half-written output directory behind
+    with pytest.raises(TypeError):
+        run_demo(str(tmp_path / "demo"), ns=1.0, build_options={"no_such_option": 1}, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,8 @@
 Pure functions over NumPy arrays (positions nm, times ps, masses amu; ``openmm.unit`` quantities are
 accepted and converted). Orthorhombic boxes are given as edge lengths, (3,) or one row per frame.
 """
+from .collisions import COLLISION_FRACTION, collision_count, collision_rate, collision_thresholds, count_collisions
+from .comparison import diffusivity_comparison, format_diffusivity_table
 from .correlation import (
     StretchedExponential,
     autocorrelation,
@@ -10,12 +12,19 @@ from .correlation import (
     integrated_time,
     stretched_exponential_mean_time,
 )
+from .divergence import js_divergence
 from .plots import plot_acf, plot_msd, plot_rdf, plot_rg2_hist
+from .regime import (
+    MIN_DIFFUSIVE_EXPONENT,
+    DiffusiveFit,
+    NotDiffusiveError,
+    diffusive_coefficient,
+    msd_exponent,
+    msd_exponents_by_species,
+)
 from .report import analyze_trajectory, format_table
 from .structure import (
     bond_lengths,
-    collision_count,
-    collision_rate,
     first_peak,
     make_molecules_whole,
     radius_of_gyration_squared,
@@ -32,7 +41,14 @@ from .transport import (
 )
 
 __all__ = [
+    "MIN_DIFFUSIVE_EXPONENT",
+    "DiffusiveFit",
+    "NotDiffusiveError",
+    "diffusive_coefficient",
+    "msd_exponent",
+    "msd_exponents_by_species",
     "NM2_PER_PS_IN_CM2_PER_S",
+    "COLLISION_FRACTION",
     "DiffusionFit",
     "StretchedExponential",
     "analyze_trajectory",
@@ -40,12 +56,17 @@ __all__ = [
     "bond_lengths",
     "collision_count",
     "collision_rate",
+    "collision_thresholds",
+    "count_collisions",
     "diffusion_by_species",
     "diffusion_coefficient",
+    "diffusivity_comparison",
     "first_peak",
     "fit_stretched_exponential",
+    "format_diffusivity_table",
     "format_table",
     "integrated_time",
+    "js_divergence",
     "make_molecules_whole",
     "msd",
     "msd_per_particle",

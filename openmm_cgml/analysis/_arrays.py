@@ -2,18 +2,13 @@
 import numpy as np
 from openmm import unit
 
+from ..units import strip_units
+
 
 def as_float_array(value, quantity_unit, name: str) -> np.ndarray:
-    """``value`` as a float64 array in ``quantity_unit`` (a Quantity is converted, a plain array is assumed in it)."""
-    if isinstance(value, unit.Quantity):
-        value = value.value_in_unit(quantity_unit)
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be numeric (or an openmm.unit.Quantity), got {type(value).__name__}") from None
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
+    """``value`` as a finite float64 array in ``quantity_unit``: :func:`openmm_cgml.units.strip_units` with
+    ``finite=True`` (a Quantity is converted, a plain array is assumed to be in ``quantity_unit``)."""
+    return strip_units(value, quantity_unit, name, finite=True)
 
 
 def as_float(value, quantity_unit, name: str) -> float:
@@ -45,14 +40,6 @@ def as_box(box, n_frames: int, name: str = "box") -> np.ndarray:
     if np.any(b <= 0.0):
         raise ValueError(f"{name} edge lengths must be positive")
     return b
-
-
-def wrap_into_box(x: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Positions (..., 3) wrapped into [0, box) (floating-point rounding can give exactly ``box``: fold to 0)."""
-    wrapped = x - box * np.floor(x / box)
-    wrapped[wrapped >= box] = 0.0
-    wrapped[wrapped < 0.0] = 0.0
-    return wrapped
 
 
 def as_labels(species, n: int, name: str = "species") -> np.ndarray:

@@ -28,7 +28,8 @@ def _save(fig, ax, path) -> str:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path + ".tmp.png")  # temporary file + rename: never a half-written figure
+    os.replace(path + ".tmp.png", path)
     return path
 
 

@@ -193,8 +193,10 @@ def analyze_trajectory(
             files.append(plot_acf(acfs, os.path.join(out_dir, "rg2_acf.png")))
     json_path = os.path.join(out_dir, "analysis.json")
     result["files"] = files + [json_path]
-    with open(json_path, "w") as handle:
-        json.dump(result, handle, indent=1, allow_nan=False)
+    text = json.dumps(result, indent=1, allow_nan=False)  # fails before anything is written
+    with open(json_path + ".tmp", "w") as handle:  # temporary file + rename: never a half-written analysis.json
+        handle.write(text)
+    os.replace(json_path + ".tmp", json_path)
     return result
 
 

@@ -1,4 +1,6 @@
-"""Static structure: radial distribution functions, radii of gyration and bead collisions.
+"""Static structure: radial distribution functions, radii of gyration, whole molecules and bond lengths.
+
+Bead collisions are in :mod:`openmm_cgml.analysis.collisions`.
 
 Positions nm, orthorhombic boxes given as edge lengths nm, masses amu.
 """
@@ -10,7 +12,8 @@ from openmm import unit
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
-from ._arrays import as_box, as_float, as_float_array, as_trajectory, wrap_into_box
+from ..pbc import minimum_image, wrap
+from ._arrays import as_box, as_float, as_float_array, as_trajectory
 
 
 def _as_mask(mask, n: int, name: str) -> np.ndarray:
@@ -56,7 +59,7 @@ def rdf(positions, box, species_a_mask, species_b_mask, r_max, n_bins: int = 100
     counts = np.zeros(n_bins)
     index_a, index_b = np.flatnonzero(mask_a), np.flatnonzero(mask_b)
     for frame, frame_box in zip(x, b):
-        wrapped = wrap_into_box(frame, frame_box)
+        wrapped = wrap(frame, frame_box)
         tree_a = cKDTree(wrapped[mask_a], boxsize=frame_box)
         tree_b = cKDTree(wrapped[mask_b], boxsize=frame_box)
         close = tree_a.sparse_distance_matrix(tree_b, r_max, output_type="ndarray")
@@ -153,14 +156,12 @@ def make_molecules_whole(positions, box, molecule_index) -> np.ndarray:
             continue
         for f in range(x.shape[0]):
             p = x[f, beads]
-            d = p[None, :, :] - p[:, None, :]
-            d -= b[f] * np.round(d / b[f])
+            d = minimum_image(p[None, :, :] - p[:, None, :], b[f])
             # +tiny: the sparse graph would drop coincident beads' zero-length links.
             tree = minimum_spanning_tree(np.triu(np.linalg.norm(d, axis=-1) + 1e-300, k=1))
             order, parent = breadth_first_order(tree, 0, directed=False)
             for k in order[1:]:
-                step = p[k] - p[parent[k]]
-                p[k] = p[parent[k]] + step - b[f] * np.round(step / b[f])
+                p[k] = p[parent[k]] + minimum_image(p[k] - p[parent[k]], b[f])
             x[f, beads] = p
     return x[0] if single else x
 
@@ -175,80 +176,5 @@ def bond_lengths(positions, bonds, box=None) -> np.ndarray:
     pairs = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
     d = x[:, pairs[:, 0]] - x[:, pairs[:, 1]]
     if box is not None:
-        b = as_box(box, x.shape[0])[:, None, :]
-        d -= b * np.round(d / b)
+        d = minimum_image(d, as_box(box, x.shape[0])[:, None, :])
     return np.linalg.norm(d, axis=2)
-
-
-def _threshold_matrix(threshold_matrix, types, n: int) -> Tuple[np.ndarray, np.ndarray]:
-    thresholds = as_float_array(threshold_matrix, unit.nanometer, "threshold_matrix")
-    if thresholds.ndim == 0:
-        return np.zeros(n, dtype=np.int64), thresholds.reshape(1, 1)
-    if types is None:
-        raise ValueError("types are required when threshold_matrix is a matrix")
-    t = np.asarray(types)
-    if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer):
-        raise ValueError(f"types must be {n} integer type indices into threshold_matrix")
-    k = thresholds.shape[0]
-    if thresholds.shape != (k, k) or not np.allclose(thresholds, thresholds.T):
-        raise ValueError(f"threshold_matrix must be a symmetric (K, K) matrix in nm, got shape {thresholds.shape}")
-    if t.min() < 0 or t.max() >= k:
-        raise ValueError(f"types must lie in [0, {k}) to index threshold_matrix")
-    return t.astype(np.int64), thresholds
-
-
-def collision_count(positions, box, types, threshold_matrix, exclude_pairs=None) -> np.ndarray:
-    """Number of bead pairs closer than their type-pair threshold, per frame.
-
-    Candidate pairs come from a (periodic) k-d tree within the largest threshold, so cost scales with the
-    number of close pairs rather than N².
-
-    Args:
-        positions: (T, N, 3) or (N, 3) positions, nm.
-        box: orthorhombic edge lengths (3,) or (T, 3) nm, or None without periodic boundaries.
-        types: (N,) integer type of each bead (ignored when ``threshold_matrix`` is a scalar).
-        threshold_matrix: (K, K) symmetric contact distances, nm, or one scalar for every pair.
-        exclude_pairs: optional (P, 2) bead index pairs never counted (e.g. CG bonds).
-
-    Returns:
-        (T,) int64 collision counts (each unordered pair counted once).
-    """
-    x = as_trajectory(positions)
-    n_frames, n, _ = x.shape
-    t, thresholds = _threshold_matrix(threshold_matrix, types, n)
-    if np.any(thresholds <= 0.0):
-        raise ValueError("threshold_matrix entries must be positive distances (nm)")
-    b = None if box is None else as_box(box, n_frames)
-    cutoff = float(thresholds.max())
-    if b is not None and cutoff > 0.5 * b.min():
-        raise ValueError(f"the largest threshold {cutoff:g} nm exceeds half the smallest box edge")
-    excluded = None
-    if exclude_pairs is not None:
-        pairs = np.asarray(exclude_pairs, dtype=np.int64).reshape(-1, 2)
-        excluded = np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
-    counts = np.zeros(n_frames, dtype=np.int64)
-    for f in range(n_frames):
-        if b is None:
-            frame, tree = x[f], cKDTree(x[f])
-        else:
-            frame = wrap_into_box(x[f], b[f])
-            tree = cKDTree(frame, boxsize=b[f])
-        pairs = tree.query_pairs(cutoff, output_type="ndarray")
-        if pairs.size == 0:
-            continue
-        d = frame[pairs[:, 1]] - frame[pairs[:, 0]]
-        if b is not None:
-            d -= b[f] * np.round(d / b[f])
-        close = np.einsum("ij,ij->i", d, d) < thresholds[t[pairs[:, 0]], t[pairs[:, 1]]] ** 2
-        if excluded is not None:
-            codes = np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
-            close &= ~np.isin(codes, excluded)
-        counts[f] = int(close.sum())
-    return counts
-
-
-def collision_rate(positions, box, types, threshold_matrix, exclude_pairs=None) -> float:
-    """Colliding pairs per bead per frame: mean of :func:`collision_count` divided by the bead count."""
-    x = as_trajectory(positions)
-    counts = collision_count(x, box, types, threshold_matrix, exclude_pairs)
-    return float(counts.mean() / x.shape[1])

@@ -9,6 +9,7 @@ import numpy as np
 import scipy.fft
 from openmm import unit
 
+from .. import pbc
 from ._arrays import as_box, as_float, as_float_array, as_labels, as_trajectory
 
 NM2_PER_PS_IN_CM2_PER_S = 1.0e-2
@@ -32,14 +33,7 @@ def unwrap(positions, box) -> np.ndarray:
         (T, N, 3) float64 unwrapped positions, nm, continuous from frame 0's positions.
     """
     x = as_trajectory(positions)
-    b = as_box(box, x.shape[0])
-    steps = np.diff(x, axis=0)
-    steps -= b[1:, None, :] * np.round(steps / b[1:, None, :])
-    out = np.empty_like(x)
-    out[0] = x[0]
-    np.cumsum(steps, axis=0, out=out[1:])
-    out[1:] += x[0]
-    return out
+    return pbc.unwrap(x, as_box(box, x.shape[0]))
 
 
 def _check_max_lag(max_lag: Optional[int], n_frames: int) -> int:

@@ -1,4 +1,6 @@
 """CG datasets (HDF5) written by the reference runner and read by training and analysis."""
-from .dataset import CGDataset, CGDatasetWriter, contact_distances, write_dataset
+from .contacts import CONTACTS_FILE, closest_approach, contact_distances, write_contacts
+from .dataset import CGDataset, CGDatasetWriter, write_dataset
 
-__all__ = ["CGDataset", "CGDatasetWriter", "contact_distances", "write_dataset"]
+__all__ = ["CONTACTS_FILE", "CGDataset", "CGDatasetWriter", "closest_approach", "contact_distances", "write_contacts",
+           "write_dataset"]

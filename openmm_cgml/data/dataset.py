@@ -35,20 +35,57 @@ class CGDataset:
         if not os.path.exists(path):
             raise FileNotFoundError(f"CG dataset {path} does not exist")
         try:
-            self._file = h5py.File(path, "r")
+            # No file lock: a reader (``cgml campaign status``, analysis of a running reference) must never
+            # make the run's writer fail to open its own dataset.
+            self._file = h5py.File(path, "r", locking=False)
         except OSError as err:
             raise ValueError(f"{path} is not a readable HDF5 CG dataset: {err}") from None
+        try:
+            self._open(path)
+        except Exception:
+            self._file.close()
+            raise
+
+    def _open(self, path: str):
+        """Read the metadata and check that every part of the file agrees with the others (one-line errors)."""
         f = self._file
         if f.attrs.get("format_version") != FORMAT_VERSION or "positions" not in f:
-            self._file.close()
             raise ValueError(f"{path} is not an openmm-cgml dataset of format {FORMAT_VERSION}")
+        missing = [name for name in ("time", "beadmap", "provenance") if name not in f]
+        if "periodic" not in f.attrs:
+            missing.append("the 'periodic' attribute")
+        if missing:
+            raise ValueError(f"{path} is not a complete CG dataset: it has no {', '.join(missing)}")
         self.path = path
         self.positions = f["positions"]
-        self.time = f["time"][:]
-        self.box = f["box"][:] if "box" in f else None
         self.periodic = bool(f.attrs["periodic"])
-        self.beadmap = BeadMap.from_dict(json.loads(f["beadmap"][()].decode("utf-8")))
-        self.provenance = json.loads(f["provenance"][()].decode("utf-8"))
+        if self.positions.ndim != 3 or self.positions.shape[2] != 3:
+            raise ValueError(f"{path}: positions must have shape (frames, beads, 3), got {self.positions.shape}")
+        n_frames = self.positions.shape[0]
+        self.time = f["time"][:]
+        if self.time.shape != (n_frames,):
+            raise ValueError(f"{path}: time has {self.time.shape[0] if self.time.ndim else 0} entries but positions "
+                             f"have {n_frames} frames")
+        if not np.isfinite(self.time).all() or (n_frames > 1 and not (np.diff(self.time) > 0).all()):
+            raise ValueError(f"{path}: time must be finite and increasing")
+        self.box = f["box"][:] if "box" in f else None
+        if self.periodic and self.box is None:
+            raise ValueError(f"{path} is periodic but has no box")
+        if self.box is not None and self.box.shape != (n_frames, 3):
+            raise ValueError(f"{path}: box has shape {self.box.shape} but positions have {n_frames} frames "
+                             f"(expected ({n_frames}, 3) nm)")
+        if self.box is not None and not (np.isfinite(self.box).all() and (self.box > 0).all()):
+            raise ValueError(f"{path}: box edges must be finite and positive")
+        try:
+            self.beadmap = BeadMap.from_dict(json.loads(f["beadmap"][()].decode("utf-8")))
+            self.provenance = json.loads(f["provenance"][()].decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as err:
+            raise ValueError(f"{path}: bead map or provenance is not valid JSON ({err})") from None
+        if self.beadmap.n_beads != self.positions.shape[1]:
+            raise ValueError(f"{path}: its bead map has {self.beadmap.n_beads} beads but positions have "
+                             f"{self.positions.shape[1]}")
+        if not isinstance(self.provenance, dict):
+            raise ValueError(f"{path}: provenance must be a JSON object")
 
     @property
     def n_frames(self) -> int:
@@ -173,37 +210,3 @@ def write_dataset(
     with CGDatasetWriter.create(path, beadmap, provenance or {}, box is not None, overwrite) as writer:
         writer.append(positions, box, time)
     return path
-
-
-def contact_distances(paths, max_frames: int = 200) -> dict:
-    """Closest approach (nm) of non-bonded bead pairs per bead-type pair, over frames of CG datasets.
-
-    A learned run in which two beads come closer than (a fraction of) what the all-atom reference ever showed
-    has a *collision*. Returns ``{"type_names": [...], "min_distance_nm": K x K list}`` with ``None`` for type
-    pairs never seen within 2 nm. Frames are taken evenly from each file (at most ``max_frames`` per file).
-    """
-    from scipy.spatial import cKDTree
-
-    names: list = []
-    table: dict = {}
-    for path in [paths] if isinstance(paths, str) else paths:
-        with CGDataset(path) as ds:
-            bm = ds.beadmap
-            names += [n for n in bm.type_names if n not in names]
-            types = np.asarray([names.index(bm.type_names[t]) for t in bm.bead_types])
-            bonded = {tuple(p) for p in np.sort(bm.bonds, axis=1).tolist()}
-            for t in np.linspace(0, ds.n_frames - 1, min(max_frames, ds.n_frames)).astype(int):
-                x = np.asarray(ds.positions[t], dtype=np.float64)
-                box = ds.box[t].astype(np.float64) if ds.box is not None else None
-                tree = cKDTree(np.mod(x, box) if box is not None else x, boxsize=box)
-                for i, j in tree.query_pairs(2.0, output_type="ndarray"):
-                    if (min(i, j), max(i, j)) in bonded:
-                        continue
-                    d = x[i] - x[j]
-                    if box is not None:
-                        d -= box * np.round(d / box)
-                    key = tuple(sorted((types[i], types[j])))
-                    table[key] = min(table.get(key, np.inf), float(np.linalg.norm(d)))
-    k = len(names)
-    matrix = [[table.get(tuple(sorted((a, b)))) for b in range(k)] for a in range(k)]
-    return {"type_names": names, "min_distance_nm": matrix}

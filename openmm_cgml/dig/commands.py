@@ -4,6 +4,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..pbc import wrap
 from ..training.dig import load_dig_systems, train_dig_main
 from .sampler import DiGSampler
 
@@ -53,7 +54,7 @@ def sample_main(
     pos = x.numpy().astype(np.float32)
     box = None if desc.box is None else desc.box.numpy().astype(np.float32)
     if box is not None:
-        pos = np.mod(pos, box)  # [0, box), as simulations and datasets store them
+        pos = wrap(pos, box)  # [0, box), as simulations and datasets store them
     out_dir = os.path.dirname(os.path.abspath(out))
     os.makedirs(out_dir, exist_ok=True)
     if ext == ".npz":

@@ -12,6 +12,7 @@ import torch
 
 from ..nn.dig_model import subspace_rademacher
 from ..nn.sde import VPSDE
+from ..pbc import remove_centroid
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GuidanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -21,7 +22,7 @@ ODE_METHODS = ("heun", "rk4", "euler", "rk45")
 
 def centre(y: torch.Tensor, remove_com: bool) -> torch.Tensor:
     """Project (B, N, 3) onto the centroid-free subspace when ``remove_com``."""
-    return y - y.mean(dim=1, keepdim=True) if remove_com else y
+    return remove_centroid(y) if remove_com else y
 
 
 def subspace_dim(n_beads: int, remove_com: bool) -> int:

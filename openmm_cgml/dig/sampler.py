@@ -7,9 +7,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from openmm import unit
 
 from ..nn.dig_model import Descriptor, DiGScoreModel, wrap_positions
 from ..nn.sde import VPSDE
+from ..units import strip_units
 from .flow import ProbabilityFlow, ancestral_sample, centre, subspace_dim
 
 SAMPLE_METHODS = ("ancestral", "ode")
@@ -18,14 +20,10 @@ DEFAULT_T_EPS = 1e-3
 
 def _as_structures(x) -> torch.Tensor:
     """Structures as a float32 (B, N, 3) tensor in nm (accepts openmm Quantities, arrays, (N, 3) single frames)."""
-    if hasattr(x, "value_in_unit"):
-        from openmm import unit
-
-        x = x.value_in_unit(unit.nanometer)
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu()
     else:
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        x = torch.as_tensor(strip_units(x, unit.nanometer, "structures", dtype=np.float32))
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3 or x.shape[-1] != 3:

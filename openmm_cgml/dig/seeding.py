@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..nn.dig_model import Descriptor, DiGScoreModel
-from ..nn.graph import minimum_image
+from ..pbc import minimum_image_torch, wrap_torch
 from .sampler import DiGSampler
 
 
@@ -13,7 +13,7 @@ def _min_pair_distance(x: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Te
     """Smallest bead-bead distance (nm) of each structure in x (B, N, 3)."""
     d = x.unsqueeze(2) - x.unsqueeze(1)  # (B, N, N, 3)
     if box is not None:
-        d = minimum_image(d, box)
+        d = minimum_image_torch(d, box)
     r = torch.linalg.norm(d, dim=-1)
     n = x.shape[1]
     r = r + torch.eye(n, dtype=r.dtype).unsqueeze(0) * 1e9
@@ -75,7 +75,7 @@ def initial_states(
                          f"{max_rounds} rounds; lower min_distance or improve the model")
     x = torch.cat(kept)[: int(n)]
     if box_t is not None:
-        x = torch.remainder(x, box_t)
+        x = wrap_torch(x, box_t)
     return x.numpy().astype(np.float32)
 
 

@@ -24,6 +24,9 @@ import openmm
 import scipy.sparse
 from openmm import app, unit
 
+from ..pbc import minimum_image_triclinic
+from ..units import strip_units
+
 FORMAT_VERSION = 1
 _WL_ITERATIONS = 4
 
@@ -32,23 +35,11 @@ def _sha(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def _plain_nm(values, name: str) -> np.ndarray:
-    """A float64 array in nm from a length Quantity (any unit) or a plain array already in nm."""
-    if unit.is_quantity(values):
-        if not values.unit.is_compatible(unit.nanometer):
-            raise ValueError(f"{name} must be a length (e.g. nanometers), got unit {values.unit}")
-        values = values.value_in_unit(unit.nanometer)
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return np.asarray([[float(c) for c in row] for row in values], dtype=np.float64)
-
-
 def box_matrix(box_vectors) -> Optional[np.ndarray]:
     """(3,3) box vectors in nm (rows a, b, c) from a Quantity, a (3,3) array or a (3,) orthorhombic box; or None."""
     if box_vectors is None:
         return None
-    box = _plain_nm(box_vectors, "box_vectors")
+    box = strip_units(box_vectors, unit.nanometer, "box_vectors")
     if box.shape == (3,):
         box = np.diag(box)
     if box.shape != (3, 3) or not np.all(np.isfinite(box)) or np.any(np.diag(box) <= 0):
@@ -56,22 +47,8 @@ def box_matrix(box_vectors) -> Optional[np.ndarray]:
     return box
 
 
-def minimum_image_np(d: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Minimum-image displacement(s) ``d`` (..., 3) nm in a reduced triclinic (or orthorhombic) box (3,3).
-
-    ``box`` may also be (T,3,3) with ``d`` of shape (T, n, 3): one box per frame."""
-    if box.ndim == 2:
-        box = box[None]
-        squeeze = d.ndim == 2
-        d = d[None] if squeeze else d
-    else:
-        squeeze = False
-    d = d.copy()
-    for k in (2, 1, 0):  # c first: reduced boxes have c_z, b_y, a_x on the diagonal
-        vec = box[:, k, :]  # (T,3)
-        shift = np.round(d[..., k] / vec[:, k, None])
-        d -= shift[..., None] * vec[:, None, :]
-    return d[0] if squeeze else d
+#: Kept for older imports; the one implementation is :func:`openmm_cgml.pbc.minimum_image_triclinic`.
+minimum_image_np = minimum_image_triclinic
 
 
 def _connected_components(nodes: Sequence[int], adjacency: list[list[int]]) -> list[list[int]]:
@@ -174,6 +151,90 @@ def _formula(elements: list[str]) -> str:
     return "".join(f"{e}{counts[e] if counts[e] > 1 else ''}" for e in order)
 
 
+def _atom_graph(topology: app.Topology) -> tuple[list[tuple[int, int]], list[list[int]]]:
+    """Sorted unique atom bonds (i < j) and the adjacency lists of the topology's bond graph."""
+    atom_bonds = sorted({tuple(sorted((b[0].index, b[1].index))) for b in topology.bonds()})
+    if not atom_bonds and any(len(list(r.atoms())) > 1 for r in topology.residues()):
+        raise ValueError("topology has no bonds; load it from a PDB with CONECT records or create it with a "
+                         "ForceField/Modeller that adds bonds")
+    adjacency = [[] for _ in range(topology.getNumAtoms())]
+    for i, j in atom_bonds:
+        adjacency[i].append(j)
+        adjacency[j].append(i)
+    return atom_bonds, adjacency
+
+
+def _bead_groups(molecules: list[list[int]], atoms: list, adjacency: list[list[int]], elements: list[str],
+                 one_bead: set, atoms_per_bead: int, seed: int) -> list[list[int]]:
+    """Atom groups of all beads, ordered by their first atom: one bead per residue named in ``one_bead``, the
+    rest of each molecule cut by METIS into parts of about ``atoms_per_bead`` atoms."""
+    groups: list[list[int]] = []
+    for molecule in molecules:
+        fixed: dict[int, list[int]] = {}
+        free = []
+        for a in molecule:
+            residue = atoms[a].residue
+            if residue.name in one_bead:
+                fixed.setdefault(residue.index, []).append(a)
+            else:
+                free.append(a)
+        for members in fixed.values():
+            groups.extend(_connected_components(members, adjacency))
+        for segment in _connected_components(free, adjacency):
+            n_parts = max(1, int(round(len(segment) / atoms_per_bead)))
+            groups.extend(_metis_parts(segment, adjacency, elements, n_parts, seed) if n_parts > 1 else [segment])
+    groups.sort(key=lambda g: g[0])
+    return groups
+
+
+def _bead_identities(groups: list[list[int]], atom_bonds: list[tuple[int, int]], adjacency: list[list[int]],
+                     elements: list[str], masses: np.ndarray, nonbonded: list[str]) -> tuple[list[str], list[dict]]:
+    """Chemical identity of each bead: a WL hash of its atom graph with molecule-level atom labels (element,
+    bond count in the molecule, nonbonded parameters), and the atom graph in canonical atom order."""
+    degree = [len(n) for n in adjacency]
+    signatures, graphs = [], []
+    for g in groups:
+        local = {a: i for i, a in enumerate(g)}
+        labels = [f"{elements[a]}{degree[a]}:{nonbonded[a]}" for a in g]
+        bonds = [(local[i], local[j]) for i, j in atom_bonds if i in local and j in local]
+        wl = _wl_labels(labels, bonds)
+        signatures.append(_sha(";".join(sorted(wl)) + "#" + ";".join(sorted(
+            "-".join(sorted((wl[i], wl[j]))) for i, j in bonds))))
+        order = sorted(range(len(g)), key=lambda i: (wl[i], i))  # canonical atom order (ties: symmetric atoms)
+        rank = {old: new for new, old in enumerate(order)}
+        graphs.append({
+            "elements": [elements[g[i]] for i in order],
+            "masses": [float(masses[g[i]]) for i in order],
+            "atom_types": [labels[i] for i in order],
+            "bonds": sorted([sorted((rank[i], rank[j])) + [0] for i, j in bonds]),
+        })
+    return signatures, graphs
+
+
+def _molecule_species(molecules: list[list[int]], atoms: list) -> dict[int, str]:
+    """Species of every atom: the most common residue name of its molecule."""
+    species = {}
+    for molecule in molecules:
+        name = Counter(atoms[a].residue.name for a in molecule).most_common(1)[0][0]
+        for a in molecule:
+            species[a] = name
+    return species
+
+
+def _type_table(signatures: list[str], graphs: list[dict],
+                bead_species: list[str]) -> tuple[list[int], list[str], list[dict]]:
+    """Bead types numbered in order of first appearance: (bead_types, type_names, type_graphs)."""
+    type_index: dict[str, int] = {}
+    type_names, type_graphs, bead_types = [], [], []
+    for sig, graph, species in zip(signatures, graphs, bead_species):
+        if sig not in type_index:
+            type_index[sig] = len(type_names)
+            type_names.append(f"{species}:{_formula(graph['elements'])}-{sig[:6]}")
+            type_graphs.append(graph)
+        bead_types.append(type_index[sig])
+    return bead_types, type_names, type_graphs
+
+
 class BeadMap:
     """Assignment of the atoms of an OpenMM system to coarse-grained beads.
 
@@ -262,80 +323,25 @@ class BeadMap:
             raise ValueError(f"the topology has {n_atoms} atoms but the system has {system.getNumParticles()} "
                              "particles; pass the System created from this Topology")
         atoms = list(topology.atoms())
-        atom_bonds = sorted({tuple(sorted((b[0].index, b[1].index))) for b in topology.bonds()})
-        if not atom_bonds and any(len(list(r.atoms())) > 1 for r in topology.residues()):
-            raise ValueError("topology has no bonds; load it from a PDB with CONECT records or create it with a "
-                             "ForceField/Modeller that adds bonds")
-        adjacency = [[] for _ in range(n_atoms)]
-        for i, j in atom_bonds:
-            adjacency[i].append(j)
-            adjacency[j].append(i)
+        atom_bonds, adjacency = _atom_graph(topology)
         elements = [a.element.symbol if a.element is not None else "X" for a in atoms]
         masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n_atoms)])
-        one_bead = set(single_bead_residues) | set(whole_residues)
-
-        groups: list[list[int]] = []
-        for molecule in _connected_components(range(n_atoms), adjacency):
-            fixed: dict[int, list[int]] = {}
-            free = []
-            for a in molecule:
-                residue = atoms[a].residue
-                if residue.name in one_bead:
-                    fixed.setdefault(residue.index, []).append(a)
-                else:
-                    free.append(a)
-            for members in fixed.values():
-                groups.extend(_connected_components(members, adjacency))
-            for segment in _connected_components(free, adjacency):
-                n_parts = max(1, int(round(len(segment) / atoms_per_bead)))
-                groups.extend(_metis_parts(segment, adjacency, elements, n_parts, seed) if n_parts > 1 else [segment])
-        groups.sort(key=lambda g: g[0])
+        molecules = _connected_components(range(n_atoms), adjacency)  # computed once, used for beads and species
+        groups = _bead_groups(molecules, atoms, adjacency, elements, set(single_bead_residues) | set(whole_residues),
+                              atoms_per_bead, seed)
         atom_to_bead = np.empty(n_atoms, dtype=np.int64)
         for b, g in enumerate(groups):
             atom_to_bead[g] = b
-
-        # Chemical identity of each bead: WL hash of its atom graph with molecule-level atom labels.
-        nonbonded = _nonbonded_labels(system)
-        degree = [len(n) for n in adjacency]
-        signatures, graphs = [], []
-        for g in groups:
-            local = {a: i for i, a in enumerate(g)}
-            labels = [f"{elements[a]}{degree[a]}:{nonbonded[a]}" for a in g]
-            bonds = [(local[i], local[j]) for i, j in atom_bonds if i in local and j in local]
-            wl = _wl_labels(labels, bonds)
-            signatures.append(_sha(";".join(sorted(wl)) + "#" + ";".join(sorted(
-                "-".join(sorted((wl[i], wl[j]))) for i, j in bonds))))
-            order = sorted(range(len(g)), key=lambda i: (wl[i], i))  # canonical atom order (ties: symmetric atoms)
-            rank = {old: new for new, old in enumerate(order)}
-            graphs.append({
-                "elements": [elements[g[i]] for i in order],
-                "masses": [float(masses[g[i]]) for i in order],
-                "atom_types": [labels[i] for i in order],
-                "bonds": sorted([sorted((rank[i], rank[j])) + [0] for i, j in bonds]),
-            })
-        species_of_molecule = {}
-        for molecule in _connected_components(range(n_atoms), adjacency):
-            names = Counter(atoms[a].residue.name for a in molecule)
-            species_of_molecule[molecule[0]] = names.most_common(1)[0][0]
-        molecule_head = {}
-        for molecule in _connected_components(range(n_atoms), adjacency):
-            for a in molecule:
-                molecule_head[a] = molecule[0]
-
-        type_index: dict[str, int] = {}
-        type_names, type_graphs, bead_types = [], [], []
-        for g, sig, graph in zip(groups, signatures, graphs):
-            if sig not in type_index:
-                type_index[sig] = len(type_names)
-                species = species_of_molecule[molecule_head[g[0]]]
-                type_names.append(f"{species}:{_formula(graph['elements'])}-{sig[:6]}")
-                type_graphs.append(graph)
-            bead_types.append(type_index[sig])
+        signatures, graphs = _bead_identities(groups, atom_bonds, adjacency, elements, masses,
+                                              _nonbonded_labels(system))
+        species_of_atom = _molecule_species(molecules, atoms)
+        bead_species = [species_of_atom[g[0]] for g in groups]
+        bead_types, type_names, type_graphs = _type_table(signatures, graphs, bead_species)
         return cls(
             atom_to_bead=atom_to_bead, atom_masses=masses, atom_bonds=np.array(atom_bonds, dtype=np.int64),
             bead_types=bead_types, type_names=type_names, type_graphs=type_graphs,
             bead_residue_names=[atoms[g[0]].residue.name for g in groups],
-            bead_species_names=[species_of_molecule[molecule_head[g[0]]] for g in groups],
+            bead_species_names=bead_species,
             periodic=system.usesPeriodicBoundaryConditions(),
         )
 
@@ -349,7 +355,7 @@ class BeadMap:
         x = x.copy()
         for level in self._levels:
             parent = self._parent[level]
-            x[..., level, :] = x[..., parent, :] + minimum_image_np(x[..., level, :] - x[..., parent, :], box)
+            x[..., level, :] = x[..., parent, :] + minimum_image_triclinic(x[..., level, :] - x[..., parent, :], box)
         return x
 
     def _centres(self, x: np.ndarray) -> np.ndarray:
@@ -370,7 +376,7 @@ class BeadMap:
         """Bead centres (n_beads, 3) float64 nm of all-atom ``positions`` (Quantity or (n_atoms,3) array in nm).
 
         With ``box_vectors`` (Quantity, (3,3) or (3,) nm) each molecule is first made whole by minimum image."""
-        x = _plain_nm(positions, "positions")
+        x = strip_units(positions, unit.nanometer, "positions")
         self._check_positions(x, "positions")
         box = box_matrix(box_vectors)
         if box is not None:

@@ -16,9 +16,11 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone, scatter_sum
+from ..pbc import minimum_image_torch
+from ..pbc import remove_centroids_by_graph as remove_centroid  # the projection onto the COM-free subspace
+from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone
+from .graph import BOND_EDGE, RADIUS_EDGE, bond_edges, build_edges
 from .sde import VPSDE
-from .graph import BOND_EDGE, RADIUS_EDGE, bond_edges, build_edges, minimum_image
 
 
 class Descriptor:
@@ -51,13 +53,6 @@ class Descriptor:
         bonds = self.bonds.repeat(n, 1) + offs
         batch = torch.arange(n).repeat_interleave(nb)
         return types, bonds, batch
-
-
-def remove_centroid(y: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
-    """Subtract each graph's centroid from the rows of ``y`` (N, 3): the projection onto the COM-free subspace."""
-    counts = torch.bincount(batch, minlength=n_graphs).clamp(min=1).to(y.dtype).unsqueeze(1)
-    mean = scatter_sum(y, batch, n_graphs) / counts
-    return y - mean[batch]
 
 
 def helmert_basis(n: int, dtype=torch.float64) -> torch.Tensor:
@@ -260,7 +255,6 @@ class DiGScoreModel(nn.Module):
 
 
 def wrap_positions(x: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:
-    """Wrap positions (N, 3) nm into [-box/2, box/2) (used for periodic samples)."""
-    if box is None:
-        return x
-    return minimum_image(x, box)
+    """Positions (N, 3) nm as their minimum image about the origin, components in [-box/2, box/2] (periodic
+    samples are centred; :func:`openmm_cgml.pbc.wrap` gives the [0, box) convention of simulations)."""
+    return minimum_image_torch(x, box)

@@ -68,20 +68,6 @@ class DynamicsGNN(nn.Module):
         # Per bead: H coefficients of the history velocities and the raw std.
         self.node_head = MLP(hidden, hidden, h + 1, mlp_layers, layer_norm=False)
 
-    def config(self) -> dict:
-        return {
-            "embed_dim": self.embed_dim,
-            "history_length": self.history_length,
-            "cutoff": self.cutoff,
-            "hidden": self.backbone.hidden,
-            "n_layers": len(self.backbone.blocks),
-            "mlp_layers": (len(self.node_head) - 1) // 2,
-            "n_rbf": self.n_rbf,
-            "min_std": self.min_std,
-            "velocity_scale": self.velocity_scale,
-            "accel_scale": self.accel_scale,
-        }
-
     def forward(
         self,
         pos: torch.Tensor,

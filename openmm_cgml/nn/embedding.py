@@ -7,7 +7,7 @@ atom graph and the mean of the atom latents, projected to ``embed_dim``, is the 
 graphs therefore give identical embeddings, and a bead type never seen in training still gets one (the network
 extrapolates from its atoms), which is what lets a model run on new chemistry.
 """
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn
@@ -110,11 +110,3 @@ class BeadEmbedding(nn.Module):
         """Embeddings (n_types, embed_dim) of a list of ``BeadMap.type_graphs`` dicts."""
         device = self.project.weight.device
         return self.forward(TypeGraphs(type_graphs).to(device))
-
-    def config(self) -> Dict[str, int]:
-        return {
-            "embed_dim": self.embed_dim,
-            "hidden": self.backbone.hidden,
-            "n_layers": len(self.backbone.blocks),
-            "mlp_layers": (len(self.backbone.node_encoder) - 2) // 2,
-        }

@@ -9,15 +9,13 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..pbc import minimum_image_torch
+
+#: Kept for older imports; the one implementation is :func:`openmm_cgml.pbc.minimum_image_torch`.
+minimum_image = minimum_image_torch
+
 RADIUS_EDGE: int = 0
 BOND_EDGE: int = 1
-
-
-def minimum_image(vec: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:
-    """Wrap displacement vectors ``vec`` (..., 3) nm into the minimum image of ``box`` (..., 3) nm."""
-    if box is None:
-        return vec
-    return vec - box * torch.round(vec / box)
 
 
 def _axis_offsets(n: int, periodic: bool) -> List[int]:
@@ -27,6 +25,75 @@ def _axis_offsets(n: int, periodic: bool) -> List[int]:
     if periodic and n == 2:
         return [0, 1]
     return [-1, 0, 1]
+
+
+def _periodic_cells(pos: torch.Tensor, cutoff: float, box: torch.Tensor,
+                    batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cell (N, 3) of each bead and cells per axis (3,) of a periodic grid; ``box`` (B, 3) nm, one row per graph.
+
+    The grid has the same number of cells per axis in every graph (from the smallest box), each >= ``cutoff``."""
+    frac = pos / box[batch]
+    frac = frac - torch.floor(frac)  # fractional coordinates in [0, 1): the wrapped position / box
+    n_cells = torch.clamp(torch.floor(box.min(dim=0).values / cutoff), min=1).long()
+    cell3 = torch.minimum(torch.floor(frac * n_cells.to(pos.dtype)).long(), n_cells - 1)
+    return cell3, n_cells
+
+
+def _open_cells(pos: torch.Tensor, cutoff: float, batch: torch.Tensor,
+                n_graphs: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cell (N, 3) of each bead and cells per axis (3,) of a grid over each graph's bounding box (no PBC)."""
+    n = pos.shape[0]
+    lo = torch.full((n_graphs, 3), 1e30, dtype=pos.dtype, device=pos.device)
+    lo = lo.scatter_reduce(0, batch.unsqueeze(1).expand(n, 3), pos, reduce="amin", include_self=True)
+    rel = pos - lo[batch]
+    extent = rel.max(dim=0).values if n > 0 else torch.zeros(3, dtype=pos.dtype, device=pos.device)
+    # Cells at least `cutoff` wide; widened when the beads are spread far apart (e.g. an exploded sample),
+    # so the cell table never outgrows ~8 cells per bead.
+    cell = float(cutoff)
+    n_cells = torch.clamp(torch.floor(extent / cell), min=0).long() + 1
+    limit = max(8 * n, 64)
+    while int(torch.prod(n_cells).item()) * n_graphs > limit:
+        cell = cell * 1.5
+        n_cells = torch.clamp(torch.floor(extent / cell), min=0).long() + 1
+    cell3 = torch.minimum(torch.floor(rel / cell).long(), n_cells - 1)
+    return cell3, n_cells
+
+
+def _cell_table(cell_id: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """(n_slots + 1, max_occupancy) bead indices per cell, -1 where empty; the last row is an all-empty sentinel."""
+    n = cell_id.shape[0]
+    order = torch.argsort(cell_id)
+    sorted_cells = cell_id[order]
+    counts = torch.bincount(sorted_cells, minlength=n_slots)
+    max_occ = int(counts.max().item()) if n > 0 else 1
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n, device=cell_id.device) - starts[sorted_cells]
+    table = torch.full((n_slots + 1, max_occ), -1, dtype=torch.long, device=cell_id.device)
+    table[sorted_cells, rank] = order
+    return table
+
+
+def _neighbour_cells(cell3: torch.Tensor, n_cells: torch.Tensor, batch: torch.Tensor, periodic: bool,
+                     sentinel: int) -> torch.Tensor:
+    """(N, K) ids of the cells around each bead's cell (itself included); ``sentinel`` outside an open grid."""
+    device = cell3.device
+    nx, ny, nz = int(n_cells[0]), int(n_cells[1]), int(n_cells[2])
+    offsets: List[List[int]] = []
+    for ox in _axis_offsets(nx, periodic):
+        for oy in _axis_offsets(ny, periodic):
+            for oz in _axis_offsets(nz, periodic):
+                offsets.append([ox, oy, oz])
+    off = torch.tensor(offsets, dtype=torch.long, device=device)  # (K, 3)
+    neigh3 = cell3.unsqueeze(1) + off.unsqueeze(0)  # (N, K, 3)
+    dims = n_cells.view(1, 1, 3)
+    if periodic:
+        valid_cell = torch.ones(neigh3.shape[:2], dtype=torch.bool, device=device)
+        neigh3 = torch.remainder(neigh3, dims)
+    else:
+        valid_cell = ((neigh3 >= 0) & (neigh3 < dims)).all(dim=2)
+        neigh3 = torch.minimum(torch.clamp(neigh3, min=0), dims - 1)
+    neigh_id = ((batch.unsqueeze(1) * nx + neigh3[..., 0]) * ny + neigh3[..., 1]) * nz + neigh3[..., 2]
+    return torch.where(valid_cell, neigh_id, torch.full_like(neigh_id, sentinel))
 
 
 def radius_graph(
@@ -59,66 +126,24 @@ def radius_graph(
             box = box.unsqueeze(0).expand(n_graphs, 3)
         if bool((box < 2.0 * cutoff).any()):
             raise ValueError(f"box edge {float(box.min())} nm is shorter than twice the cutoff ({cutoff} nm)")
-        box_b = box[batch]
-        frac = pos / box_b
-        frac = frac - torch.floor(frac)
-        n_cells = torch.clamp(torch.floor(box.min(dim=0).values / cutoff), min=1).long()
-        cell3 = torch.minimum(torch.floor(frac * n_cells.to(pos.dtype)).long(), n_cells - 1)
+        cell3, n_cells = _periodic_cells(pos, cutoff, box, batch)
     else:
-        box_b = torch.ones_like(pos)
-        lo = torch.full((n_graphs, 3), 1e30, dtype=pos.dtype, device=device)
-        lo = lo.scatter_reduce(0, batch.unsqueeze(1).expand(n, 3), pos, reduce="amin", include_self=True)
-        rel = pos - lo[batch]
-        extent = rel.max(dim=0).values if n > 0 else torch.zeros(3, dtype=pos.dtype, device=device)
-        # Cells at least `cutoff` wide; widened when the beads are spread far apart (e.g. an exploded sample),
-        # so the cell table never outgrows ~8 cells per bead.
-        cell = float(cutoff)
-        n_cells = torch.clamp(torch.floor(extent / cell), min=0).long() + 1
-        limit = max(8 * n, 64)
-        while int(torch.prod(n_cells).item()) * n_graphs > limit:
-            cell = cell * 1.5
-            n_cells = torch.clamp(torch.floor(extent / cell), min=0).long() + 1
-        cell3 = torch.minimum(torch.floor(rel / cell).long(), n_cells - 1)
+        cell3, n_cells = _open_cells(pos, cutoff, batch, n_graphs)
 
     nx, ny, nz = int(n_cells[0]), int(n_cells[1]), int(n_cells[2])
-    cells_per_graph = nx * ny * nz
+    n_slots = n_graphs * nx * ny * nz
     cell_id = ((batch * nx + cell3[:, 0]) * ny + cell3[:, 1]) * nz + cell3[:, 2]
-
-    # Cell table: (n_cells_total, max_occupancy) of bead indices, -1 where empty.
-    order = torch.argsort(cell_id)
-    sorted_cells = cell_id[order]
-    counts = torch.bincount(sorted_cells, minlength=n_graphs * cells_per_graph)
-    max_occ = int(counts.max().item()) if n > 0 else 1
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n, device=device) - starts[sorted_cells]
-    table = torch.full((n_graphs * cells_per_graph + 1, max_occ), -1, dtype=torch.long, device=device)
-    table[sorted_cells, rank] = order
-
-    offsets: List[List[int]] = []
-    for ox in _axis_offsets(nx, periodic):
-        for oy in _axis_offsets(ny, periodic):
-            for oz in _axis_offsets(nz, periodic):
-                offsets.append([ox, oy, oz])
-    off = torch.tensor(offsets, dtype=torch.long, device=device)  # (K, 3)
-    neigh3 = cell3.unsqueeze(1) + off.unsqueeze(0)  # (N, K, 3)
-    dims = n_cells.view(1, 1, 3)
-    if periodic:
-        valid_cell = torch.ones(neigh3.shape[:2], dtype=torch.bool, device=device)
-        neigh3 = torch.remainder(neigh3, dims)
-    else:
-        valid_cell = ((neigh3 >= 0) & (neigh3 < dims)).all(dim=2)
-        neigh3 = torch.minimum(torch.clamp(neigh3, min=0), dims - 1)
-    neigh_id = ((batch.unsqueeze(1) * nx + neigh3[..., 0]) * ny + neigh3[..., 1]) * nz + neigh3[..., 2]
+    table = _cell_table(cell_id, n_slots)
     # Invalid (outside a non-periodic grid) cells point at the sentinel all-empty last row.
-    neigh_id = torch.where(valid_cell, neigh_id, torch.full_like(neigh_id, n_graphs * cells_per_graph))
+    neigh_id = _neighbour_cells(cell3, n_cells, batch, periodic, n_slots)
     cand = table[neigh_id].reshape(n, -1)  # (N, K * max_occ)
     tgt = torch.arange(n, device=device).unsqueeze(1).expand_as(cand)
     keep = (cand >= 0) & (cand != tgt)
     src = cand[keep]
     dst = tgt[keep]
     vec = pos[dst] - pos[src]
-    if periodic:
-        vec = minimum_image(vec, box_b[dst])
+    if box is not None:
+        vec = minimum_image_torch(vec, box[batch[dst]])
     close = (vec * vec).sum(dim=1) < cutoff * cutoff
     edge_index = torch.stack([src[close], dst[close]], dim=0)
     return edge_index, vec[close]
@@ -132,10 +157,10 @@ def bond_edges(
     vec = pos[edge_index[1]] - pos[edge_index[0]]
     if box is not None:
         if box.dim() == 1:
-            vec = minimum_image(vec, box.unsqueeze(0))
+            vec = minimum_image_torch(vec, box.unsqueeze(0))
         else:
             assert batch is not None, "a per-graph box needs the batch vector"
-            vec = minimum_image(vec, box[batch[edge_index[1]]])
+            vec = minimum_image_torch(vec, box[batch[edge_index[1]]])
     return edge_index, vec
 
 

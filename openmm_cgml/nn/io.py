@@ -55,7 +55,7 @@ def load_model_dir(path: str, kind: str) -> Tuple[dict, Dict[str, torch.Tensor],
         with open(manifest_path) as f:
             manifest = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupt model manifest {manifest_path}: {err}") from None
+        raise ValueError(f"corrupt model manifest {manifest_path}: {' '.join(str(err).split())}") from None
     if not isinstance(manifest, dict) or "kind" not in manifest or "format_version" not in manifest:
         raise ValueError(f"corrupt model manifest {manifest_path}: missing 'kind' or 'format_version'")
     if manifest["format_version"] != FORMAT_VERSION:
@@ -64,8 +64,13 @@ def load_model_dir(path: str, kind: str) -> Tuple[dict, Dict[str, torch.Tensor],
         )
     if manifest["kind"] != kind:
         raise ValueError(f"{path} holds a '{manifest['kind']}' model, expected '{kind}'")
+    if not isinstance(manifest.get("config", {}), dict) or not isinstance(manifest.get("extra", {}), dict):
+        raise ValueError(f"corrupt model manifest {manifest_path}: 'config' and 'extra' must be mappings")
     try:
         state_dict = load_file(os.path.join(path, WEIGHTS))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"corrupt or missing weights in {path}: {err}") from None
+        raise ValueError(f"corrupt or missing weights in {path}: {' '.join(str(err).split())}") from None
+    bad = sorted(k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{path} holds non-finite (NaN or inf) weights in {bad[:3]}; retrain or restore the model")
     return manifest.get("config", {}), state_dict, manifest.get("extra", {})

@@ -6,7 +6,7 @@ edge type); ``EdgeVectorHead`` gives an equivariant vector per bead, divided by 
 order one at every noise level (the denoising target sigma * s = -z has unit variance).
 """
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -45,16 +45,6 @@ class ScoreGNN(nn.Module):
         self.rbf = GaussianRBF(n_rbf, cutoff)
         self.backbone = GraphBackbone(embed_dim + 2, n_rbf + 3, hidden, n_layers, mlp_layers)
         self.vector_head = EdgeVectorHead(hidden, 1, mlp_layers)
-
-    def config(self) -> dict:
-        return {
-            "embed_dim": self.embed_dim,
-            "cutoff": self.cutoff,
-            "hidden": self.backbone.hidden,
-            "n_layers": len(self.backbone.blocks),
-            "mlp_layers": (len(self.backbone.node_encoder) - 2) // 2,
-            "n_rbf": self.n_rbf,
-        }
 
     def forward(
         self,
@@ -120,6 +110,3 @@ def denoising_loss(score: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
     """
     return ((sigma.unsqueeze(1) * score + noise) ** 2).mean()
 
-
-def levels_tensor(levels: Sequence[float]) -> torch.Tensor:
-    return torch.tensor([float(s) for s in levels], dtype=torch.float32)

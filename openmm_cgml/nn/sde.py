@@ -113,30 +113,11 @@ class VPSDE:
         """Forward diffusion coefficient g(t) = sqrt(beta(t))."""
         return torch.sqrt(self.beta(t))
 
-    def reverse_drift(self, y: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """Drift of the reverse-time SDE, f - g^2 score (integrate from t = 1 down to 0 with noise g dW)."""
-        beta = self.beta(t)
-        return -0.5 * beta * y - beta * score
-
-    def ode_drift(self, y: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """Drift of the probability-flow ODE, f - 1/2 g^2 score; shares the SDE's marginals."""
-        beta = self.beta(t)
-        return -0.5 * beta * (y + score)
-
     # ---- discrete chain ------------------------------------------------------------------------------------
-    def timesteps(self) -> torch.Tensor:
-        """Times t_i = i / N of the discrete chain, i = 1..N, float64."""
-        return torch.arange(1, self.n_steps + 1, dtype=torch.float64) / self.n_steps
-
     def discrete_alpha_bars(self) -> torch.Tensor:
         """alpha_bar(t_i) for i = 0..N (index 0 is t = 0, value 1), float64."""
         t = torch.arange(0, self.n_steps + 1, dtype=torch.float64) / self.n_steps
         return self.alpha_bar(t)
-
-    def discrete_betas(self) -> torch.Tensor:
-        """beta_i = 1 - alpha_bar(t_i) / alpha_bar(t_{i-1}) for i = 1..N, float64."""
-        ab = self.discrete_alpha_bars()
-        return 1.0 - ab[1:] / ab[:-1]
 
     def prior_log_prob(self, y: torch.Tensor, dim: int) -> torch.Tensor:
         """log N(y; 0, I) of the t = 1 prior in ``dim`` dimensions; ``y`` is (B, ...) flattened per row."""

@@ -5,8 +5,10 @@ Replica ``r`` draws its noise from ``step_noise(seeds[r], step, ...)`` exactly a
 replica follows the same trajectory as the OpenMM integrator started from the same state and seed.
 """
 import os
+import signal
+import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,22 +19,72 @@ from .step import LearnedStep, step_noise
 
 #: Written into a run's output directory when it stops on a blow-up.
 LAST_GOOD_STATE = "last_good_state.npz"
+#: The resumable state of a run in its output directory (rewritten atomically every ``checkpoint_every`` steps).
+CHECKPOINT = "checkpoint.npz"
+_CHECKPOINT_VERSION = 1
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped on request (Ctrl-C / SIGINT, or ``stop_after``) at a step boundary, with a checkpoint saved."""
+
+    def __init__(self, step_index: int, message: str):
+        super().__init__(message)
+        self.step_index = step_index
+
+
+def _save_npz(path: str, **arrays):
+    """``np.savez`` to ``path`` atomically (temporary file, fsync, rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class _StopRequest:
+    """While active, the first SIGINT (Ctrl-C) only sets ``requested`` so that the run stops at the next step
+    boundary with a checkpoint; a second one interrupts at once (the last checkpoint stays valid)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class ReplicaEngine:
     """Advance R replicas of one or several CG systems with a learned model, as one batched graph (CPU or GPU).
 
-    Args:
-        step: the single-replica :class:`LearnedStep` of one bead system (then ``positions`` is (R, N, 3) or
-            (N, 3)), or a list with one such step per replica, all from one model (several systems; then
-            ``positions`` is a list of (N_r, 3) arrays).
-        positions: starting bead positions, nm (unwrapped).
-        seeds: one seed per replica (default ``0 .. R-1``).
-        box: (3,) or (R, 3) orthorhombic box lengths in nm, or None for a non-periodic model.
-        history: starting velocity histories in nm per model step, (R, H, N, 3) / (H, N, 3), or a list of
-            (H, N_r, 3) arrays (default zeros).
-        device: torch device for the model and state ("cpu", "cuda").
-        max_displacement: largest physical bead displacement in one step, nm (blow-up bound).
+    Parameters
+    ----------
+    step : LearnedStep or list of LearnedStep
+        The single-replica step of one bead system (then ``positions`` is (R, N, 3) or (N, 3)), or a list with
+        one such step per replica, all from one model (several systems; then ``positions`` is a list of
+        (N_r, 3) arrays).
+    positions : length (nm)
+        Starting bead positions, unwrapped.
+    seeds : sequence of int, optional
+        One seed per replica (default ``0 .. R-1``).
+    box : length (nm), optional
+        (3,) or (R, 3) orthorhombic box lengths, or None for a non-periodic model.
+    history : length (nm per model step), optional
+        Starting velocity histories, (R, H, N, 3) / (H, N, 3), or a list of (H, N_r, 3) arrays (default zeros).
+    device : str
+        Torch device for the model and state ("cpu", "cuda").
+    max_displacement : length (nm)
+        Largest physical bead displacement in one step (blow-up bound).
     """
 
     def __init__(self, step, positions, seeds: Optional[Sequence[int]] = None, box=None, history=None,
@@ -116,49 +168,133 @@ class ReplicaEngine:
                else torch.zeros(0, device=self.device))
         dyn, ref = self._noise()
         with torch.no_grad():
-            x_new, h_new = self.step_module(x, h, box, dyn, ref)
+            try:
+                x_new, h_new = self.step_module(x, h, box, dyn, ref)
+            except RuntimeError as err:  # e.g. graph building on positions the model itself made NaN
+                blow_up = SimulationBlowUp(f"learned step {self.step_index}: the model failed inside the step "
+                                           f"({str(err).splitlines()[0]}); last good state kept")
+                blow_up.state = self._state_arrays()
+                raise blow_up from None
         x_new = x_new.cpu().numpy().astype(np.float32)
         for k, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             try:
                 check_step(self._x[a:b], x_new[a:b], self.step_index, self.max_displacement_nm)
             except SimulationBlowUp as err:
-                raise SimulationBlowUp(f"replica {k}: {err}") from None
+                blow_up = SimulationBlowUp(f"replica {k}: {err}")
+                blow_up.state = self._state_arrays()
+                raise blow_up from None
         self._x, self._h = x_new, np.ascontiguousarray(h_new.cpu().numpy(), dtype=np.float32)
         self.step_index += 1
 
-    def save_state(self, path: str):
-        """Write the engine's state to ``path`` (.npz): positions and velocity history (nm, all replicas'
-        beads concatenated), replica sizes, step index, seeds and boxes (nm)."""
-        np.savez(path, positions=self._x, history=self._h, sizes=np.asarray(self.sizes),
-                 step_index=self.step_index, seeds=np.asarray(self.seeds),
-                 boxes=self.boxes if self.boxes is not None else np.zeros((0, 3)), timestep_ps=self.timestep_ps)
+    def _state_arrays(self) -> dict:
+        return dict(positions=self._x, history=self._h, sizes=np.asarray(self.sizes), step_index=self.step_index,
+                    seeds=np.asarray(self.seeds), boxes=self.boxes if self.boxes is not None else np.zeros((0, 3)),
+                    timestep_ps=self.timestep_ps)
 
-    def run(self, n_steps: int, out_dir: Optional[str] = None, beadmap=None,
-            report_every: int = 1, progress: bool = True, provenance: Optional[dict] = None) -> dict:
-        """Advance ``n_steps`` and write every ``report_every``-th frame of replica r to ``out_dir/replica_r.h5``.
+    def save_state(self, path: str, **extra):
+        """Write the engine's state to ``path`` (.npz, atomically): positions and velocity history (nm, all
+        replicas' beads concatenated), replica sizes, step index, seeds, boxes (nm) and time step (ps), plus
+        ``extra`` arrays."""
+        _save_npz(path, **self._state_arrays(), **extra)
 
-        ``beadmap`` is the BeadMap of the system, or a list with one per replica (needed to write files).
+    def load_state(self, path: str) -> dict:
+        """Restore positions, history and step index from a :meth:`save_state` file of this same set of replicas
+        (same sizes, seeds, boxes and time step, else a one-line ValueError); returns all arrays of the file."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                saved = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable replica-engine state ({err})") from None
+        mine = self._state_arrays()
+        for name in ("sizes", "seeds", "boxes", "timestep_ps"):
+            if name not in saved or not np.array_equal(np.asarray(saved[name]), np.asarray(mine[name])):
+                raise ValueError(f"{path} holds a state of other replicas ({name} differ); resume with the same "
+                                 "settings or choose another output directory")
+        if saved["positions"].shape != self._x.shape or saved["history"].shape != self._h.shape:
+            raise ValueError(f"{path} holds a state of another bead system or model history length")
+        self._x = np.ascontiguousarray(saved["positions"], dtype=np.float32)
+        self._h = np.ascontiguousarray(saved["history"], dtype=np.float32)
+        self.step_index = int(saved["step_index"])
+        return saved
 
-        Returns throughput figures: simulated ns/day (per replica and summed over replicas) and replica-steps/s.
-        On a blow-up the files end with the last good frame (written even between report steps), the full last good
-        state (positions, velocity history, step index, seeds, boxes) is saved to ``out_dir/last_good_state.npz``,
-        and the :class:`SimulationBlowUp` propagates.
-        """
-        if n_steps < 0 or report_every < 1:
-            raise ValueError("n_steps must be >= 0 and report_every >= 1")
-        writers: List[CGDatasetWriter] = []
-        if out_dir is not None:
-            maps = list(beadmap) if isinstance(beadmap, (list, tuple)) else [beadmap] * self.n_replicas
-            if len(maps) != self.n_replicas or any(m is None or m.n_beads != n for m, n in zip(maps, self.sizes)):
-                raise ValueError("writing trajectories needs the BeadMap of every replica's bead system")
-            os.makedirs(out_dir, exist_ok=True)
-            paths = [os.path.join(out_dir, f"replica_{k}.h5") for k in range(self.n_replicas)]
+    def _open_writers(self, out_dir: str, beadmap, provenance: Optional[dict], frames: Optional[Sequence[int]]):
+        """Writers of ``out_dir/replica_r.h5``: new files, or (``frames`` given: resuming) the existing files cut
+        back to ``frames[r]`` frames, dropping what was written after the checkpoint."""
+        maps = list(beadmap) if isinstance(beadmap, (list, tuple)) else [beadmap] * self.n_replicas
+        if len(maps) != self.n_replicas or any(m is None or m.n_beads != n for m, n in zip(maps, self.sizes)):
+            raise ValueError("writing trajectories needs the BeadMap of every replica's bead system")
+        os.makedirs(out_dir, exist_ok=True)
+        paths = [os.path.join(out_dir, f"replica_{k}.h5") for k in range(self.n_replicas)]
+        if frames is None:
             clash = [p for p in paths if os.path.exists(p)]
             if clash:
                 raise ValueError(f"{clash[0]} exists; choose another output directory")
             info = dict(provenance or {}, timestep_ps=self.timestep_ps)
-            writers = [CGDatasetWriter.create(p, m, dict(info, seed=s), self.periodic)
-                       for p, m, s in zip(paths, maps, self.seeds)]
+            return [CGDatasetWriter.create(p, m, dict(info, seed=s), self.periodic)
+                    for p, m, s in zip(paths, maps, self.seeds)]
+        writers = []
+        for path, n in zip(paths, frames):
+            if not os.path.exists(path):
+                raise ValueError(f"{path} is missing; the run in {out_dir} cannot be resumed")
+            writer = CGDatasetWriter(path)
+            if writer.n_frames < int(n):
+                writer.close()
+                raise ValueError(f"{path} has {writer.n_frames} frames but its checkpoint expects {int(n)}; "
+                                 "the run cannot be resumed")
+            writer.truncate(int(n))
+            writers.append(writer)
+        return writers
+
+    def run(self, n_steps: int, out_dir: Optional[str] = None, beadmap=None, report_every: int = 1,
+            progress: bool = True, provenance: Optional[dict] = None, checkpoint_every: int = 0,
+            resume: bool = False, run_info: str = "", stop_after: Optional[int] = None,
+            on_step: Optional[Callable[["ReplicaEngine"], None]] = None) -> dict:
+        """Advance ``n_steps`` and write every ``report_every``-th frame of replica r to ``out_dir/replica_r.h5``.
+
+        Parameters
+        ----------
+        n_steps : int
+            Learned steps to advance from the current state (after a resume: from the checkpoint's step).
+        out_dir : str, optional
+            Output directory; ``beadmap`` is the BeadMap of the system, or a list with one per replica.
+        report_every : int
+            Frame interval in steps, counted from step 0 (so a resumed run writes the same frames).
+        checkpoint_every : int
+            With ``out_dir``: save ``out_dir/checkpoint.npz`` (state, frames written, ``run_info``) at the start,
+            every ``checkpoint_every`` steps (0: only at the start and the end), on a stop and at the end.
+            Frames are flushed to disk as they are written.
+        resume : bool
+            Continue the run in ``out_dir`` from its checkpoint (state restored, frames written after the
+            checkpoint dropped); its ``run_info`` must equal this one's. The result equals the uninterrupted run.
+        stop_after : int, optional
+            Stop (as on Ctrl-C) after this many steps of this call.
+        on_step : callable, optional
+            Called with the engine after every step (progress hooks, tests).
+
+        Returns throughput figures: simulated ns/day (per replica and summed over replicas) and replica-steps/s.
+
+        Raises
+        ------
+        RunInterrupted
+            Ctrl-C (SIGINT) or ``stop_after``: the run stopped at a step boundary after saving a checkpoint.
+        SimulationBlowUp
+            The files end with the last good frame (written even between report steps), the full last good
+            state is saved to ``out_dir/last_good_state.npz``.
+        """
+        if n_steps < 0 or report_every < 1 or checkpoint_every < 0:
+            raise ValueError("n_steps and checkpoint_every must be >= 0 and report_every >= 1")
+        writers: List[CGDatasetWriter] = []
+        checkpoint = os.path.join(out_dir, CHECKPOINT) if out_dir is not None else None
+        if resume:
+            if checkpoint is None or not os.path.exists(checkpoint):
+                raise ValueError(f"{out_dir} holds no checkpoint to resume from")
+            saved = self.load_state(checkpoint)
+            if str(saved.get("run_info", "")) != run_info:
+                raise ValueError(f"{out_dir} holds a run with other settings; rerun its own command, or choose "
+                                 "another output directory")
+            writers = self._open_writers(out_dir, beadmap, provenance, saved["frames"])
+        elif out_dir is not None:
+            writers = self._open_writers(out_dir, beadmap, provenance, None)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -168,24 +304,43 @@ class ReplicaEngine:
         def write():
             for k, (w, x) in enumerate(zip(writers, self.positions)):
                 w.append(x, self.boxes[k] if self.boxes is not None else None, self.time_ps)
+                w.flush()  # frames survive a kill
 
+        def save_checkpoint():
+            if writers:
+                self.save_state(checkpoint, frames=np.asarray([w.n_frames for w in writers]), run_info=run_info,
+                                format_version=_CHECKPOINT_VERSION)
+
+        done, start = 0, time.perf_counter()
         try:
-            if self.step_index == 0:
-                write()
-            start = time.perf_counter()
-            for i in range(n_steps):
-                try:
-                    self.advance()
-                except SimulationBlowUp:
-                    if writers:
-                        if i % report_every:  # the last good frame was not a report frame
-                            write()
-                        self.save_state(os.path.join(out_dir, LAST_GOOD_STATE))
-                    raise
-                if (i + 1) % report_every == 0:
+            with _StopRequest() as stop:
+                if self.step_index == 0 and not resume:
                     write()
-                if bar is not None:
-                    bar.update(1)
+                if not resume:
+                    save_checkpoint()
+                start = time.perf_counter()
+                for done in range(1, n_steps + 1):
+                    try:
+                        self.advance()
+                    except SimulationBlowUp:
+                        if writers:
+                            if self.step_index % report_every:  # the last good frame was not a report frame
+                                write()
+                            self.save_state(os.path.join(out_dir, LAST_GOOD_STATE))
+                        raise
+                    if self.step_index % report_every == 0:
+                        write()
+                    if bar is not None:
+                        bar.update(1)
+                    if on_step is not None:
+                        on_step(self)
+                    if stop.requested or (stop_after is not None and done >= stop_after and done < n_steps):
+                        save_checkpoint()
+                        raise RunInterrupted(self.step_index, f"stopped at learned step {self.step_index} with a "
+                                             "checkpoint; run the same command to resume")
+                    if checkpoint_every and self.step_index % checkpoint_every == 0:
+                        save_checkpoint()
+                save_checkpoint()
             seconds = max(time.perf_counter() - start, 1e-12)
         finally:
             for w in writers:

@@ -123,14 +123,21 @@ class LearnedStep(nn.Module):
 
     @classmethod
     def from_model(cls, model, beadmap, refine=None, allow_unseen_types: bool = False) -> "LearnedStep":
-        """The step of ``model`` (``training.load_model``) for the beads of ``beadmap`` (``mapping.BeadMap``).
+        """The step of ``model`` for the beads of ``beadmap``.
 
-        Args:
-            refine: None for the model's default refinement, False for none (dynamics only), or a dict with any of
-                ``levels`` (list of noise levels, nm, decreasing), ``n_levels`` (use the model's last n levels),
-                ``steps_per_level``, ``step_size`` (nm², alpha at the last level).
-            allow_unseen_types: run bead types the model was not trained on (their embeddings are computed by
-                the embedding GNN from their atom graphs) instead of refusing them.
+        Parameters
+        ----------
+        model : CGModel
+            A loaded model (``training.load_model``).
+        beadmap : BeadMap
+            The bead system (``mapping.BeadMap``); its periodicity must match the model's.
+        refine : None, False or dict
+            None for the model's default refinement, False for none (dynamics only), or a dict with any of
+            ``levels`` (list of noise levels, nm, decreasing), ``n_levels`` (use the model's last n levels),
+            ``steps_per_level``, ``step_size`` (nm², alpha at the last level).
+        allow_unseen_types : bool
+            Run bead types the model was not trained on (their embeddings are computed by the embedding GNN
+            from their atom graphs) instead of refusing them.
         """
         used = sorted({beadmap.type_names[t] for t in np.unique(np.asarray(beadmap.bead_types))})
         unknown = [name for name in used if name not in model.vocab.type_names]
@@ -214,7 +221,9 @@ class LearnedStep(nn.Module):
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
         mean, std = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
         x_new = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
-        if self.n_refine > 0:
+        # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
+        # as it is, so every wrapper reports it as a blow-up of this step.
+        if self.n_refine > 0 and bool(torch.isfinite(x_new).all()):
             x_new = self.score.refine(x_new, self.levels, self.steps_per_level, self.step_size, refine_noise,
                                       self.embed, self.masses, self.bonds, box_opt, self.batch)
         h_new = torch.cat([h[1:], (x_new - x).unsqueeze(0)], dim=0)
@@ -223,9 +232,26 @@ class LearnedStep(nn.Module):
 
 def rollout(step: nn.Module, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, seed: int, n_steps: int,
             start_step: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run ``n_steps`` steps from step index ``start_step``; returns (positions (n_steps, N, 3) nm, final history).
+    """Run ``n_steps`` steps from step index ``start_step``, step k drawing ``step_noise(seed, k)``, so the result
+    equals the OpenMM integrator's and the engine's trajectory for the same seed.
 
-    Uses :func:`step_noise` so the result equals the OpenMM integrator's trajectory for the same seed.
+    Parameters
+    ----------
+    step : LearnedStep
+        The (eager or scripted) step.
+    x : length (nm)
+        (N, 3) starting positions, unwrapped.
+    h : length (nm per step)
+        (H, N, 3) starting velocity history.
+    box : length (nm)
+        (3,) box lengths, or an empty tensor for a non-periodic model.
+    seed, n_steps, start_step : int
+        Random stream, number of steps, index of the first step.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        Positions after each step, (n_steps, N, 3) nm, and the final history (H, N, 3) nm per step.
     """
     frames = []
     device = x.device

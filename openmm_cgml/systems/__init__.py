@@ -7,6 +7,9 @@ from .bead_spring import build_bead_spring
 from .built import BuiltSystem
 from .peo_litfsi import (PEO_LITFSI_XML, build_peo_litfsi, peo_litfsi_forcefield, peo_litfsi_system,
                          peo_litfsi_topology, scale_ion_charges, use_geometric_mixing)
+from .sequences import (SEQUENCE_CLASSES, SequenceClass, build_sequence_chains, generate_sequences,
+                        sequence_statistics)
 
 __all__ = ["BuiltSystem", "build_peo_litfsi", "build_bead_spring", "peo_litfsi_forcefield", "peo_litfsi_system",
-           "peo_litfsi_topology", "scale_ion_charges", "use_geometric_mixing", "PEO_LITFSI_XML"]
+           "peo_litfsi_topology", "scale_ion_charges", "use_geometric_mixing", "PEO_LITFSI_XML",
+           "SEQUENCE_CLASSES", "SequenceClass", "build_sequence_chains", "generate_sequences", "sequence_statistics"]

@@ -101,6 +101,91 @@ def random_walk_chains(n_chains: int, chain_length: int, bond: float, min_distan
     return xyz
 
 
+def _check_counts(n_chains, chain_length):
+    for name, value in (("n_chains", n_chains), ("chain_length", chain_length)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if chain_length > 36**3:
+        raise ValueError(f"chain_length must be at most {36**3} beads (unique 4-character PDB atom names)")
+
+
+def chain_topology(types: list, elements: dict | None = None) -> tuple[app.Topology, list[tuple[int, int]]]:
+    """One topology chain + one residue ("POL") per polymer, bonds along the backbone.
+
+    ``types`` holds one list of one-letter bead type names per chain; atom names are the type followed by the
+    bead's index in base 36. ``elements`` maps a type name to an ``openmm.app.Element`` (default: no element).
+    Returns the topology and the (i, j) particle pairs of every backbone bond.
+    """
+    topology = app.Topology()
+    bonds = []
+    for chain_types in types:
+        residue = topology.addResidue("POL", topology.addChain())
+        atoms = [topology.addAtom(name + _base36(i), (elements or {}).get(name), residue)
+                 for i, name in enumerate(chain_types)]
+        for a, b in zip(atoms[:-1], atoms[1:]):
+            topology.addBond(a, b)
+            bonds.append((a.index, b.index))
+    return topology, bonds
+
+
+def backbone_force(bonds: list, bond: str, eps: float, sig: float) -> tuple[mm.Force, float]:
+    """Harmonic (r0 = sigma, k = 100 eps/sigma^2) or FENE (k = 30 eps/sigma^2, R0 = 1.5 sigma) bonds.
+
+    ``eps`` kJ/mol and ``sig`` nm. Returns the force and the bond length (nm) to start random walks with."""
+    if bond == "fene":
+        bonded = mm.CustomBondForce("-0.5*k_fene*r0_fene^2*log(1-(r/r0_fene)^2)")
+        bonded.addGlobalParameter("k_fene", 30.0 * eps / sig**2)
+        bonded.addGlobalParameter("r0_fene", 1.5 * sig)
+        for i, j in bonds:
+            bonded.addBond(i, j, [])
+        return bonded, 0.97 * sig
+    bonded = mm.HarmonicBondForce()
+    for i, j in bonds:
+        bonded.addBond(i, j, sig, 100.0 * eps / sig**2)
+    return bonded, sig
+
+
+def _kremer_grest_pair(n_beads: int, eps: float, sig: float, density: float) -> tuple[mm.Force, float]:
+    """WCA between all pairs of a periodic melt; returns the force and the cubic box edge (nm)."""
+    box_length = (n_beads / density) ** (1 / 3) * sig
+    pair = mm.CustomNonbondedForce("4*eps_kg*((sig_kg/r)^12-(sig_kg/r)^6)+eps_kg")
+    pair.addGlobalParameter("eps_kg", eps)
+    pair.addGlobalParameter("sig_kg", sig)
+    pair.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic)
+    for _ in range(n_beads):
+        pair.addParticle([])
+    pair.setCutoffDistance(2 ** (1 / 6) * sig)
+    return pair, box_length
+
+
+def _typed_lj_pair(types: list, well: dict, eps: float, sig: float, bonds: list, exclude_bonded: bool) -> mm.Force:
+    """Per-type LJ (geometric epsilon, common sigma) cut and shifted at 2.5 sigma, non-periodic."""
+    shift = 4.0 * ((1 / 2.5) ** 12 - (1 / 2.5) ** 6)
+    pair = mm.CustomNonbondedForce(f"4*eps*((sig_lj/r)^12-(sig_lj/r)^6)-eps*({shift!r}); "
+                                   f"eps=sqrt(epsilon1*epsilon2)")
+    pair.addGlobalParameter("sig_lj", sig)
+    pair.addPerParticleParameter("epsilon")
+    pair.setNonbondedMethod(mm.CustomNonbondedForce.CutoffNonPeriodic)
+    for chain_types in types:
+        for name in chain_types:
+            pair.addParticle([well[name] * eps])
+    if exclude_bonded:
+        for i, j in bonds:
+            pair.addExclusion(i, j)
+    pair.setCutoffDistance(2.5 * sig)
+    return pair
+
+
+def minimized_positions(system: mm.System, xyz: np.ndarray, eps: float, sig: float) -> np.ndarray:
+    """Relax positions (nm) with OpenMM's minimiser on the Reference platform (tolerance eps/sigma, 500 steps)."""
+    context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(xyz * unit.nanometer)
+    mm.LocalEnergyMinimizer.minimize(context, 1.0 * eps / sig, 500)
+    xyz = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    del context
+    return xyz
+
+
 def build_bead_spring(kind: str = "chain", n_chains: int | None = None, chain_length: int | None = None,
                       temperature: unit.Quantity = 300 * unit.kelvin, sigma: unit.Quantity = 0.5 * unit.nanometer,
                       mass: unit.Quantity = 100 * unit.dalton, epsilon: unit.Quantity | None = None,
@@ -126,9 +211,7 @@ def build_bead_spring(kind: str = "chain", n_chains: int | None = None, chain_le
     kremer_grest = kind == "kremer-grest"
     n_chains = (20 if kremer_grest else 1) if n_chains is None else n_chains
     chain_length = (50 if kremer_grest else 30) if chain_length is None else chain_length
-    for name, value in (("n_chains", n_chains), ("chain_length", chain_length)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _check_counts(n_chains, chain_length)
     kelvin = _positive(temperature, "temperature", unit.kelvin)
     sig = _positive(sigma, "sigma", unit.nanometer)
     bead_mass = _positive(mass, "mass", unit.dalton)
@@ -147,76 +230,29 @@ def build_bead_spring(kind: str = "chain", n_chains: int | None = None, chain_le
             raise ValueError(f"bead_types must be single letters (e.g. ('A', 'B', 'C')), got {bead_types!r}")
     rng = np.random.default_rng(seed)
     n_beads = n_chains * chain_length
-    if chain_length > 36**3:
-        raise ValueError(f"chain_length must be at most {36**3} beads (unique 4-character PDB atom names)")
     types = ([["K"] * chain_length for _ in range(n_chains)] if kremer_grest
              else _bead_sequence(sequence, bead_types, chain_length, n_chains, rng))
 
-    # Topology: one chain + one residue per polymer, bonds along the backbone.
-    topology = app.Topology()
-    bonds = []
-    for c in range(n_chains):
-        residue = topology.addResidue("POL", topology.addChain())
-        atoms = [topology.addAtom(name + _base36(i), None, residue) for i, name in enumerate(types[c])]
-        for i in range(chain_length - 1):
-            topology.addBond(atoms[i], atoms[i + 1])
-            bonds.append((atoms[i].index, atoms[i + 1].index))
-
+    topology, bonds = chain_topology(types)
     system = mm.System()
     for _ in range(n_beads):
         system.addParticle(bead_mass)
-    if bond == "fene":
-        bonded = mm.CustomBondForce("-0.5*k_fene*r0_fene^2*log(1-(r/r0_fene)^2)")
-        bonded.addGlobalParameter("k_fene", 30.0 * eps / sig**2)
-        bonded.addGlobalParameter("r0_fene", 1.5 * sig)
-        for i, j in bonds:
-            bonded.addBond(i, j, [])
-        bond_length = 0.97 * sig
-    else:
-        bonded = mm.HarmonicBondForce()
-        for i, j in bonds:
-            bonded.addBond(i, j, sig, 100.0 * eps / sig**2)
-        bond_length = sig
+    bonded, bond_length = backbone_force(bonds, bond, eps, sig)
     system.addForce(bonded)
-
     if kremer_grest:
-        box_length = (n_beads / density) ** (1 / 3) * sig
-        cutoff = 2 ** (1 / 6) * sig
-        pair = mm.CustomNonbondedForce("4*eps_kg*((sig_kg/r)^12-(sig_kg/r)^6)+eps_kg")
-        pair.addGlobalParameter("eps_kg", eps)
-        pair.addGlobalParameter("sig_kg", sig)
-        pair.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic)
-        for _ in range(n_beads):
-            pair.addParticle([])
+        pair, box_length = _kremer_grest_pair(n_beads, eps, sig, density)
         system.setDefaultPeriodicBoxVectors(mm.Vec3(box_length, 0, 0), mm.Vec3(0, box_length, 0),
                                             mm.Vec3(0, 0, box_length))
     else:
         box_length = None
-        cutoff = 2.5 * sig
-        shift = 4.0 * ((1 / 2.5) ** 12 - (1 / 2.5) ** 6)
-        pair = mm.CustomNonbondedForce(f"4*eps*((sig_lj/r)^12-(sig_lj/r)^6)-eps*({shift!r}); "
-                                       f"eps=sqrt(epsilon1*epsilon2)")
-        pair.addGlobalParameter("sig_lj", sig)
-        pair.addPerParticleParameter("epsilon")
-        pair.setNonbondedMethod(mm.CustomNonbondedForce.CutoffNonPeriodic)
-        well = dict(zip(bead_types, type_epsilons))
-        for chain_types in types:
-            for name in chain_types:
-                pair.addParticle([well[name] * eps])
-        if bond == "harmonic":
-            for i, j in bonds:
-                pair.addExclusion(i, j)
-    pair.setCutoffDistance(cutoff)
+        pair = _typed_lj_pair(types, dict(zip(bead_types, type_epsilons)), eps, sig, bonds, bond == "harmonic")
     system.addForce(pair)
+    cutoff = pair.getCutoffDistance().value_in_unit(unit.nanometer)
 
     xyz = random_walk_chains(n_chains, chain_length, bond_length, 0.8 * sig, rng, box_length)
     box = None if box_length is None else np.eye(3) * box_length
     if minimize:
-        context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
-        context.setPositions(xyz * unit.nanometer)
-        mm.LocalEnergyMinimizer.minimize(context, 1.0 * eps / sig, 500)
-        xyz = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        del context
+        xyz = minimized_positions(system, xyz, eps, sig)
     tau = sig * math.sqrt(bead_mass / eps)
     metadata = {
         "builder": "build_bead_spring",

@@ -1,15 +1,20 @@
 """The ``BuiltSystem`` container: an OpenMM Topology, System, positions and box that travel together."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import openmm as mm
 from openmm import app, unit
+
+from ..units import strip_units
 
 #: Version of the on-disk layout written by :meth:`BuiltSystem.save`.
 FORMAT_VERSION = 1
@@ -18,18 +23,30 @@ AMU_PER_NM3_IN_G_PER_CM3 = 1.66053906660e-3
 _FILES = ("system.xml", "topology.pdb", "state.xml", "metadata.json")
 
 
-def _as_nm_array(quantity: Any, name: str) -> np.ndarray:
-    """Return a float64 NumPy array in nm from an ``openmm.unit`` length quantity; refuse plain numbers."""
-    if not unit.is_quantity(quantity):
-        raise TypeError(f"{name} must be an openmm.unit Quantity with length units (e.g. * unit.nanometer), "
-                        f"got plain {type(quantity).__name__}")
-    if not quantity.unit.is_compatible(unit.nanometer):
-        raise TypeError(f"{name} must have length units, got {quantity.unit}")
-    value = quantity.value_in_unit(unit.nanometer)
+#: XML element types whose deserialization runs Python code (the PythonForce's function is a pickle).
+_UNSAFE_TYPES = ("PythonForce",)
+
+
+def check_safe_xml(text: str, source: str, expected_root: str) -> None:
+    """Refuse, before OpenMM deserializes it, an XML file that would run code or is not what it claims to be.
+
+    ``XmlSerializer.deserialize`` unpickles the function of every ``PythonForce`` (arbitrary code). The XML is
+    parsed here with the standard library (character references decoded, as OpenMM's parser does), every
+    element's ``type`` is checked, and DTDs/entities (never written by OpenMM) are refused.
+    """
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise ValueError(f"{source}: DTDs and entities are not allowed in an OpenMM XML file")
     try:
-        return np.array([[float(c) for c in row] for row in value], dtype=np.float64)
-    except TypeError as error:
-        raise ValueError(f"{name} must be a sequence of 3-vectors: {error}") from None
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as err:
+        raise ValueError(f"{source} is not valid XML: {err}") from None
+    if root.tag != expected_root:
+        raise ValueError(f"{source} holds an OpenMM {root.tag}, not a {expected_root}")
+    for element in root.iter():
+        kind = element.get("type", "")
+        if kind in _UNSAFE_TYPES or "function" in element.attrib:
+            raise ValueError(f"{source} contains a {kind or element.tag} (a pickled Python function, which would run "
+                             "code when loaded); refusing to load it")
 
 
 def _jsonable(value: Any) -> Any:
@@ -82,7 +99,7 @@ class BuiltSystem:
             raise TypeError(f"topology must be an openmm.app.Topology, got {type(self.topology).__name__}")
         if not isinstance(self.system, mm.System):
             raise TypeError(f"system must be an openmm.System, got {type(self.system).__name__}")
-        xyz = _as_nm_array(self.positions, "positions")
+        xyz = strip_units(self.positions, unit.nanometer, "positions", require_units=True)
         n_atoms, n_particles = self.topology.getNumAtoms(), self.system.getNumParticles()
         if xyz.ndim != 2 or xyz.shape[1] != 3:
             raise ValueError(f"positions must have shape (n_atoms, 3), got {xyz.shape}")
@@ -93,7 +110,7 @@ class BuiltSystem:
             raise ValueError("positions contain NaN or infinite values")
         self.positions = unit.Quantity(xyz, unit.nanometer)
         if self.box_vectors is not None:
-            box = _as_nm_array(self.box_vectors, "box_vectors")
+            box = strip_units(self.box_vectors, unit.nanometer, "box_vectors", require_units=True)
             if box.shape != (3, 3) or not np.all(np.isfinite(box)) or np.linalg.det(box) <= 0:
                 raise ValueError("box_vectors must be three finite, right-handed 3-vectors with positive volume")
             self.box_vectors = unit.Quantity(box, unit.nanometer)
@@ -158,33 +175,68 @@ class BuiltSystem:
         ctx = self.context(platform=platform)
         return ctx.getState(getEnergy=True).getPotentialEnergy()
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what makes a run of this model: its System XML, topology, start positions, box, temperature.
+
+        Used to refuse continuing a reference run with another system (e.g. after ``cgml build --overwrite``).
+        """
+        digest = hashlib.sha256()
+        system_xml = mm.XmlSerializer.serialize(self.system)
+        digest.update(system_xml.split("\n", 2)[-1].encode())  # skip the header naming the OpenMM version
+        for atom in self.topology.atoms():
+            element = atom.element.symbol if atom.element is not None else ""
+            digest.update(f"{atom.residue.name}:{atom.name}:{element};".encode())
+        for bond in self.topology.bonds():
+            digest.update(f"{bond[0].index}-{bond[1].index};".encode())
+        digest.update(np.ascontiguousarray(self.positions.value_in_unit(unit.nanometer), np.float64).tobytes())
+        if self.box_vectors is not None:
+            digest.update(np.ascontiguousarray(self.box_vectors.value_in_unit(unit.nanometer), np.float64).tobytes())
+        digest.update(repr(float(self.temperature.value_in_unit(unit.kelvin))).encode())
+        return digest.hexdigest()
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
         """Write system.xml, topology.pdb (with CONECT bonds), state.xml (exact positions/box), metadata.json.
 
-        Refuses, writing nothing, if ``directory`` exists and is not empty unless ``overwrite=True``.
-        Returns the directory path.
+        Refuses, writing nothing, if ``directory`` exists and is not empty unless ``overwrite=True``. The files
+        are written to a new directory next to it that then takes its place, so a failure leaves the old
+        directory as it was, and ``overwrite=True`` replaces the *whole* directory: a reference run saved in it
+        (``reference/``) goes with the old system instead of being continued with the new one. To protect
+        unrelated data, ``overwrite`` only replaces a directory written by :meth:`save` or one without
+        subdirectories. Returns the directory path.
         """
         directory = os.fspath(directory)
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise ValueError(f"{directory} exists and is not a directory")
-        if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        occupied = os.path.isdir(directory) and bool(os.listdir(directory))
+        if occupied and not overwrite:
             raise ValueError(f"{directory} is not empty; pass overwrite=True or choose a new directory")
+        if occupied and not os.path.isfile(os.path.join(directory, "metadata.json")) and any(
+                os.path.isdir(os.path.join(directory, name)) for name in os.listdir(directory)):
+            raise ValueError(f"{directory} holds subdirectories but no saved system; refusing to overwrite it")
         # Serialise everything before touching the disk so an error leaves nothing half-written.
         system_xml = mm.XmlSerializer.serialize(self.system)
         state_xml = mm.XmlSerializer.serialize(self._state())
         meta = _jsonable(dict(self.metadata))
         meta.update({"format_version": FORMAT_VERSION, "temperature_K": self.temperature.value_in_unit(unit.kelvin)})
         meta_json = json.dumps(meta, indent=2, sort_keys=True)
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "system.xml"), "w") as handle:
-            handle.write(system_xml)
-        with open(os.path.join(directory, "state.xml"), "w") as handle:
-            handle.write(state_xml)
-        with open(os.path.join(directory, "topology.pdb"), "w") as handle:
-            app.PDBFile.writeFile(self.topology, self.positions, handle, keepIds=False)
-        with open(os.path.join(directory, "metadata.json"), "w") as handle:
-            handle.write(meta_json + "\n")
+        parent = os.path.dirname(os.path.abspath(directory))
+        os.makedirs(parent, exist_ok=True)
+        staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(directory))}.saving-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        try:
+            with open(os.path.join(staging, "system.xml"), "w") as handle:
+                handle.write(system_xml)
+            with open(os.path.join(staging, "state.xml"), "w") as handle:
+                handle.write(state_xml)
+            with open(os.path.join(staging, "topology.pdb"), "w") as handle:
+                app.PDBFile.writeFile(self.topology, self.positions, handle, keepIds=False)
+            with open(os.path.join(staging, "metadata.json"), "w") as handle:
+                handle.write(meta_json + "\n")
+            _swap_in(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     def _state(self) -> mm.State:
@@ -208,15 +260,32 @@ class BuiltSystem:
         missing = [name for name in _FILES if not os.path.isfile(os.path.join(directory, name))]
         if missing:
             raise ValueError(f"{directory} is not a saved BuiltSystem (missing {', '.join(missing)})")
-        with open(os.path.join(directory, "metadata.json")) as handle:
-            meta = json.load(handle)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: unsupported format_version {meta.get('format_version')}")
+        try:
+            with open(os.path.join(directory, "metadata.json")) as handle:
+                meta = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{directory}/metadata.json is not valid JSON ({err.msg})") from None
+        if not isinstance(meta, dict) or "temperature_K" not in meta or meta.get("format_version") != FORMAT_VERSION:
+            found = meta.get("format_version") if isinstance(meta, dict) else None
+            raise ValueError(f"{directory}/metadata.json: not a saved system of format_version {FORMAT_VERSION} "
+                             f"(format_version {found})")
         with open(os.path.join(directory, "system.xml")) as handle:
-            system = mm.XmlSerializer.deserialize(handle.read())
+            system_xml = handle.read()
         with open(os.path.join(directory, "state.xml")) as handle:
-            state = mm.XmlSerializer.deserialize(handle.read())
-        topology = app.PDBFile(os.path.join(directory, "topology.pdb")).topology
+            state_xml = handle.read()
+        # Checked before OpenMM sees them: deserializing a PythonForce would already run code.
+        check_safe_xml(system_xml, os.path.join(directory, "system.xml"), "System")
+        check_safe_xml(state_xml, os.path.join(directory, "state.xml"), "State")
+        try:
+            system = mm.XmlSerializer.deserialize(system_xml)
+            state = mm.XmlSerializer.deserialize(state_xml)
+        except Exception as err:
+            raise ValueError(f"{directory}: system.xml or state.xml is not a readable OpenMM file "
+                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        try:
+            topology = app.PDBFile(os.path.join(directory, "topology.pdb")).topology
+        except Exception as err:
+            raise ValueError(f"{directory}/topology.pdb is not a readable PDB file ({err})") from None
         if topology.getNumAtoms() != system.getNumParticles():
             raise ValueError(f"{directory}/topology.pdb has {topology.getNumAtoms()} atoms but system.xml has "
                              f"{system.getNumParticles()} particles (duplicate atom names in a residue?)")
@@ -225,3 +294,22 @@ class BuiltSystem:
         temperature = meta.pop("temperature_K") * unit.kelvin
         meta.pop("format_version")
         return cls(topology, system, positions, box, temperature, meta)
+
+
+def _swap_in(staging: str, directory: str) -> None:
+    """Make the complete directory ``staging`` become ``directory``, removing what ``directory`` held."""
+    if not os.path.exists(directory):
+        os.rename(staging, directory)
+        return
+    old = staging + ".old"
+    try:
+        os.rename(directory, old)
+    except OSError:  # e.g. a mount point or the current directory of another process: replace the contents
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        return
+    os.rename(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)

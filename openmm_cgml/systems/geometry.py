@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..pbc import minimum_image, remove_centroid
+
 
 def place_atom(a: np.ndarray, b: np.ndarray, c: np.ndarray, bond: float, angle_deg: float,
                torsion_deg: float) -> np.ndarray:
@@ -58,9 +60,7 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def minimum_image_distances(points: np.ndarray, others: np.ndarray, box_length: float | None) -> np.ndarray:
     """Pairwise distances (len(points), len(others)) in a cubic box of side ``box_length`` (None: no PBC)."""
-    delta = points[:, None, :] - others[None, :, :]
-    if box_length is not None:
-        delta -= box_length * np.round(delta / box_length)
+    delta = minimum_image(points[:, None, :] - others[None, :, :], box_length)
     return np.sqrt((delta * delta).sum(-1))
 
 
@@ -72,7 +72,7 @@ def pack_molecules(templates: list[np.ndarray], box_length: float, rng: np.rando
     placed: list[np.ndarray] = []
     occupied = np.zeros((0, 3))
     for index, template in enumerate(templates):
-        centred = template - template.mean(axis=0)
+        centred = remove_centroid(template)
         for _ in range(max_tries):
             trial = centred @ random_rotation(rng).T + rng.uniform(0.0, box_length, size=3)
             if len(occupied) == 0 or minimum_image_distances(trial, occupied, box_length).min() >= min_distance:

@@ -12,7 +12,7 @@ moves Lennard-Jones into a CustomNonbondedForce (same cutoff and dispersion corr
 Coulomb/PME and the 1-4 exceptions, whose sigma becomes the geometric mean).
 Measured effect on the 400 K density (small box: 4 x CH3O(CH2CH2O)6CH3 + 2 LiTFSI, 270 atoms, seed 0, same
 build schedule, then NPT at 1 bar, density averaged over the second half) is measured by
-``python benchmarks/allatom_throughput.py --mixing-density`` and written to benchmarks/results/mixing_density.json.
+``python -m benchmarks.allatom_throughput --mixing-density`` and written to benchmarks/results/mixing_density.json.
 Measured (40 ps build + 100 ps NPT, 1 thread): Lorentz-Berthelot 1.114 +- 0.025 g/cm^3, geometric 1.119 +- 0.031
 g/cm^3 (+0.5 %, inside the fluctuation), while the geometric run took 2.2x as long.
 """
@@ -248,6 +248,11 @@ def peo_litfsi_system(topology: app.Topology, charge_scale: float = 0.8, mixing:
 
 
 # ---------------------------------------------------------------------------------------------- builder
+#: Target densities (g/cm^3) of the packed start box and of the melt that sets the cutoff.
+PACKING_DENSITY = 0.15
+MELT_DENSITY = 1.25
+
+
 def _platform(platform):
     if platform is None or isinstance(platform, mm.Platform):
         return platform
@@ -270,6 +275,120 @@ def _density(system: mm.System, box: np.ndarray) -> float:
     return mass * AMU_PER_NM3_IN_G_PER_CM3 / float(np.linalg.det(box))
 
 
+def _check_build_args(n_chains, eo_per_chain, n_salt, temperature, mixing, equilibration_ps,
+                      compression_pressure) -> float:
+    """Validate :func:`build_peo_litfsi`'s arguments; returns the temperature in K."""
+    for name, value, low in (("n_chains", n_chains, 1), ("eo_per_chain", eo_per_chain, 1), ("n_salt", n_salt, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    kelvin = _kelvin(temperature)
+    if mixing not in MIXING_RULES:
+        raise ValueError(f"mixing must be one of {MIXING_RULES}, got {mixing!r}")
+    if not (isinstance(equilibration_ps, (int, float)) and equilibration_ps >= 0):
+        raise ValueError(f"equilibration_ps must be a number >= 0, got {equilibration_ps!r}")
+    if not unit.is_quantity(compression_pressure) or not compression_pressure.unit.is_compatible(unit.bar):
+        raise TypeError("compression_pressure must be an openmm.unit Quantity in pressure units (e.g. * unit.bar)")
+    return kelvin
+
+
+def _pack_loose_box(topology: app.Topology, templates: list, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Pack the molecules at random into a loose cubic box and set it on ``topology``.
+
+    The box edge gives ``PACKING_DENSITY`` but is at least one all-trans chain length (+0.6 nm) so that packing
+    never fails; the cutoff is min(0.9 nm, 0.45 x the edge at ``MELT_DENSITY``), so that it still fits (under half
+    the edge) once the barostat has compressed the box. Returns positions (nm), box matrix (nm) and cutoff (nm).
+    """
+    chain_xyz = templates[0]
+    mass = sum(atom.element.mass.value_in_unit(unit.dalton) for atom in topology.atoms())
+    extent = np.linalg.norm(chain_xyz.max(axis=0) - chain_xyz.min(axis=0))
+    loose_edge = max((mass * AMU_PER_NM3_IN_G_PER_CM3 / PACKING_DENSITY) ** (1 / 3), extent + 0.6)
+    dense_edge = (mass * AMU_PER_NM3_IN_G_PER_CM3 / MELT_DENSITY) ** (1 / 3)
+    cutoff = min(0.9, 0.45 * dense_edge)
+    xyz = np.vstack(pack_molecules(templates, loose_edge, rng, min_distance=0.25))
+    box = np.eye(3) * loose_edge
+    topology.setPeriodicBoxVectors([mm.Vec3(*row) for row in box] * unit.nanometer)
+    return xyz, box, cutoff
+
+
+def _compression_context(system: mm.System, kelvin: float, compression_pressure: unit.Quantity, seed: int,
+                         platform: mm.Platform | None) -> tuple[mm.Context, mm.LangevinMiddleIntegrator,
+                                                                mm.MonteCarloBarostat]:
+    """Add the compression barostat (the System's last force) and make a 1 fs Langevin context for it."""
+    # Frequent volume moves during compression: the barostat's adaptive step then grows fast from a loose box.
+    barostat = mm.MonteCarloBarostat(compression_pressure, kelvin * unit.kelvin, 5)
+    barostat.setRandomNumberSeed(int(seed) + 1)
+    system.addForce(barostat)
+    integrator = mm.LangevinMiddleIntegrator(kelvin * unit.kelvin, 1.0 / unit.picosecond, 0.001 * unit.picosecond)
+    integrator.setRandomNumberSeed(int(seed) + 2)
+    context = mm.Context(system, integrator) if platform is None else mm.Context(system, integrator, platform)
+    return context, integrator, barostat
+
+
+def _minimise(context: mm.Context, xyz: np.ndarray, box: np.ndarray, kelvin: float, seed: int, report) -> None:
+    """Set the packed positions and box, minimise (tolerance 10 kJ/mol/nm, 2000 iterations), draw velocities."""
+    context.setPeriodicBoxVectors(*[mm.Vec3(*row) for row in box])
+    context.setPositions(xyz * unit.nanometer)
+    mm.LocalEnergyMinimizer.minimize(context, 10.0, 2000)
+    report(f"minimised: {context.getState(getEnergy=True).getPotentialEnergy()}")
+    context.setVelocitiesToTemperature(kelvin * unit.kelvin, int(seed) + 3)
+
+
+def _equilibrate(context: mm.Context, integrator: mm.Integrator, barostat: mm.MonteCarloBarostat,
+                 system: mm.System, total_ps: float, report) -> None:
+    """Compression (50 %, the first <= 2 ps at 1 fs, then 2 fs), NPT at 1 bar (30 %), NVT (20 %), in place.
+
+    The barostat, ``system``'s last force, is removed for the NVT stage (also when ``total_ps`` is 0), so
+    ``system`` comes back without it.
+    """
+    def run(ps: float, label: str) -> None:
+        dt = integrator.getStepSize().value_in_unit(unit.picosecond)
+        integrator.step(int(round(ps / dt)))
+        state = context.getState(getEnergy=True)
+        box_now = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        report(f"{label}: {ps:.1f} ps, density {_density(system, box_now):.3f} g/cm3, "
+               f"E_pot {state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole):.0f} kJ/mol")
+
+    if total_ps <= 0:
+        system.removeForce(system.getNumForces() - 1)
+        return
+    warm = min(2.0, 0.5 * total_ps)
+    run(warm, "warm-up 1 fs, compression")
+    integrator.setStepSize(0.002 * unit.picosecond)
+    run(max(0.5 * total_ps - warm, 0.0), "compression")
+    context.setParameter(mm.MonteCarloBarostat.Pressure(), 1.0)
+    barostat.setFrequency(25)
+    context.reinitialize(preserveState=True)
+    run(0.3 * total_ps, "NPT 1 bar")
+    # NVT: drop the barostat (the last force) and keep positions, velocities and the current box.
+    system.removeForce(system.getNumForces() - 1)
+    context.reinitialize(preserveState=True)
+    run(0.2 * total_ps, "NVT")
+
+
+def _final_state(context: mm.Context) -> tuple[np.ndarray, np.ndarray]:
+    """Unwrapped positions (nm) and box matrix (nm) of ``context``."""
+    state = context.getState(getPositions=True, enforcePeriodicBox=False)
+    box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+    return state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), box
+
+
+def _build_metadata(n_chains, eo_per_chain, n_salt, kelvin: float, charge_scale, mixing: str, seed,
+                    total_ps: float, compression_pressure: unit.Quantity, density: float, cutoff: float,
+                    seconds: float) -> dict:
+    """The JSON-serialisable ``BuiltSystem.metadata`` of a :func:`build_peo_litfsi` run."""
+    return {
+        "builder": "build_peo_litfsi",
+        "args": {"n_chains": int(n_chains), "eo_per_chain": int(eo_per_chain), "n_salt": int(n_salt),
+                 "temperature_K": kelvin, "charge_scale": float(charge_scale), "mixing": mixing, "seed": int(seed),
+                 "equilibration_ps": total_ps,
+                 "compression_pressure_bar": float(compression_pressure.value_in_unit(unit.bar))},
+        "ff": "openmm_cgml/systems/data/peo_litfsi.xml (CL&P il.ff, OPLS-AA; MIT licence)",
+        "mixing": mixing, "charge_scale": float(charge_scale), "density_g_cm3": density, "seed": int(seed),
+        "cutoff_nm": cutoff, "timestep_ps": 0.002, "constraints": "HBonds", "build_seconds": seconds,
+    }
+
+
 def build_peo_litfsi(n_chains: int = 6, eo_per_chain: int = 8, n_salt: int = 3,
                      temperature: unit.Quantity = 400 * unit.kelvin, charge_scale: float = 0.8,
                      mixing: str = "lorentz-berthelot", seed: int = 0, equilibration_ps: float = 60.0,
@@ -285,82 +404,30 @@ def build_peo_litfsi(n_chains: int = 6, eo_per_chain: int = 8, n_salt: int = 3,
     (about 0.15 g/cm^3, at least one chain length wide); energy minimisation; NPT compression at
     ``compression_pressure`` (half of ``equilibration_ps``); NPT at 1 bar (30 %); NVT (20 %). Langevin middle
     integrator, 2 fs (1 fs for the first 2 ps), friction 1/ps, HBonds constraints, PME with
-    cutoff = min(0.9 nm, 0.45 x the box edge at 1.25 g/cm^3), MonteCarloBarostat every 5 steps (compression) / 25 steps (1 bar).
+    cutoff = min(0.9 nm, 0.45 x the box edge at 1.25 g/cm^3), MonteCarloBarostat every 5 steps (compression) /
+    25 steps (1 bar).
     The final box and positions come from the end of the NVT stage; ``metadata["density_g_cm3"]`` holds the
     density and ``metadata["build_seconds"]`` the wall time.
     """
-    for name, value, low in (("n_chains", n_chains, 1), ("eo_per_chain", eo_per_chain, 1), ("n_salt", n_salt, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    kelvin = _kelvin(temperature)
-    if mixing not in MIXING_RULES:
-        raise ValueError(f"mixing must be one of {MIXING_RULES}, got {mixing!r}")
-    if not (isinstance(equilibration_ps, (int, float)) and equilibration_ps >= 0):
-        raise ValueError(f"equilibration_ps must be a number >= 0, got {equilibration_ps!r}")
-    if not unit.is_quantity(compression_pressure) or not compression_pressure.unit.is_compatible(unit.bar):
-        raise TypeError("compression_pressure must be an openmm.unit Quantity in pressure units (e.g. * unit.bar)")
+    kelvin = _check_build_args(n_chains, eo_per_chain, n_salt, temperature, mixing, equilibration_ps,
+                               compression_pressure)
     platform = _platform(platform)
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
 
     def report(message: str) -> None:
         if progress:
             print(f"[build_peo_litfsi {time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     topology, templates = _topology_and_templates(int(n_chains), int(eo_per_chain), int(n_salt))
-    chain_xyz = templates[0]
-    mass = sum(atom.element.mass.value_in_unit(unit.dalton) for atom in topology.atoms())
-    extent = np.linalg.norm(chain_xyz.max(axis=0) - chain_xyz.min(axis=0))
-    loose_edge = max((mass * AMU_PER_NM3_IN_G_PER_CM3 / 0.15) ** (1 / 3), extent + 0.6)
-    dense_edge = (mass * AMU_PER_NM3_IN_G_PER_CM3 / 1.25) ** (1 / 3)
-    cutoff = min(0.9, 0.45 * dense_edge)
-    xyz = np.vstack(pack_molecules(templates, loose_edge, rng, min_distance=0.25))
-    box = np.eye(3) * loose_edge
-    topology.setPeriodicBoxVectors([mm.Vec3(*row) for row in box] * unit.nanometer)
-    report(f"packed {topology.getNumAtoms()} atoms in a {loose_edge:.2f} nm box; cutoff {cutoff:.3f} nm")
+    xyz, box, cutoff = _pack_loose_box(topology, templates, np.random.default_rng(seed))
+    report(f"packed {topology.getNumAtoms()} atoms in a {box[0, 0]:.2f} nm box; cutoff {cutoff:.3f} nm")
 
     system = peo_litfsi_system(topology, charge_scale=charge_scale, mixing=mixing, cutoff=cutoff * unit.nanometer)
-    # Frequent volume moves during compression: the barostat's adaptive step then grows fast from a loose box.
-    barostat = mm.MonteCarloBarostat(compression_pressure, kelvin * unit.kelvin, 5)
-    barostat.setRandomNumberSeed(int(seed) + 1)
-    system.addForce(barostat)
-    integrator = mm.LangevinMiddleIntegrator(kelvin * unit.kelvin, 1.0 / unit.picosecond, 0.001 * unit.picosecond)
-    integrator.setRandomNumberSeed(int(seed) + 2)
-    context = mm.Context(system, integrator) if platform is None else mm.Context(system, integrator, platform)
-    context.setPeriodicBoxVectors(*[mm.Vec3(*row) for row in box])
-    context.setPositions(xyz * unit.nanometer)
-    mm.LocalEnergyMinimizer.minimize(context, 10.0, 2000)
-    report(f"minimised: {context.getState(getEnergy=True).getPotentialEnergy()}")
-    context.setVelocitiesToTemperature(kelvin * unit.kelvin, int(seed) + 3)
-
-    def run(ps: float, label: str) -> None:
-        dt = integrator.getStepSize().value_in_unit(unit.picosecond)
-        steps = int(round(ps / dt))
-        integrator.step(steps)
-        state = context.getState(getEnergy=True)
-        box_now = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-        report(f"{label}: {ps:.1f} ps, density {_density(system, box_now):.3f} g/cm3, "
-               f"E_pot {state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole):.0f} kJ/mol")
-
+    context, integrator, barostat = _compression_context(system, kelvin, compression_pressure, seed, platform)
+    _minimise(context, xyz, box, kelvin, seed, report)
     total = float(equilibration_ps)
-    if total > 0:
-        warm = min(2.0, 0.5 * total)
-        run(warm, "warm-up 1 fs, compression")
-        integrator.setStepSize(0.002 * unit.picosecond)
-        run(max(0.5 * total - warm, 0.0), "compression")
-        context.setParameter(mm.MonteCarloBarostat.Pressure(), 1.0)
-        barostat.setFrequency(25)
-        context.reinitialize(preserveState=True)
-        run(0.3 * total, "NPT 1 bar")
-        # NVT: drop the barostat (the last force) and keep positions, velocities and the current box.
-        system.removeForce(system.getNumForces() - 1)
-        context.reinitialize(preserveState=True)
-        run(0.2 * total, "NVT")
-    else:
-        system.removeForce(system.getNumForces() - 1)
-    state = context.getState(getPositions=True, enforcePeriodicBox=False)
-    box_final = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-    positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    _equilibrate(context, integrator, barostat, system, total, report)
+    positions, box_final = _final_state(context)
     del context, integrator
 
     # The returned System has no barostat: NVT at the equilibrated box; the user adds one for NPT.
@@ -368,15 +435,7 @@ def build_peo_litfsi(n_chains: int = 6, eo_per_chain: int = 8, n_salt: int = 3,
     density = _density(system, box_final)
     seconds = time.perf_counter() - start
     report(f"done: {topology.getNumAtoms()} atoms, density {density:.3f} g/cm3, {seconds:.0f} s")
-    metadata = {
-        "builder": "build_peo_litfsi",
-        "args": {"n_chains": int(n_chains), "eo_per_chain": int(eo_per_chain), "n_salt": int(n_salt),
-                 "temperature_K": kelvin, "charge_scale": float(charge_scale), "mixing": mixing, "seed": int(seed),
-                 "equilibration_ps": total,
-                 "compression_pressure_bar": float(compression_pressure.value_in_unit(unit.bar))},
-        "ff": "openmm_cgml/systems/data/peo_litfsi.xml (CL&P il.ff, OPLS-AA; MIT licence)",
-        "mixing": mixing, "charge_scale": float(charge_scale), "density_g_cm3": density, "seed": int(seed),
-        "cutoff_nm": cutoff, "timestep_ps": 0.002, "constraints": "HBonds", "build_seconds": seconds,
-    }
+    metadata = _build_metadata(n_chains, eo_per_chain, n_salt, kelvin, charge_scale, mixing, seed, total,
+                               compression_pressure, density, cutoff, seconds)
     return BuiltSystem(topology, system, positions * unit.nanometer, box_final * unit.nanometer,
                        kelvin * unit.kelvin, metadata)

@@ -1,31 +1,34 @@
 """Training DiG by denoising score matching on CG frames, with checkpoints and exact resume.
 
-An output directory holds ``config.yaml`` (the training configuration), ``checkpoint.pt`` (model, EMA, optimiser
-and RNG state; loaded with ``weights_only=True``) and, at the end, the model written by
+The loss of a batch (:class:`DSMObjective`) plugs into the one training loop
+(:class:`~openmm_cgml.training.loop.TrainingLoop`): an output directory holds ``config.yaml`` (the training
+configuration), ``training_data.json`` (a fingerprint of the frames), ``checkpoint.pt`` (model, EMA, optimiser and
+RNG state; loaded with ``weights_only=True``) and, at the end, the model written by
 ``nn.io.save_model_dir(kind="cgml-dig")``. :func:`load_dig` reads it back.
 """
-import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import yaml
 
 from ..nn.dig_model import Descriptor, DiGScoreModel
+from ..pbc import remove_centroid, wrap
 from ..nn.io import load_model_dir, save_model_dir
-from ..nn.sde import VPSDE
+from ..nn.sde import SCHEDULES, VPSDE
+from .loop import OptimConfig, TrainingLoop, array_digest, prepare_run_dir
+from .schema import check
 
 MODEL_KIND = "cgml-dig"
-CHECKPOINT = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
-class DiGConfig:
-    """Hyper-parameters of a DiG model and its training (lengths in nm)."""
+class DiGConfig(OptimConfig):
+    """Hyper-parameters of a DiG model and its training (lengths in nm); the optimisation fields are those of
+    :class:`~openmm_cgml.training.loop.OptimConfig` (``batch_size`` counts frames)."""
+
+    config_label = "DiG"
 
     # network
     hidden: int = 64
@@ -44,38 +47,28 @@ class DiGConfig:
     beta_max: float = 20.0
     n_steps: int = 500
     t_min: float = 1e-3
-    # optimisation
+    # optimisation (defaults that differ from OptimConfig's)
     batch_size: int = 32
-    n_iterations: int = 5000
-    lr: float = 1e-3
-    lr_final: float = 1e-4  # cosine decay from lr to lr_final
-    grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables the exponential moving average of the weights
     checkpoint_every: int = 500
-    seed: int = 0
     # data
     stride: int = 1  # use every stride-th frame
     max_frames: Optional[int] = None  # per dataset, after striding
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "DiGConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown DiG config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str) -> "DiGConfig":
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of DiG config keys")
-        return cls.from_dict(values)
-
-    def to_yaml(self, path: str):
-        with open(path, "w") as f:
-            yaml.safe_dump(dataclasses.asdict(self), f, sort_keys=False)
+    def validate(self):
+        super().validate()
+        sizes = ("hidden", "n_layers", "heads", "n_rbf", "n_time", "embed_dim", "n_steps", "stride")
+        small = [name for name in sizes if getattr(self, name) < 1]
+        check(not small, f"{', '.join(small)} must be >= 1")
+        check(self.hidden % self.heads == 0, f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        check(self.time_max_freq > 0, f"time_max_freq must be > 0, got {self.time_max_freq}")
+        check(self.cutoff is None or self.cutoff > 0, f"cutoff must be > 0 nm or null, got {self.cutoff}")
+        check(self.length_scale is None or self.length_scale > 0,
+              f"length_scale must be > 0 nm or null, got {self.length_scale}")
+        check(self.schedule in SCHEDULES, f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        check(0 < self.beta_min < self.beta_max, f"need 0 < beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        check(0 < self.t_min < 1, f"t_min must be in (0, 1), got {self.t_min}")
+        check(self.max_frames is None or self.max_frames >= 1, f"max_frames must be >= 1, got {self.max_frames}")
 
     def make_sde(self) -> VPSDE:
         return VPSDE(self.schedule, self.beta_min, self.beta_max, self.n_steps)
@@ -100,7 +93,7 @@ class FrameSet:
         if self.boxes is None and descriptor.periodic:
             self.boxes = descriptor.box.unsqueeze(0).expand(self.frames.shape[0], 3).clone()
         if self.boxes is None:
-            self.frames = self.frames - self.frames.mean(dim=1, keepdim=True)
+            self.frames = remove_centroid(self.frames)
 
     @property
     def periodic(self) -> bool:
@@ -108,7 +101,7 @@ class FrameSet:
 
     def rms_coordinate(self) -> float:
         """RMS of a centred coordinate, nm (the default length scale)."""
-        f = self.frames - self.frames.mean(dim=1, keepdim=True)
+        f = remove_centroid(self.frames)
         return float(torch.sqrt((f**2).mean()))
 
 
@@ -131,7 +124,7 @@ def denoising_loss(
     t = (t_min + (1.0 - t_min) * torch.rand(b, generator=generator)).to(device)
     eps = torch.randn(y0.shape, generator=generator).to(device)
     if boxes is None:
-        eps = eps - eps.mean(dim=1, keepdim=True)
+        eps = remove_centroid(eps)
     tt = t.view(b, 1, 1)
     y_t = sde.marginal_mean_coef(tt) * y0 + sde.marginal_std(tt) * eps
     types, bonds, batch = descriptor.batched(b)
@@ -140,136 +133,49 @@ def denoising_loss(
     return ((pred.reshape(b, n, 3) - eps) ** 2).mean()
 
 
-def cosine_lr(config, iteration: int, n_iterations: int) -> float:
-    """Learning rate at ``iteration``: cosine from config.lr to config.lr_final (a pure function, so resume is exact)."""
-    frac = min(iteration / max(n_iterations, 1), 1.0)
-    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1.0 + math.cos(math.pi * frac))
+class DSMObjective:
+    """Denoising score matching for :class:`~openmm_cgml.training.loop.TrainingLoop`: each batch is one system
+    (drawn with probability proportional to its frame count) and ``batch_size`` of its frames."""
+
+    names = ("loss",)
+
+    def __init__(self, frame_sets: Sequence["FrameSet"], sde: VPSDE, config: DiGConfig, length_scale: float, device):
+        self.frame_sets, self.sde, self.config = list(frame_sets), sde, config
+        self.length_scale, self.device = float(length_scale), torch.device(device)
+        self.weights = torch.tensor([float(fs.frames.shape[0]) for fs in self.frame_sets])
+
+    def loss(self, model: DiGScoreModel, generator: torch.Generator):
+        sets = self.frame_sets
+        k = int(torch.multinomial(self.weights, 1, generator=generator)) if len(sets) > 1 else 0
+        fs = sets[k]
+        idx = torch.randint(0, fs.frames.shape[0], (self.config.batch_size,), generator=generator)
+        y0 = fs.frames[idx].to(self.device) / self.length_scale
+        boxes = None if fs.boxes is None else fs.boxes[idx]
+        total = denoising_loss(model, self.sde, y0, fs.descriptor, generator, self.config.t_min, boxes)
+        return total, (float(total.detach()),)
 
 
-class TrainingRun:
-    """Model + EMA + optimiser + RNG with checkpointing; shared by the DSM and PIDP trainers.
-
-    ``loss_fn(model, generator) -> scalar`` is called once per iteration.
-    """
-
-    def __init__(self, model: DiGScoreModel, config, out_dir: Optional[str], device, extra: dict):
-        self.model = model.to(device)
-        self.config = config
-        self.out_dir = out_dir
-        self.device = device
-        self.extra = extra
-        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(int(config.seed))
-        self.iteration = 0
-        self.losses: List[float] = []
-
-    def checkpoint_path(self) -> Optional[str]:
-        return None if self.out_dir is None else os.path.join(self.out_dir, CHECKPOINT)
-
-    def save_checkpoint(self):
-        if self.out_dir is None:
-            return
-        state = {
-            "model": self.model.state_dict(),
-            "ema": self.ema,
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "iteration": self.iteration,
-            "losses": list(self.losses),
-        }
-        tmp = self.checkpoint_path() + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path())
-
-    def load_checkpoint(self):
-        state = torch.load(self.checkpoint_path(), map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.iteration = int(state["iteration"])
-        self.losses = [float(v) for v in state["losses"]]
-
-    def _update_ema(self):
-        decay = self.config.ema_decay
-        if decay <= 0:
-            self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            return
-        d = min(decay, (1.0 + self.iteration) / (10.0 + self.iteration))
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                if v.dtype.is_floating_point:
-                    self.ema[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
-                else:
-                    self.ema[k].copy_(v)
-
-    def run(self, loss_fn: Callable, progress: bool = True, desc: str = "DiG", callback: Optional[Callable] = None):
-        """Iterate until ``config.n_iterations``; ``callback(iteration, loss)`` runs after each step (logging,
-        early stop by raising)."""
-        n_total = int(self.config.n_iterations)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n_total, initial=self.iteration, desc=desc, unit="it")
-        self.model.train()
-        while self.iteration < n_total:
-            for group in self.optimizer.param_groups:
-                group["lr"] = cosine_lr(self.config, self.iteration, n_total)
-            loss = loss_fn(self.model, self.generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"DiG loss became {float(loss)} at iteration {self.iteration}; lower lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-            self.iteration += 1
-            self._update_ema()
-            value = float(loss.detach())
-            self.losses.append(value)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
-            if self.config.checkpoint_every and self.iteration % int(self.config.checkpoint_every) == 0:
-                self.save_checkpoint()
-            if callback is not None:
-                callback(self.iteration, value)
-        if bar is not None:
-            bar.close()
-        self.model.eval()
-
-    def final_model(self) -> DiGScoreModel:
-        """The model with the EMA weights loaded."""
-        self.model.load_state_dict(self.ema)
-        return self.model.eval()
-
-    def save_model(self, sde: VPSDE, type_names: Optional[Sequence[str]]):
-        if self.out_dir is None:
-            return
-        config = {"model": self.model.config(), "sde": sde.config()}
-        extra = dict(self.extra)
-        extra.update({"type_names": list(type_names) if type_names is not None else None,
-                      "training": dataclasses.asdict(self.config), "iterations": self.iteration,
-                      "final_loss": self.losses[-1] if self.losses else None})
-        save_model_dir(self.out_dir, MODEL_KIND, config, self.ema, extra, overwrite=True)
+def save_dig_model(loop: TrainingLoop, sde: VPSDE, type_names: Optional[Sequence[str]], extra: dict):
+    """Write the trained (EMA) DiG model of ``loop`` into its run directory (no-op without one)."""
+    if loop.out_dir is None:
+        return
+    config = {"model": loop.model.config(), "sde": sde.config()}
+    extra = dict(extra)
+    extra.update({"type_names": list(type_names) if type_names is not None else None,
+                  "training": loop.config.to_dict(), "iterations": loop.iteration,
+                  "final_loss": loop.losses[-1][0] if loop.losses else None})
+    save_model_dir(loop.out_dir, MODEL_KIND, config, loop.final_state_dict(), extra, overwrite=True)
 
 
-def prepare_out_dir(out_dir: Optional[str], config, resume: bool):
-    """Create ``out_dir`` (or check it for resuming) and write config.yaml; returns whether a checkpoint exists."""
-    if out_dir is None:
-        return False
-    ckpt = os.path.join(out_dir, CHECKPOINT)
-    if (os.path.exists(ckpt) or os.path.exists(os.path.join(out_dir, "cgml_model.json"))) and not resume:
-        raise ValueError(f"{out_dir} already holds a training run; pass resume=True or choose another directory")
-    if resume and os.path.exists(os.path.join(out_dir, CONFIG_FILE)):
-        saved = type(config).from_yaml(os.path.join(out_dir, CONFIG_FILE))
-        if dataclasses.asdict(saved) != dataclasses.asdict(config):
-            raise ValueError(f"config differs from the one saved in {out_dir}; resume with the same config")
-    os.makedirs(out_dir, exist_ok=True)
-    config.to_yaml(os.path.join(out_dir, CONFIG_FILE))
-    return os.path.exists(ckpt)
+def frames_fingerprint(frame_sets: Sequence["FrameSet"]) -> dict:
+    """What identifies the training frames of a run: per system its frame and bead counts, bead types, and a
+    hash of its first and last frames."""
+    return {
+        "n_frames": [int(fs.frames.shape[0]) for fs in frame_sets],
+        "n_beads": [int(fs.frames.shape[1]) for fs in frame_sets],
+        "bead_types": [fs.descriptor.bead_types.tolist() for fs in frame_sets],
+        "frames_sha256": [array_digest(fs.frames[0].numpy(), fs.frames[-1].numpy()) for fs in frame_sets],
+    }
 
 
 def descriptor_to_dict(descriptor: Descriptor) -> dict:
@@ -301,7 +207,7 @@ def fit_dig(
     continues a checkpointed run exactly (same weights as an uninterrupted run); the final model is saved there.
     ``callback(iteration, loss)`` is called after every iteration.
     """
-    config = config or DiGConfig()
+    config = DiGConfig.coerce(config)
     if not frame_sets:
         raise ValueError("fit_dig needs at least one frame set")
     device = torch.device(device)
@@ -314,27 +220,17 @@ def fit_dig(
     with torch.random.fork_rng(devices=[]):  # seeded weight initialisation without touching the global RNG
         torch.manual_seed(int(config.seed))
         model = config.make_model(n_types, length)
-    has_ckpt = prepare_out_dir(out_dir, config, resume)
+    has_ckpt = prepare_run_dir(out_dir, config, resume, frames_fingerprint(frame_sets))
     extra = dict(extra or {})
     extra.setdefault("systems", [descriptor_to_dict(fs.descriptor) for fs in frame_sets])
-    run = TrainingRun(model, config, out_dir, device, extra)
-    if resume and has_ckpt:
-        run.load_checkpoint()
-    weights = torch.tensor([float(fs.frames.shape[0]) for fs in frame_sets])
-
-    def loss_fn(model, gen):
-        k = int(torch.multinomial(weights, 1, generator=gen)) if len(frame_sets) > 1 else 0
-        fs = frame_sets[k]
-        idx = torch.randint(0, fs.frames.shape[0], (config.batch_size,), generator=gen)
-        y0 = fs.frames[idx].to(device) / length
-        boxes = None if fs.boxes is None else fs.boxes[idx]
-        return denoising_loss(model, sde, y0, fs.descriptor, gen, config.t_min, boxes)
-
-    run.run(loss_fn, progress, "DiG DSM", callback)
-    run.save_checkpoint()
-    model = run.final_model()
-    run.save_model(sde, type_names)
-    return model, sde
+    loop = TrainingLoop(model, config, DSMObjective(frame_sets, sde, config, length, device), out_dir, device,
+                        desc="DiG DSM")
+    loop.run(resume=has_ckpt, progress=progress,
+             callback=None if callback is None else (lambda i, terms: callback(i, terms[0])))
+    save_dig_model(loop, sde, type_names, extra)
+    model = loop.model
+    model.load_state_dict(loop.final_state_dict())
+    return model.eval(), sde
 
 
 MAPPING_KEYS = ("atoms_per_bead", "single_bead_residues", "whole_residues")
@@ -380,22 +276,10 @@ def frame_sets_from_datasets(dataset_paths: Sequence[str], config: DiGConfig):
             desc = Descriptor(types, np.asarray(bm.bonds, dtype=np.int64).reshape(-1, 2),
                               None if boxes is None else boxes[0])
             if boxes is not None:
-                frames = frames - boxes[:, None, :] * np.floor(frames / boxes[:, None, :])  # wrap into the box
+                frames = wrap(frames, boxes[:, None, :])
             sets.append(FrameSet(frames, desc, boxes))
             beadmaps.append(bm)
     return sets, vocab, beadmaps, mapping
-
-
-def _as_config(config) -> "DiGConfig":
-    if isinstance(config, (str, os.PathLike)):
-        return DiGConfig.from_yaml(str(config))
-    if isinstance(config, dict):
-        return DiGConfig.from_dict(config)
-    if config is None:
-        return DiGConfig()
-    if not isinstance(config, DiGConfig):
-        raise TypeError("config must be a DiGConfig, a dict of its fields or a YAML file path")
-    return config
 
 
 def train_dig(
@@ -405,20 +289,26 @@ def train_dig(
     device: Union[str, torch.device] = "cpu",
     resume: bool = False,
     progress: bool = True,
+    callback: Optional[Callable[[int, float], None]] = None,
 ) -> str:
     """Train DiG by denoising score matching on CG dataset files; returns the model directory ``out_dir``.
 
-    ``config`` is a :class:`DiGConfig`, a dict of its fields, or a YAML file path. The model directory also gets
+    ``config`` is a :class:`DiGConfig`, a dict of its fields, or a YAML file path; ``callback(iteration, loss)``
+    runs after every iteration (logging; raise to stop). A resume on other data or with another config is
+    refused. The model directory also gets
     ``beadmap_<k>.json`` for each training system (so samples can be written with a bead topology) and records
     the datasets' mapping settings in its ``extra["mapping"]``.
     """
-    config = _as_config(config)
+    config = DiGConfig.coerce(config)
     sets, vocab, beadmaps, mapping = frame_sets_from_datasets(dataset_paths, config)
     paths = [str(dataset_paths)] if isinstance(dataset_paths, (str, os.PathLike)) else [str(p) for p in dataset_paths]
     fit_dig(sets, config, len(vocab), vocab, out_dir, device, resume, progress,
-            extra={"trained_on": [os.path.abspath(p) for p in paths], "method": "dsm", "mapping": mapping})
-    for k, bm in enumerate(beadmaps):
-        bm.to_json(os.path.join(out_dir, f"beadmap_{k}.json"))
+            extra={"trained_on": [os.path.abspath(p) for p in paths], "method": "dsm", "mapping": mapping},
+            callback=callback)
+    for k, bm in enumerate(beadmaps):  # each written under a temporary name, then renamed
+        path = os.path.join(out_dir, f"beadmap_{k}.json")
+        bm.to_json(path + ".tmp")
+        os.replace(path + ".tmp", path)
     return out_dir
 
 

@@ -4,23 +4,56 @@ A model directory (``nn.io`` format, kind ``cgml-dynamics``) stores the :class:`
 of the three networks as safetensors (keys ``embedding.*``, ``dynamics.*``, ``score.*``) and, in ``extra``, the
 bead-type vocabulary (type names and atom graphs) the model was trained on.
 """
-import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import torch
 from torch import nn
 
 from ..nn.dynamics import DynamicsGNN
 from ..nn.embedding import BeadEmbedding
 from ..nn.io import load_model_dir, save_model_dir
 from ..nn.score import ScoreGNN, sigma_levels
+from .schema import Config, check
 
 MODEL_KIND = "cgml-dynamics"
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
+REGISTRY_FILE = os.path.join(PRETRAINED_DIR, "registry.json")
+
+
+def _read_registry() -> dict:
+    """``{"default": name, "models": {name: {"path": directory under pretrained/, ...}}}``."""
+    with open(REGISTRY_FILE) as f:
+        return json.load(f)
+
+
+_REGISTRY = _read_registry()
+#: The shipped models by name (``load_model(name)``); later models join ``pretrained/registry.json``.
+PRETRAINED_MODELS = {name: os.path.join(PRETRAINED_DIR, entry["path"]) for name, entry in _REGISTRY["models"].items()}
+#: Directory of the default shipped model (the PEO/LiTFSI demo model): what ``load_model()`` loads.
+DEFAULT_MODEL = PRETRAINED_MODELS[_REGISTRY["default"]]
+
+
+def model_path(name_or_path: Optional[str] = None) -> str:
+    """The directory of a shipped model given by name, or ``name_or_path`` itself if it is a path.
+
+    ``None`` gives the default model. A string that is neither a registered name nor a path (no directory
+    separator, nothing on disk) is refused in one line listing the known names.
+    """
+    if name_or_path is None:
+        return DEFAULT_MODEL
+    name = os.fspath(name_or_path)
+    if name in PRETRAINED_MODELS:
+        return PRETRAINED_MODELS[name]
+    if os.path.exists(name) or os.sep in name or "/" in name or name.startswith("."):
+        return name
+    raise ValueError(f"unknown model {name!r}: neither a shipped model (known: {sorted(PRETRAINED_MODELS)}) nor "
+                     "an existing model directory")
 
 
 @dataclass
-class ArchitectureConfig:
+class ArchitectureConfig(Config):
     """Network sizes, noise ladder and default refinement of a CG model (lengths nm); chosen by the user."""
 
     # embedding GNN over each bead type's atom graph
@@ -47,10 +80,25 @@ class ArchitectureConfig:
     refine_steps_per_level: int = 2
     refine_step_size: float = 5e-7  # nm², alpha at the last level
 
+    def validate(self):
+        super().validate()
+        sizes = ("embed_dim", "embed_hidden", "embed_layers", "hidden", "n_layers", "mlp_layers", "n_rbf",
+                 "history_length", "score_hidden", "score_layers", "n_sigmas")
+        small = [name for name in sizes if getattr(self, name) < 1]
+        check(not small, f"{', '.join(small)} must be >= 1")
+        check(self.cutoff > 0 and (self.score_cutoff is None or self.score_cutoff > 0) and self.sigma_min > 0
+              and self.sigma_max >= self.sigma_min, "need cutoff > 0 nm and sigma_max >= sigma_min > 0 nm")
+        check(self.min_std > 0, f"min_std must be > 0, got {self.min_std}")
+        check(0 <= self.refine_levels <= self.n_sigmas, f"refine_levels must be between 0 and n_sigmas ({self.n_sigmas})")
+        check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0,
+              "refine_steps_per_level and refine_step_size must be >= 0")
+
 
 @dataclass
 class ModelConfig(ArchitectureConfig):
     """Architecture plus the settings measured from the training data (times ps, lengths nm)."""
+
+    config_label = "model"
 
     # set from the training data
     timestep_ps: Optional[float] = None
@@ -59,13 +107,10 @@ class ModelConfig(ArchitectureConfig):
     accel_scale: float = 1.0  # nm per model step² (RMS of the training accelerations)
     mapping: dict = field(default_factory=dict)  # BeadMap.from_openmm settings of the training data
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self):
+        super().validate()
+        check(self.timestep_ps is None or self.timestep_ps > 0, f"timestep_ps must be > 0, got {self.timestep_ps}")
+        check(self.velocity_scale > 0 and self.accel_scale > 0, "velocity_scale and accel_scale must be > 0")
 
     def levels(self) -> List[float]:
         return sigma_levels(self.sigma_max, self.sigma_min, self.n_sigmas)
@@ -146,8 +191,14 @@ class CGModel(nn.Module):
         return save_model_dir(path, MODEL_KIND, self.config.to_dict(), self.state_dict(), info, overwrite)
 
 
-def load_model(path: str, device="cpu") -> CGModel:
-    """Load a model directory written by training; returns a :class:`CGModel` in eval mode on ``device``."""
+def load_model(name_or_path: Optional[str] = None, device="cpu") -> CGModel:
+    """Load a CG model: a shipped one by name (``"peo-litfsi"``), the default one (no argument), or a model
+    directory written by training; returns a :class:`CGModel` in eval mode on ``device``.
+
+    The shipped names are the keys of :data:`PRETRAINED_MODELS`; an unknown name raises a one-line
+    ``ValueError`` listing them.
+    """
+    path = model_path(name_or_path)
     config, state_dict, extra = load_model_dir(str(path), MODEL_KIND)
     try:
         vocab = BeadVocabulary(**extra["vocab"])

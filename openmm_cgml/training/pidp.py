@@ -31,7 +31,10 @@ import torch.autograd.forward_ad as fwAD
 
 from ..nn.dig_model import Descriptor, DiGScoreModel, helmert_basis, subspace_rademacher
 from ..nn.sde import VPSDE
-from .dig import DiGConfig, TrainingRun, descriptor_to_dict, prepare_out_dir
+from ..pbc import remove_centroid
+from .dig import DiGConfig, descriptor_to_dict, save_dig_model
+from .loop import TrainingLoop, array_digest, prepare_run_dir
+from .schema import check
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,9 +61,42 @@ class PIDPConfig(DiGConfig):
     perturb: float = 0.05  # nm, std of the Gaussian perturbation of start structures (boundary points)
     fpe_batch_size: Optional[int] = None  # collocation points per iteration for the FPE term (default batch_size)
 
+    config_label = "PIDP"
+
+    def validate(self):
+        super().validate()
+        check(self.fpe_weighting in ("none", "sigma2"),
+              f"fpe_weighting must be 'none' or 'sigma2', got {self.fpe_weighting!r}")
+        check(self.kT > 0, f"kT must be positive (in the energy's unit), got {self.kT}")
+        check(0 < self.boundary_sigma < 1, f"boundary_sigma must lie in (0, 1), got {self.boundary_sigma}")
+        weights = (self.boundary_weight, self.fpe_weight, self.prior_weight)
+        check(min(weights) >= 0 and sum(weights) > 0, "boundary_weight, fpe_weight and prior_weight must be >= 0 "
+              "and not all 0")
+        check(self.n_probes >= 0, f"n_probes must be >= 0 (0: exact divergence), got {self.n_probes}")
+        check(self.perturb >= 0, f"perturb must be >= 0 nm, got {self.perturb}")
+        check(self.fpe_batch_size is None or self.fpe_batch_size >= 1,
+              f"fpe_batch_size must be >= 1, got {self.fpe_batch_size}")
+
+
+class PIDPObjective:
+    """The PIDP loss (:func:`pidp_loss`) for :class:`~openmm_cgml.training.loop.TrainingLoop`; reports the total
+    and its boundary, Fokker–Planck and prior terms (0 for a term whose weight is 0)."""
+
+    names = ("loss", "boundary", "fpe", "prior")
+
+    def __init__(self, sde: VPSDE, energy: "Energy", starts: torch.Tensor, descriptor: Descriptor,
+                 config: "PIDPConfig", length_scale: float, device):
+        self.sde, self.energy, self.starts, self.descriptor = sde, energy, starts, descriptor
+        self.config, self.length_scale, self.device = config, float(length_scale), torch.device(device)
+
+    def loss(self, model: DiGScoreModel, generator: torch.Generator):
+        total, parts = pidp_loss(model, self.sde, self.energy, self.starts, self.descriptor, self.config,
+                                 self.length_scale, generator, self.device)
+        return total, (float(total.detach()),) + tuple(parts.get(k, 0.0) for k in self.names[1:])
+
 
 def _centre(y: torch.Tensor, remove_com: bool) -> torch.Tensor:
-    return y - y.mean(dim=1, keepdim=True) if remove_com else y
+    return remove_centroid(y) if remove_com else y
 
 
 class ScoreOnGraphs:
@@ -234,20 +270,14 @@ def train_pidp(
         out_dir: checkpoints, config.yaml and the final model (kind "cgml-dig", loadable by ``load_dig`` and
             ``DiGSampler``); resumable exactly like the DSM trainer.
     """
-    config = config or PIDPConfig()
-    if not isinstance(config, PIDPConfig):
-        raise TypeError("config must be a PIDPConfig")
-    if config.fpe_weighting not in ("none", "sigma2"):
-        raise ValueError(f"fpe_weighting must be 'none' or 'sigma2', got {config.fpe_weighting!r}")
-    if config.kT <= 0:
-        raise ValueError(f"kT must be positive (in the energy's unit), got {config.kT}")
+    config = PIDPConfig.coerce(config)
     starts = torch.as_tensor(np.asarray(start_structures, dtype=np.float32))
     if starts.dim() == 2:
         starts = starts.unsqueeze(0)
     if starts.dim() != 3 or starts.shape[1:] != (descriptor.n_beads, 3):
         raise ValueError(f"start structures must be (S, {descriptor.n_beads}, 3) nm, got {tuple(starts.shape)}")
     if not descriptor.periodic:
-        starts = starts - starts.mean(dim=1, keepdim=True)
+        starts = remove_centroid(starts)
     device = torch.device(device)
     length = config.length_scale
     if length is None:
@@ -256,22 +286,18 @@ def train_pidp(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(config.seed))
         model = config.make_model(int(n_types or int(descriptor.bead_types.max()) + 1), length)
-    has_ckpt = prepare_out_dir(out_dir, config, resume)
-    run = TrainingRun(model, config, out_dir, device, {"method": "pidp", "systems": [descriptor_to_dict(descriptor)]})
-    if resume and has_ckpt:
-        run.load_checkpoint()
-    run.parts = {}
-
-    def loss_fn(model, gen):
-        total, parts = pidp_loss(model, sde, energy, starts, descriptor, config, length, gen, device)
-        run.parts = parts
-        return total
-
-    run.run(loss_fn, progress, "DiG PIDP", callback)
-    run.save_checkpoint()
-    model = run.final_model()
-    run.save_model(sde, type_names)
-    return model, sde
+    # the energy function itself cannot be fingerprinted; the start structures and the system can
+    fingerprint = {"n_beads": descriptor.n_beads, "bead_types": descriptor.bead_types.tolist(),
+                   "n_starts": int(starts.shape[0]), "starts_sha256": array_digest(starts.numpy())}
+    has_ckpt = prepare_run_dir(out_dir, config, resume, fingerprint)
+    objective = PIDPObjective(sde, energy, starts, descriptor, config, length, device)
+    loop = TrainingLoop(model, config, objective, out_dir, device, desc="DiG PIDP")
+    loop.run(resume=has_ckpt, progress=progress,
+             callback=None if callback is None else (lambda i, terms: callback(i, terms[0])))
+    save_dig_model(loop, sde, type_names, {"method": "pidp", "systems": [descriptor_to_dict(descriptor)]})
+    model = loop.model
+    model.load_state_dict(loop.final_state_dict())
+    return model.eval(), sde
 
 
 # ---------------------------------------------------------------------------------------------------- OpenMM

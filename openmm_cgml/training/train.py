@@ -6,29 +6,34 @@ target acceleration ``a = x_{t+1} - x_t - h[-1]`` (Gaussian NLL of the dynamics 
 GNN learns to denoise (denoising score matching over the noise ladder). The embedding GNN is trained end to end
 through both losses.
 
-``out_dir`` holds ``config.yaml``, ``checkpoint.pt`` (model, optimiser, RNG states of torch/numpy/python and the
-data order, saved as plain tensors/lists and loaded with ``weights_only=True``) and finally the model directory
-(``cgml_model.json`` + ``weights.safetensors``). Every random draw of a run comes from one seeded
-``torch.Generator``, so a run killed and resumed from its checkpoint ends with exactly the same weights as an
-uninterrupted run.
+The loss of a batch (:class:`DynamicsScoreObjective`) plugs into the one training loop
+(:class:`~openmm_cgml.training.loop.TrainingLoop`), which keeps ``out_dir``'s ``config.yaml``,
+``training_data.json`` and ``checkpoint.pt`` (the data order included). Once training has completed ``out_dir``
+also becomes the model directory (``cgml_model.json`` + ``weights.safetensors``) with its ``contacts.json``. Every
+random draw of a run comes from one seeded ``torch.Generator``, so a run killed and resumed from its checkpoint
+ends with exactly the same weights as an uninterrupted run.
+
+Under ``torchrun`` (:mod:`~openmm_cgml.training.distributed`) each rank takes a contiguous share of every batch of
+``batch_size`` windows and draws the noise of the whole batch, keeping its slice, so N ranks follow the
+single-process run; rank 0 writes the run directory and the model.
 """
 import math
 import os
-import random
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..data import write_contacts
 from ..nn.dynamics import gaussian_nll
 from ..nn.embedding import TypeGraphs
 from ..nn.score import denoising_loss
+from . import distributed
 from .config import TrainConfig
+from .loop import TrainingLoop, array_digest, prepare_run_dir
 from .model import BeadVocabulary, CGModel
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
 MAPPING_KEYS = ("atoms_per_bead", "single_bead_residues", "whole_residues")
 
 
@@ -159,10 +164,47 @@ def data_scales(trajectories, windows: torch.Tensor, config: TrainConfig) -> Tup
     return max(v, 1e-6), max(a, 1e-6)
 
 
+class BatchShare:
+    """Where one rank's windows sit in the whole batch: ``n_graphs`` windows and ``n_beads`` beads in all, this
+    rank's ``graphs`` and ``beads`` (slices)."""
+
+    def __init__(self, n_graphs: int, graphs: slice, n_beads: int, beads: slice):
+        self.n_graphs, self.graphs, self.n_beads, self.beads = int(n_graphs), graphs, int(n_beads), beads
+
+    @classmethod
+    def whole(cls, wb: "WindowBatch") -> "BatchShare":
+        n_beads = int(wb.next.shape[0])
+        return cls(wb.n_graphs, slice(0, wb.n_graphs), n_beads, slice(0, n_beads))
+
+    @property
+    def fraction(self) -> float:
+        """This share's part of the batch mean (its fraction of the beads: both losses are means per bead)."""
+        return (self.beads.stop - self.beads.start) / self.n_beads
+
+
+def draw_noise(gen: torch.Generator, config: TrainConfig, n_inputs: int, share: BatchShare, n_levels: int):
+    """The random draws of a whole batch, in a fixed order: input-noise steps (n_inputs, n_beads, 3) or None,
+    noise-level indices (n_graphs,) and standard normals (n_beads, 3), both None without the score loss."""
+    steps = level = z = None
+    if config.dynamics_weight > 0 and config.input_noise > 0:
+        steps = torch.randn((n_inputs, share.n_beads, 3), generator=gen)
+    if config.score_weight > 0:
+        level = torch.randint(0, n_levels, (share.n_graphs,), generator=gen)
+        z = torch.randn((share.n_beads, 3), generator=gen)
+    return steps, level, z
+
+
 def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: TrainConfig,
-                  levels: torch.Tensor, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(Gaussian NLL of the accelerations, denoising score-matching loss) of one batch of windows."""
+                  levels: torch.Tensor, gen: torch.Generator,
+                  share: Optional[BatchShare] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(Gaussian NLL of the accelerations, denoising score-matching loss) of one batch of windows.
+
+    ``share``: ``wb`` is this part of a larger batch (data-parallel training); the noise of the whole batch is
+    drawn from ``gen`` and this part's slice used, so the draws do not depend on how the batch is split.
+    """
     device = wb.next.device
+    share = BatchShare.whole(wb) if share is None else share
+    steps, level, z = draw_noise(gen, config, wb.inputs.shape[0], share, levels.shape[0])
     embed = model.embedding(graphs)[wb.types]
     zero = torch.zeros((), device=device)
     nll, dsm = zero, zero
@@ -171,7 +213,7 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
         if config.input_noise > 0:
             # GNS: a random walk of noise on the input positions, std input_noise at the current frame; the target
             # is corrected so that x_noisy + v_noisy + a lands on the true next frame.
-            steps = torch.randn(inputs.shape, generator=gen).to(device) * (config.input_noise / math.sqrt(inputs.shape[0]))
+            steps = steps[:, share.beads].to(device) * (config.input_noise / math.sqrt(inputs.shape[0]))
             inputs = inputs + torch.cumsum(steps, dim=0)
         hist = inputs[1:] - inputs[:-1]
         x = inputs[-1]
@@ -179,44 +221,21 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
         mean, std = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch)
         nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale)
     if config.score_weight > 0:
-        level = torch.randint(0, levels.shape[0], (wb.n_graphs,), generator=gen)
-        sigma = levels[level].to(device)[wb.batch]
-        z = torch.randn(wb.next.shape, generator=gen).to(device)
+        sigma = levels[level[share.graphs]].to(device)[wb.batch]
+        z = z[share.beads].to(device)
         score = model.score(wb.next + sigma.unsqueeze(1) * z, sigma, embed, wb.masses, wb.bonds, wb.box, wb.batch)
         dsm = denoising_loss(score, z, sigma)
     return nll, dsm
 
 
-def cosine_lr(config: TrainConfig, iteration: int) -> float:
-    frac = min(iteration / max(int(config.n_iterations), 1), 1.0)
-    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1.0 + math.cos(math.pi * frac))
+class DynamicsScoreObjective:
+    """The loss of the CG model for :class:`~openmm_cgml.training.loop.TrainingLoop`: Gaussian NLL of the dynamics
+    GNN plus denoising score matching of the score GNN, on batches of windows drawn epoch by epoch in a shuffled
+    order; the validation losses are measured at the end of every epoch."""
 
-
-def _numpy_state() -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"name": name, "keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}
-
-
-def _set_numpy_state(state: dict):
-    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
-                         state["gauss"]))
-
-
-def _python_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_python_state(state: list):
-    random.setstate((state[0], tuple(state[1]), state[2]))
-
-
-class Trainer:
-    """Optimisation state of one run: model, optimiser, generator, data order, loss history."""
+    names = ("nll", "dsm")
 
     def __init__(self, model: CGModel, config: TrainConfig, trajectories, train_windows, val_windows, device):
-        self.model = model.to(device)
         self.config = config
         self.trajectories = trajectories
         self.train_windows = train_windows
@@ -224,149 +243,90 @@ class Trainer:
         self.device = torch.device(device)
         self.graphs = TypeGraphs(model.vocab.type_graphs).to(self.device)
         self.levels = torch.tensor(model.config.levels(), dtype=torch.float32)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(int(config.seed))
-        self.iteration = 0
         self.epoch = 0
-        self.order = torch.randperm(train_windows.shape[0], generator=self.generator)
+        self.order = torch.arange(train_windows.shape[0])
         self.cursor = 0
-        self.losses: List[List[float]] = []  # [nll, dsm] per iteration
         self.validation: List[dict] = []
+        self.rank, self.world_size = 0, 1
 
-    # -------------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": _numpy_state(),
-            "python_rng": _python_state(),
-            "iteration": self.iteration,
-            "epoch": self.epoch,
-            "order": self.order,
-            "cursor": self.cursor,
-            "losses": torch.tensor(self.losses, dtype=torch.float64).reshape(-1, 2),
-            "validation": [[v["epoch"], v["iteration"], v["nll"], v["dsm"]] for v in self.validation],
-        }
+    def shard(self, rank: int, world_size: int):
+        """From now on :meth:`loss` is ``rank``'s contribution (of ``world_size``) to the batch mean."""
+        self.rank, self.world_size = int(rank), int(world_size)
 
-    def save_checkpoint(self, out_dir: str):
-        path = os.path.join(out_dir, CHECKPOINT)
-        torch.save(self.state(), path + ".tmp")
-        os.replace(path + ".tmp", path)
+    def start(self, generator: torch.Generator):
+        self.order = torch.randperm(self.train_windows.shape[0], generator=generator)
 
-    def load_checkpoint(self, out_dir: str):
-        path = os.path.join(out_dir, CHECKPOINT)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            _set_numpy_state(state["numpy_rng"])
-            _set_python_state(state["python_rng"])
-            self.iteration, self.epoch, self.cursor = int(state["iteration"]), int(state["epoch"]), int(state["cursor"])
-            self.order = state["order"]
-            self.losses = state["losses"].tolist()
-            self.validation = [dict(zip(("epoch", "iteration", "nll", "dsm"), v)) for v in state["validation"]]
-        except Exception as err:  # any unreadable or inconsistent checkpoint: one clear line, nothing changed on disk
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"cannot resume from {path} ({first}); delete it or pass resume=False") from None
-        if self.order.shape[0] != self.train_windows.shape[0]:
-            raise ValueError(f"{path} was written for other training data; use the same datasets to resume")
+    def loss(self, model: CGModel, generator: torch.Generator):
+        config = self.config
+        idx = self.order[self.cursor: self.cursor + int(config.batch_size)]
+        if self.world_size > 1:
+            return self._share_loss(model, generator, self.train_windows[idx])
+        wb = WindowBatch(self.trajectories, self.train_windows[idx], config, self.device)
+        nll, dsm = window_losses(model, self.graphs, wb, config, self.levels, generator)
+        total = config.dynamics_weight * nll + config.score_weight * dsm
+        return total, (float(nll.detach()), float(dsm.detach()))
 
-    # -------------------------------------------------------------------- loop
-    def validate(self) -> dict:
+    def _share_loss(self, model: CGModel, generator: torch.Generator, windows: torch.Tensor):
+        """This rank's share of the batch ``windows``: its losses times its fraction of the batch."""
+        config = self.config
+        beads = np.cumsum([0] + [self.trajectories[i].n_beads for i in windows[:, 0].tolist()])
+        lo, hi = distributed.share_bounds(windows.shape[0], self.rank, self.world_size)
+        share = BatchShare(windows.shape[0], slice(lo, hi), int(beads[-1]), slice(int(beads[lo]), int(beads[hi])))
+        if hi == lo:  # fewer windows than ranks (end of an epoch): draw the noise to stay in step, add nothing
+            draw_noise(generator, config, int(config.history_length) + 1, share, self.levels.shape[0])
+            return sum((p * 0.0).sum() for p in model.parameters()), (0.0, 0.0)
+        wb = WindowBatch(self.trajectories, windows[lo:hi], config, self.device)
+        nll, dsm = window_losses(model, self.graphs, wb, config, self.levels, generator, share)
+        frac = share.fraction
+        total = frac * (config.dynamics_weight * nll + config.score_weight * dsm)
+        return total, (frac * float(nll.detach()), frac * float(dsm.detach()))
+
+    def after_step(self, model: CGModel, generator: torch.Generator, iteration: int) -> dict:
+        self.cursor += int(self.config.batch_size)
+        if self.cursor >= self.order.shape[0]:  # end of an epoch: validate, reshuffle
+            if self.val_windows.shape[0] > 0:
+                self.validation.append(self.validate(model, iteration))
+            self.epoch += 1
+            self.cursor = 0
+            self.order = torch.randperm(self.train_windows.shape[0], generator=generator)
+        return {"val_nll": f"{self.validation[-1]['nll']:.3f}"} if self.validation else {}
+
+    def validate(self, model: CGModel, iteration: int) -> dict:
         """Mean losses over (up to max_validation_windows) validation windows with a fixed noise seed."""
         windows = self.val_windows[: int(self.config.max_validation_windows)]
         gen = torch.Generator().manual_seed(int(self.config.seed) + 1)
         totals = [0.0, 0.0]
-        self.model.eval()
+        model.eval()
         with torch.no_grad():
             chunks = windows.split(int(self.config.batch_size))
             for chunk in chunks:
                 wb = WindowBatch(self.trajectories, chunk, self.config, self.device)
-                nll, dsm = window_losses(self.model, self.graphs, wb, self.config, self.levels, gen)
+                nll, dsm = window_losses(model, self.graphs, wb, self.config, self.levels, gen)
                 totals[0] += float(nll) / len(chunks)
                 totals[1] += float(dsm) / len(chunks)
-        self.model.train()
-        return {"epoch": self.epoch, "iteration": self.iteration, "nll": totals[0], "dsm": totals[1]}
+        model.train()
+        return {"epoch": self.epoch, "iteration": iteration, "nll": totals[0], "dsm": totals[1]}
 
-    def run(self, out_dir: Optional[str], progress: bool = True, callback: Optional[Callable] = None):
-        config = self.config
-        n_total = int(config.n_iterations)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "order": self.order, "cursor": self.cursor,
+                "validation": [[v["epoch"], v["iteration"], v["nll"], v["dsm"]] for v in self.validation]}
 
-            bar = tqdm(total=n_total, initial=self.iteration, desc="CG model", unit="it")
-        self.model.train()
-        while self.iteration < n_total:
-            for group in self.optimizer.param_groups:
-                group["lr"] = cosine_lr(config, self.iteration)
-            idx = self.order[self.cursor: self.cursor + int(config.batch_size)]
-            wb = WindowBatch(self.trajectories, self.train_windows[idx], config, self.device)
-            nll, dsm = window_losses(self.model, self.graphs, wb, config, self.levels, self.generator)
-            loss = config.dynamics_weight * nll + config.score_weight * dsm
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss)} at iteration {self.iteration}; lower lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.optimizer.step()
-            self.iteration += 1
-            self.losses.append([float(nll.detach()), float(dsm.detach())])
-            self.cursor += int(config.batch_size)
-            if self.cursor >= self.order.shape[0]:  # end of an epoch: validate, reshuffle
-                if self.val_windows.shape[0] > 0:
-                    self.validation.append(self.validate())
-                self.epoch += 1
-                self.cursor = 0
-                self.order = torch.randperm(self.train_windows.shape[0], generator=self.generator)
-            if bar is not None:
-                post = {"nll": f"{self.losses[-1][0]:.3f}", "dsm": f"{self.losses[-1][1]:.3f}"}
-                if self.validation:
-                    post["val_nll"] = f"{self.validation[-1]['nll']:.3f}"
-                bar.set_postfix(post)
-                bar.update(1)
-            if out_dir is not None and config.checkpoint_every and self.iteration % int(config.checkpoint_every) == 0:
-                self.save_checkpoint(out_dir)
-            if callback is not None:
-                callback(self.iteration, self.losses[-1][0], self.losses[-1][1])
-        if bar is not None:
-            bar.close()
-        self.model.eval()
+    def load_state_dict(self, state: dict):
+        if state["order"].shape[0] != self.train_windows.shape[0]:
+            raise ValueError("the checkpoint was written for other training data; use the same datasets to resume")
+        self.epoch, self.cursor, self.order = int(state["epoch"]), int(state["cursor"]), state["order"]
+        self.validation = [dict(zip(("epoch", "iteration", "nll", "dsm"), v)) for v in state["validation"]]
 
 
-def _as_config(config) -> TrainConfig:
-    if isinstance(config, (str, os.PathLike)):
-        return TrainConfig.from_yaml(str(config))
-    if isinstance(config, dict):
-        return TrainConfig.from_dict(config)
-    if config is None:
-        return TrainConfig()
-    if not isinstance(config, TrainConfig):
-        raise TypeError("config must be a TrainConfig, a dict of its fields or a YAML file path")
-    config.validate()
-    return config
-
-
-def _prepare_out_dir(out_dir: str, config: TrainConfig, resume: bool) -> bool:
-    """Create ``out_dir`` and write config.yaml; returns whether a checkpoint to resume from exists."""
-    ckpt = os.path.join(out_dir, CHECKPOINT)
-    started = os.path.exists(ckpt) or os.path.exists(os.path.join(out_dir, "cgml_model.json"))
-    if started and not resume:
-        raise ValueError(f"{out_dir} already holds a training run; pass resume=True or choose another directory")
-    saved_path = os.path.join(out_dir, CONFIG_FILE)
-    if resume and os.path.exists(saved_path):
-        saved = TrainConfig.from_yaml(saved_path)
-        if saved.to_dict() != config.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
-            raise ValueError(f"config differs from the one saved in {out_dir} (keys {diff}); resume with the same config")
-    os.makedirs(out_dir, exist_ok=True)
-    config.to_yaml(saved_path)
-    return resume and os.path.exists(ckpt)
+def data_fingerprint(trajectories: List[Trajectory]) -> dict:
+    """What identifies the training data of a run: the dataset paths and, per dataset, its frame and bead counts
+    and a hash of its first and last frames (of the frames used)."""
+    return {
+        "datasets": [os.path.abspath(t.path) for t in trajectories],
+        "n_frames": [t.n_frames for t in trajectories],
+        "n_beads": [t.n_beads for t in trajectories],
+        "frames_sha256": [array_digest(t.positions[0].numpy(), t.positions[-1].numpy()) for t in trajectories],
+    }
 
 
 def train(
@@ -383,12 +343,15 @@ def train(
     Args:
         dataset_paths: one or more HDF5 CG datasets (``data.write_dataset`` / ``cgml reference``); all must share
             the frame interval and periodicity. The model time step is ``frames_per_step`` frame intervals.
-        out_dir: directory for config.yaml, checkpoint.pt and the final model (None: train in memory only).
+        out_dir: directory for config.yaml, training_data.json, checkpoint.pt and, once training has completed,
+            the model and its ``contacts.json`` (None: train in memory only).
         config: a :class:`TrainConfig`, a dict of its fields or a YAML path (None: defaults).
-        device: "cpu", "cuda", ... resume: continue from ``out_dir/checkpoint.pt`` if present (exactly).
+        device: "cpu", "cuda", ...
+        resume: continue from ``out_dir/checkpoint.pt`` if present (exactly); a resume on other datasets or with
+            another config is refused.
         callback: ``callback(iteration, nll, dsm)`` after every iteration (logging; raise to stop).
     """
-    config = _as_config(config)
+    config = TrainConfig.coerce(config)
     trajectories, vocab, mapping, periodic, interval = load_trajectories(dataset_paths, config)
     train_windows, val_windows = make_windows(trajectories, config)
     if config.validation_fraction > 0 and val_windows.shape[0] == 0:
@@ -397,29 +360,33 @@ def train(
     v_scale, a_scale = data_scales(trajectories, train_windows, config)
     model_config = config.model_config(timestep_ps=interval * int(config.frames_per_step), periodic=periodic,
                                        velocity_scale=v_scale, accel_scale=a_scale, mapping=mapping)
-    has_ckpt = _prepare_out_dir(out_dir, config, resume) if out_dir is not None else False
+    # rank 0 prepares the run directory; under torchrun every rank learns whether to resume (or rank 0's error)
+    has_ckpt = distributed.broadcast_result(prepare_run_dir, out_dir, config, resume, data_fingerprint(trajectories))
     with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the global RNG
         torch.manual_seed(int(config.seed))
         model = CGModel(model_config, vocab)
-    trainer = Trainer(model, config, trajectories, train_windows, val_windows, device)
-    if has_ckpt:
-        trainer.load_checkpoint(out_dir)
-    trainer.run(out_dir, progress, callback)
-    model = trainer.model
-    if out_dir is not None:
-        trainer.save_checkpoint(out_dir)
-        recent = np.asarray(trainer.losses[-50:], dtype=np.float64).reshape(-1, 2)
+    objective = DynamicsScoreObjective(model, config, trajectories, train_windows, val_windows, device)
+    loop = TrainingLoop(model, config, objective, out_dir, device, desc="CG model")
+    loop.run(resume=has_ckpt, progress=progress and distributed.is_main(),
+             callback=None if callback is None else (lambda i, terms: callback(i, *terms)))
+    model = loop.model
+    model.load_state_dict(loop.final_state_dict())
+    if out_dir is not None and distributed.is_main():
+        recent = np.asarray(loop.losses[-50:], dtype=np.float64).reshape(-1, 2)
         extra = {
             "trained_on": [os.path.abspath(t.path) for t in trajectories],
             "training": config.to_dict(),
-            "iterations": trainer.iteration,
+            "iterations": loop.iteration,
             "final_train_nll": float(recent[:, 0].mean()) if len(recent) else None,
             "final_train_dsm": float(recent[:, 1].mean()) if len(recent) else None,
-            "validation": trainer.validation,
+            "validation": objective.validation,
             "n_train_windows": int(train_windows.shape[0]),
             "n_validation_windows": int(val_windows.shape[0]),
         }
+        # contacts.json first: a directory with a model manifest always has its collision yardstick
+        write_contacts(out_dir, [t.path for t in trajectories])
         model.save(out_dir, extra, overwrite=True)
+    distributed.barrier()  # every rank returns once the model is on disk
     return model.eval()
 
 
@@ -429,9 +396,11 @@ def train_main(dataset_paths, out_dir: str, config_path: Optional[str] = None, d
 
     Trains with a progress bar, prints where the model went and its last validation losses; returns ``out_dir``.
     """
-    config = _as_config(config_path)
+    config = TrainConfig.coerce(config_path)
     if seed is not None:
         config.seed = int(seed)
+        config = TrainConfig.coerce(config)
     model = train(dataset_paths, out_dir, config, device, resume, progress=True)
-    print(f"CG model ({model.timestep_ps:g} ps per step, {len(model.vocab)} bead types) written to {out_dir}")
+    if distributed.is_main():
+        print(f"CG model ({model.timestep_ps:g} ps per step, {len(model.vocab)} bead types) written to {out_dir}")
     return out_dir

@@ -1,0 +1,97 @@
+"""Is an MSD diffusive yet? The MSD exponent and a diffusivity that is reported only from the diffusive regime.
+
+A diffusivity D = MSD / (2 dim t) means something only where MSD ∝ t. Polymer beads and ions in a melt are
+sub-diffusive (MSD ∝ t^α, α < 1) long after the ballistic regime, so a straight-line fit over a short
+trajectory yields a number that depends on the trajectory length. The rule used throughout the project:
+fit the log-log slope α over the same window as the linear fit, and refuse to report D where α < 0.9.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from openmm import unit
+
+from ._arrays import as_float_array
+from .transport import FitRange, _fit_window, diffusion_coefficient
+
+#: Smallest MSD exponent accepted as diffusive.
+MIN_DIFFUSIVE_EXPONENT = 0.9
+
+
+class NotDiffusiveError(ValueError):
+    """Raised when a diffusivity is asked for where the MSD is still sub-diffusive."""
+
+
+def msd_exponent(lag_times, msd_nm2, fit_range: FitRange = 0.2) -> float:
+    """Log-log slope α of MSD(t) ∝ t^α over the fit window (least squares on log t, log MSD).
+
+    Parameters
+    ----------
+    lag_times : time
+        (L,) lag times, ps.
+    msd_nm2 : area
+        (L,) mean-squared displacement, nm².
+    fit_range : float or (time, time)
+        The window, as in :func:`openmm_cgml.analysis.diffusion_coefficient`.
+    """
+    t = as_float_array(lag_times, unit.picosecond, "lag_times")
+    y = as_float_array(msd_nm2, unit.nanometer ** 2, "msd_nm2")
+    if t.ndim != 1 or t.shape != y.shape:
+        raise ValueError(f"lag_times and msd_nm2 must be 1-D of equal length, got {t.shape} and {y.shape}")
+    t0, t1 = _fit_window(t, fit_range)
+    sel = (t >= t0) & (t <= t1) & (t > 0) & (y > 0)
+    if sel.sum() < 3:
+        raise ValueError(f"fit window ({t0:g}, {t1:g}) ps holds {int(sel.sum())} positive lags; at least 3 are needed")
+    slope, _ = np.polyfit(np.log(t[sel]), np.log(y[sel]), 1)
+    return float(slope)
+
+
+@dataclass(frozen=True)
+class DiffusiveFit:
+    """D from the diffusive regime, with the evidence: the MSD exponent α over the same fit window."""
+
+    D_nm2_per_ps: float
+    D_err_nm2_per_ps: float
+    alpha: float
+    fit_start_ps: float
+    fit_end_ps: float
+
+    @property
+    def D_cm2_per_s(self) -> float:
+        return self.D_nm2_per_ps * 1.0e-2
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["D_cm2_per_s"] = self.D_cm2_per_s
+        return out
+
+
+def diffusive_coefficient(lag_times, msd_nm2, fit_range: FitRange = 0.2, dim: int = 3,
+                          min_exponent: float = MIN_DIFFUSIVE_EXPONENT) -> DiffusiveFit:
+    """Self-diffusion coefficient, refused (:class:`NotDiffusiveError`) unless the MSD exponent is ≥ ``min_exponent``.
+
+    Returns
+    -------
+    DiffusiveFit
+        D (nm²/ps; least-squares error), α and the fit window (ps).
+    """
+    alpha = msd_exponent(lag_times, msd_nm2, fit_range)
+    fit = diffusion_coefficient(lag_times, msd_nm2, fit_range, dim)
+    if not alpha >= min_exponent:
+        raise NotDiffusiveError(
+            f"the MSD is sub-diffusive over {fit.fit_start_ps:g}-{fit.fit_end_ps:g} ps (exponent {alpha:.2f} < "
+            f"{min_exponent}); no diffusivity is reported: run longer or fit later lags")
+    return DiffusiveFit(fit.D_nm2_per_ps, fit.D_err_nm2_per_ps, alpha, fit.fit_start_ps, fit.fit_end_ps)
+
+
+def msd_exponents_by_species(positions, dt_ps, species, fit_range: FitRange = 0.2, max_lag=None) -> dict:
+    """MSD exponent α of each species' mean all-origins MSD (unwrapped (T, N, 3) positions, nm; ``dt_ps`` ps).
+
+    The default window, lags from 20 % to 100 % of half the trajectory, is the one the diffusivity fits use.
+    """
+    from ._arrays import as_labels
+    from .transport import msd_per_particle
+
+    lag_times, per_particle = msd_per_particle(positions, dt_ps, max_lag)
+    labels = as_labels(species, per_particle.shape[1])
+    return {kind: msd_exponent(lag_times, per_particle[:, labels == kind].mean(axis=1), fit_range)
+            for kind in dict.fromkeys(labels.tolist())}

@@ -1,0 +1,111 @@
+"""The collision yardstick: closest non-bonded approach per bead-type pair in CG data.
+
+A learned run in which two beads come closer than (a fraction of) what the all-atom reference ever showed has a
+*collision*. Training measures the closest approaches in its datasets and writes them next to the model
+(:data:`CONTACTS_FILE`, by :func:`write_contacts`); analysis turns them into collision thresholds
+(:func:`openmm_cgml.analysis.collisions.collision_thresholds`).
+
+Where this lives, and why: the computation is needed by ``training`` (which writes the file) and by ``analysis``
+(which reads it). A stage never imports a later one, and ``analysis`` comes after ``training``, so it cannot live
+in ``analysis``. It is a statistic of CG datasets, so it belongs to the ``data`` stage, which both may import;
+it sits here, outside the HDF5 I/O module :mod:`openmm_cgml.data.dataset`. :func:`closest_approach` is the pure
+array function; :func:`contact_distances` and :func:`write_contacts` apply it to dataset files.
+"""
+import json
+import os
+
+import numpy as np
+
+from ..pbc import minimum_image, wrap
+from .dataset import CGDataset
+
+#: Written next to a model by training: closest non-bonded approach per bead-type pair in the training data.
+CONTACTS_FILE = "contacts.json"
+#: Pairs farther apart than this (nm) are not searched; a type pair never this close is reported as unseen.
+CONTACT_CUTOFF_NM = 2.0
+
+
+def closest_approach(positions, box, types, n_types: int, exclude_pairs=None,
+                     cutoff: float = CONTACT_CUTOFF_NM) -> np.ndarray:
+    """Closest distance between beads of each type pair over all frames (periodic k-d tree, minimum image).
+
+    Parameters
+    ----------
+    positions : (T, N, 3) array, nm
+        Frames (wrapped or unwrapped).
+    box : None or (T, 3) array, nm
+        Orthorhombic edge lengths per frame; None without periodic boundaries.
+    types : (N,) int array
+        Type index of each bead, in [0, n_types).
+    n_types : int
+        K, the size of the returned table.
+    exclude_pairs : (P, 2) int array, optional
+        Bead pairs never counted (the CG bonds).
+    cutoff : float, nm
+        Search radius.
+
+    Returns
+    -------
+    (K, K) float64 array, nm
+        Symmetric; ``inf`` for type pairs never closer than ``cutoff``.
+    """
+    from scipy.spatial import cKDTree
+
+    types = np.asarray(types, dtype=np.int64)
+    n = types.shape[0]
+    excluded = np.zeros(0, dtype=np.int64)
+    if exclude_pairs is not None and len(exclude_pairs):
+        pairs = np.sort(np.asarray(exclude_pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+        excluded = pairs[:, 0] * n + pairs[:, 1]
+    table = np.full((n_types, n_types), np.inf)
+    for t in range(len(positions)):
+        x = np.asarray(positions[t], dtype=np.float64)
+        b = None if box is None else np.asarray(box[t], dtype=np.float64)
+        tree = cKDTree(x if b is None else wrap(x, b), boxsize=b)
+        pairs = tree.query_pairs(cutoff, output_type="ndarray")
+        if pairs.size == 0:
+            continue
+        i, j = pairs.min(axis=1), pairs.max(axis=1)
+        keep = ~np.isin(i * n + j, excluded)
+        i, j = i[keep], j[keep]
+        d = np.linalg.norm(minimum_image(x[i] - x[j], b), axis=1)
+        ti, tj = np.minimum(types[i], types[j]), np.maximum(types[i], types[j])
+        np.minimum.at(table, (ti, tj), d)
+    return np.minimum(table, table.T)
+
+
+def contact_distances(paths, max_frames: int = 200) -> dict:
+    """Closest approach (nm) of non-bonded bead pairs per bead-type pair, over frames of CG datasets.
+
+    Returns ``{"type_names": [...], "min_distance_nm": K x K list}`` with ``None`` for type pairs never seen
+    within 2 nm. Frames are taken evenly from each file (at most ``max_frames`` per file).
+    """
+    names: list = []
+    tables = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        with CGDataset(path) as ds:
+            bm = ds.beadmap
+            names += [n for n in bm.type_names if n not in names]
+            types = np.asarray([names.index(bm.type_names[t]) for t in bm.bead_types], dtype=np.int64)
+            frames = np.linspace(0, ds.n_frames - 1, min(max_frames, ds.n_frames)).astype(int)
+            positions = [ds.positions[t] for t in frames]
+            box = None if ds.box is None else ds.box[frames]
+            tables.append((closest_approach(positions, box, types, len(names), bm.bonds), len(names)))
+    k = len(names)
+    best = np.full((k, k), np.inf)
+    for table, size in tables:
+        best[:size, :size] = np.minimum(best[:size, :size], table)
+    matrix = [[float(best[a, b]) if np.isfinite(best[a, b]) else None for b in range(k)] for a in range(k)]
+    return {"type_names": names, "min_distance_nm": matrix}
+
+
+def write_contacts(model_dir: str, paths, max_frames: int = 200) -> str:
+    """Write :func:`contact_distances` of the datasets ``paths`` to ``model_dir/contacts.json`` (atomically:
+    a temporary file, then a rename, so an interrupted run never leaves a half-written file). Returns the path."""
+    contacts = contact_distances(paths, max_frames)
+    path = os.path.join(model_dir, CONTACTS_FILE)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(contacts, handle)
+    os.replace(tmp, path)
+    return path
