@@ -29,6 +29,8 @@ BENCHMARKS = [
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
                   "--ns", "10"], ["accuracy.json"]),
     ("stability", [], ["stability.json"]),
+    # SIGKILL each long-running verb at random moments, resume, compare with an uninterrupted run.
+    ("faults", [], ["faults.json"]),
     # Compiled plugin vs Python bridge, wall time per learned step.
     ("plugin_step", [], ["plugin_step.json"]),
     # The polymer ground truth (class-II chains): baselines and learned models against 100x longer MD.
@@ -130,6 +132,26 @@ def summary_markdown() -> str:
         lines += ["", f"- chain Rg²: all-atom {acc['rg2_nm2']['allatom']:.3f} nm², CG {acc['rg2_nm2']['cg']:.3f} nm² "
                   f"({100 * acc['rg2_nm2']['relative_error']:+.1f} %); collisions per bead per frame "
                   f"{_fmt(acc['collisions_per_bead_per_frame'])}", ""]
+    fa = _load("faults.json")
+    if fa:
+        summary = fa["summary"]
+        lines += ["## Fault injection (SIGKILL at random moments, then the same command again)",
+                  f"- {summary['kills_landed']} kills landed on " + ", ".join(v["verb"] for v in fa["verbs"])
+                  + f"; {summary['kills_survived']} survived, {summary['mismatches']} results differing from an "
+                  "uninterrupted run", ""]
+    ps = _load("plugin_step.json")
+    if ps:
+        lines += ["## Compiled plugin vs Python bridge (seconds per learned step, "
+                  f"{_machine(ps).get('threads')} thread, {ps.get('platform')} platform; {ps.get('note', '')})",
+                  "| beads | mode | compiled | Python bridge | Python / compiled |", "|---|---|---|---|---|"]
+        for case in ps.get("cases", []):
+            for mode in ("full", "dynamics_only"):
+                row = case.get(mode, {})
+                if "compiled" in row:
+                    lines.append(f"| {case['n_beads']} | {mode} | {row['compiled']['seconds_per_step']:.3g} | "
+                                 f"{row['python_bridge']['seconds_per_step']:.3g} | "
+                                 f"{row['compiled_speedup_over_python']:.2f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
