@@ -31,6 +31,8 @@ BENCHMARKS = [
     ("stability", [], ["stability.json"]),
     # SIGKILL each long-running verb at random moments, resume, compare with an uninterrupted run.
     ("faults", [], ["faults.json"]),
+    # Training iterations per second with 1 vs 2 DDP ranks (gloo).
+    ("scaling", [], ["scaling.json"]),
     # Compiled plugin vs Python bridge, wall time per learned step.
     ("plugin_step", [], ["plugin_step.json"]),
     # The polymer ground truth (class-II chains): baselines and learned models against 100x longer MD.

@@ -167,6 +167,15 @@ def _check_beadmap_matches_topology(beadmap, topology, beadmap_path: str, top_pa
 
 
 def _train(args):
+    if args.nproc > 1:  # data-parallel: the same training under torchrun, N ranks on this machine
+        from .training.distributed import run_torchrun
+
+        argv = [*args.datasets, "-o", args.output, "--device", args.device]
+        argv += ["--config", args.config] if args.config else []
+        argv += ["--seed", str(args.seed)] if args.seed is not None else []
+        argv += ["--no-resume"] if args.no_resume else []
+        run_torchrun(args.nproc, argv)
+        return
     from .training import train_main
 
     # train() also writes contacts.json (the collision yardstick of `simulate`) once training has completed
@@ -318,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --output")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel ranks on this machine (DDP under torchrun: gloo on CPU, NCCL on CUDA); "
+                        "batch_size stays the global batch")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("train-dig", help="train a DiG equilibrium sampler on CG datasets (denoising score matching)")
@@ -411,7 +423,7 @@ _POSITIVE_FLOATS = {"ns": "--ns", "every_ps": "--every-ps", "timestep_fs": "--ti
 #: Integer options that must be >= 1.
 _POSITIVE_INTS = {"n_blocks": "--n-blocks", "replicas": "--replicas", "n": "-n", "stride": "--stride",
                   "atoms_per_bead": "--atoms-per-bead", "steps": "--steps", "chains": "--chains",
-                  "threads": "--threads"}
+                  "threads": "--threads", "nproc": "--nproc"}
 #: Verbs whose -o is a directory (the others write one file).
 _DIRECTORY_OUTPUTS = {"build", "reference", "analyze", "train", "train-dig", "simulate", "demo"}
 

@@ -179,7 +179,8 @@ def simulate_ensemble(model_path: str, system_dir: str, ns: float, out_dir: str,
     unfinished ``out_dir`` resumes every replica; a larger ``ns`` extends a finished ensemble.
 
     Each replica runs alone rather than batched, so per replica it equals ``simulate_main`` without
-    ``replica_range`` up to float32 round-off of the batched graph (bit for bit when ``replicas`` is 1).
+    ``replica_range`` up to float32 round-off of the batched graph, and (without DiG starts) equals
+    ``simulate_main(..., replicas=1, seed=seed + r)`` bit for bit.
     """
     from .cluster import connect, run_tasks
     from .simulate.engine import CHECKPOINT

@@ -274,7 +274,9 @@ class DynamicsScoreObjective:
         share = BatchShare(windows.shape[0], slice(lo, hi), int(beads[-1]), slice(int(beads[lo]), int(beads[hi])))
         if hi == lo:  # fewer windows than ranks (end of an epoch): draw the noise to stay in step, add nothing
             draw_noise(generator, config, int(config.history_length) + 1, share, self.levels.shape[0])
-            return sum((p * 0.0).sum() for p in model.parameters()), (0.0, 0.0)
+            # a zero touching one parameter only: the others count as unused here, so DDP leaves the grads of
+            # parameters no rank used as None, as in one process (Adam's state stays the same)
+            return next(model.parameters()).sum() * 0.0, (0.0, 0.0)
         wb = WindowBatch(self.trajectories, windows[lo:hi], config, self.device)
         nll, dsm = window_losses(model, self.graphs, wb, config, self.levels, generator, share)
         frac = share.fraction
