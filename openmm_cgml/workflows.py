@@ -54,6 +54,19 @@ def _write_json(path: str, data: dict):
 SIMULATE_CHECKPOINT_STEPS = 50
 
 
+def _check_run_arguments(ns, replicas, report_every_ps, checkpoint_every, device) -> float:
+    """Validate the arguments of a learned run before any work (one-line errors); returns ns as a float."""
+    ns = _check_ns(ns)
+    if int(replicas) != replicas or replicas < 1:
+        raise ValueError(f"replicas must be a whole number >= 1, got {replicas!r}")
+    if report_every_ps is not None and not (math.isfinite(report_every_ps) and report_every_ps > 0):
+        raise ValueError(f"report_every_ps must be a positive number of ps, got {report_every_ps!r}")
+    if int(checkpoint_every) < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every!r}")
+    _check_device(device)
+    return ns
+
+
 def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, replicas: int = 1, seed: int = 0,
                   device: str = "cpu", report_every_ps: Optional[float] = None, dig_path: Optional[str] = None,
                   progress: bool = True, checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS,
@@ -83,14 +96,7 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
     from .systems import BuiltSystem
     from .training.model import load_model
 
-    ns = _check_ns(ns)
-    if int(replicas) != replicas or replicas < 1:
-        raise ValueError(f"replicas must be a whole number >= 1, got {replicas!r}")
-    if report_every_ps is not None and not (math.isfinite(report_every_ps) and report_every_ps > 0):
-        raise ValueError(f"report_every_ps must be a positive number of ps, got {report_every_ps!r}")
-    if int(checkpoint_every) < 0:
-        raise ValueError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every!r}")
-    _check_device(device)
+    ns = _check_run_arguments(ns, replicas, report_every_ps, checkpoint_every, device)
     first, stop = _check_replica_range(replica_range, int(replicas))
     resume = os.path.exists(os.path.join(out_dir, CHECKPOINT))
     if not resume:
@@ -185,14 +191,7 @@ def simulate_ensemble(model_path: str, system_dir: str, ns: float, out_dir: str,
     from .cluster import connect, run_tasks
     from .simulate.engine import CHECKPOINT
 
-    ns = _check_ns(ns)
-    if int(replicas) != replicas or replicas < 1:
-        raise ValueError(f"replicas must be a whole number >= 1, got {replicas!r}")
-    if report_every_ps is not None and not (math.isfinite(report_every_ps) and report_every_ps > 0):
-        raise ValueError(f"report_every_ps must be a positive number of ps, got {report_every_ps!r}")
-    if int(checkpoint_every) < 0:
-        raise ValueError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every!r}")
-    _check_device(device)
+    ns = _check_run_arguments(ns, replicas, report_every_ps, checkpoint_every, device)
     if not os.path.isdir(system_dir):
         raise FileNotFoundError(f"system directory {system_dir} does not exist (write it with `cgml build`)")
     # Workers may run in other directories: give them absolute paths (a model name from the registry stays).
