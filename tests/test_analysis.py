@@ -272,8 +272,11 @@ def test_analyze_trajectory_writes_json_and_plots(tmp_path):
     for name in ("msd.png", "rdf.png", "rg2_hist.png", "analysis.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "msd.png").read_bytes()[:4] == b"\x89PNG"
+    # Free ions are diffusive: the report gives the MSD exponent of the fit window with D.
+    assert result["diffusion"]["Li"]["msd_exponent"] == pytest.approx(1.0, abs=0.1)
+    assert result["diffusion"]["Li"]["diffusive"] is True
     table = format_table(result)
-    assert "Li" in table and "EO4" in table and "first peak" in table
+    assert "Li" in table and "EO4" in table and "first peak" in table and "MSD exp." in table
     with pytest.raises(ValueError, match="evenly spaced"):
         analyze_trajectory(wrapped, box, np.arange(n_frames) ** 2.0, species)
 

@@ -11,6 +11,7 @@ from openmm import unit
 from ._arrays import as_box, as_float_array, as_labels, as_trajectory
 from .correlation import autocorrelation, fit_stretched_exponential, integrated_time
 from .plots import plot_acf, plot_msd, plot_rdf, plot_rg2_hist
+from .regime import MIN_DIFFUSIVE_EXPONENT, msd_exponent
 from .structure import first_peak, make_molecules_whole, radius_of_gyration_squared, rdf
 from .transport import diffusion_by_species, diffusion_coefficient, msd_per_particle, unwrap
 
@@ -51,6 +52,7 @@ def _diffusion(x, dt, labels, kinds, n_blocks, fit_range):
     for kind in kinds:
         curve = per_particle[:, labels == kind].mean(axis=1)
         fit = diffusion_coefficient(lag_times, curve, fit_range)
+        alpha = msd_exponent(lag_times, curve, fit_range)
         block_mean, block_err = blocks.get(kind, (float("nan"), float("nan")))
         curves[str(kind)] = {"lag_times_ps": lag_times.tolist(), "msd_nm2": curve.tolist(), "fit": fit.to_dict()}
         table[str(kind)] = {
@@ -61,6 +63,9 @@ def _diffusion(x, dt, labels, kinds, n_blocks, fit_range):
             "n_blocks": usable_blocks if usable_blocks >= 2 else 1,
             "fit_start_ps": fit.fit_start_ps,
             "fit_end_ps": fit.fit_end_ps,
+            # The evidence that D is a diffusivity: the MSD's log-log slope over the same window.
+            "msd_exponent": alpha,
+            "diffusive": bool(alpha >= MIN_DIFFUSIVE_EXPONENT),
         }
     return curves, table
 
@@ -221,11 +226,12 @@ def _fmt(value, spec: str) -> str:
 def format_table(result: dict) -> str:
     """Plain-text summary of an :func:`analyze_trajectory` result, for printing."""
     lines = [f"{result['n_frames']} frames x {result['n_beads']} beads, dt = {result['dt_ps']:g} ps", "",
-             f"{'species':<12}{'beads':>7}{'D (cm^2/s)':>14}{'+/-':>12}{'fit window (ps)':>22}"]
+             f"{'species':<12}{'beads':>7}{'D (cm^2/s)':>14}{'+/-':>12}{'fit window (ps)':>22}{'MSD exp.':>10}"]
     for kind, d in result["diffusion"].items():
         window = f"{d['fit_start_ps']:g}-{d['fit_end_ps']:g}"
+        flag = "" if d["diffusive"] else "  sub-diffusive: D is not a diffusivity yet"
         lines.append(f"{kind:<12}{d['n_beads']:>7}{_fmt(d['D_cm2_per_s'], '14.3e')}"
-                     f"{_fmt(d['D_err_cm2_per_s'], '12.2e')}{window:>22}")
+                     f"{_fmt(d['D_err_cm2_per_s'], '12.2e')}{window:>22}{d['msd_exponent']:>10.2f}{flag}")
     if result["rdf"]:
         lines += ["", f"{'pair':<20}{'first peak (nm)':>17}{'g(peak)':>10}"]
         for pair, v in result["rdf"].items():
