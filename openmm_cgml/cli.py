@@ -247,7 +247,9 @@ def _demo(args):
           f"{summary['simulate_seconds']:.1f} s ({summary['cg_ns_per_day']:.3g} ns/day); built in "
           f"{summary['build_seconds']:.0f} s")
     for name, d in summary["D_cm2_per_s"].items():
-        print(f"  D({name}) = {d:.3g} cm^2/s")
+        alpha = summary["msd_exponent"][name]
+        print(f"  D({name}) = {d:.3g} cm^2/s (MSD exponent {alpha:.2f})" if d is not None else
+              f"  D({name}) withheld: sub-diffusive over this run (MSD exponent {alpha:.2f} < 0.9)")
     print(f"wrote {args.output}/ (cg.dcd, cg.pdb, msd.png, demo.json)")
 
 

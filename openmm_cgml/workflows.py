@@ -384,7 +384,8 @@ def _run_simulation(setup, platform: str, n_steps: int, every: int, out_dir: str
 
 def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str, build_options: Optional[dict], platform: str,
              progress: bool) -> dict:
-    from .analysis import bond_lengths, collision_thresholds, count_collisions, diffusion_coefficient, msd, plot_msd
+    from .analysis import (bond_lengths, collision_thresholds, count_collisions, diffusion_coefficient, msd, plot_msd,
+                           reported_diffusivity)
     from .simulate import coarse_grain_simulation
     from .systems import build_peo_litfsi
     from .training.model import load_model
@@ -407,12 +408,12 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
 
     species = np.asarray(beadmap.bead_species())
     dt_frame = every * timestep_ps
-    curves, diffusivity = {}, {}
+    curves, diffusivity, exponents = {}, {}, {}
     for name in sorted(set(species.tolist())):
         lags, curve = msd(positions[:, species == name], dt_frame)
-        fit = diffusion_coefficient(lags, curve)
-        curves[name] = {"lag_times_ps": lags, "msd_nm2": curve, "fit": fit}
-        diffusivity[name] = fit.D_cm2_per_s
+        curves[name] = {"lag_times_ps": lags, "msd_nm2": curve, "fit": diffusion_coefficient(lags, curve)}
+        reported = reported_diffusivity(lags, curve)  # None where the MSD is not yet diffusive
+        diffusivity[name], exponents[name] = reported["D_cm2_per_s"], reported["msd_exponent"]
     png = plot_msd(curves, os.path.join(out_dir, "msd.png"))
     thresholds = collision_thresholds(model_path, beadmap)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
@@ -427,6 +428,7 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
         "cg_ns_per_day": n_steps * timestep_ps / 1000.0 / t_sim * 86400.0,
         "frame_ps": dt_frame,
         "D_cm2_per_s": diffusivity,
+        "msd_exponent": exponents,
         "mean_cg_bond_nm": float(bond_nm.mean()) if bond_nm is not None else None,
         "max_cg_bond_nm": float(bond_nm.max()) if bond_nm is not None else None,
         "collisions_per_frame": (float(count_collisions(positions, box, beadmap, thresholds).mean())

@@ -104,7 +104,21 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
         z_cg = (row["cg_D_cm2_per_s"] - 2 * d_ref * 1e-2) / row["cg_err_cm2_per_s"]
         assert abs(z_ref) < 4 and abs(z_cg) < 4
     assert table["PEO"]["log10_error"] == pytest.approx(np.log10(2.0), abs=0.1)  # 32 beads: precise
+    # Brownian beads: MSD exponent 1 (8-bead species' estimates scatter by ~0.2 over one run)
+    assert table["PEO"]["allatom_msd_exponent"] == pytest.approx(1.0, abs=0.1)
+    assert all(row[f"{side}_msd_exponent"] == pytest.approx(1.0, abs=0.25) for row in table.values()
+               for side in ("allatom", "cg"))
     assert "log10 err" in format_diffusivity_table(table)
+    # A caged reference (beads bound to fixed sites: the MSD plateaus) is not diffusive: no D, no error.
+    caged = rng.normal(scale=0.05, size=(n_frames, beadmap.n_beads, 3)) + rng.normal(size=(1, beadmap.n_beads, 3))
+    write_dataset(str(tmp_path / "caged.h5"), beadmap, caged, None, np.arange(n_frames) * dt)
+    table = diffusivity_comparison(str(tmp_path / "caged.h5"), runs)
+    for row in table.values():
+        assert row["allatom_msd_exponent"] < 0.5 and row["allatom_D_cm2_per_s"] is None
+        assert row["allatom_err_cm2_per_s"] is None and row["log10_error"] is None
+        assert "sub-diffusive" in row["allatom_withheld"]
+    assert table["PEO"]["cg_D_cm2_per_s"] == pytest.approx(2 * d_ref * 1e-2, rel=0.2)
+    assert "withheld" in format_diffusivity_table(table)
 
 
 def test_simulate_starts_replicas_from_dig_samples(model_and_system, tiny_peo_litfsi, tmp_path):

@@ -21,6 +21,7 @@ from .regime import (
     diffusive_coefficient,
     msd_exponent,
     msd_exponents_by_species,
+    reported_diffusivity,
 )
 from .report import analyze_trajectory, format_table
 from .structure import (
@@ -47,6 +48,7 @@ __all__ = [
     "diffusive_coefficient",
     "msd_exponent",
     "msd_exponents_by_species",
+    "reported_diffusivity",
     "NM2_PER_PS_IN_CM2_PER_S",
     "COLLISION_FRACTION",
     "DiffusionFit",

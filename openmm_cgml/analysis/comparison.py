@@ -1,7 +1,8 @@
 """A learned CG model against its all-atom reference: diffusion coefficients per species side by side."""
 import numpy as np
 
-from .transport import NM2_PER_PS_IN_CM2_PER_S, diffusion_by_species
+from .regime import reported_diffusivity
+from .transport import NM2_PER_PS_IN_CM2_PER_S, diffusion_by_species, msd_per_particle
 
 
 def _species_positions(path: str):
@@ -27,25 +28,49 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
     cg_x = np.stack([x[:n_frames] for x, _, _ in runs])
     cg = diffusion_by_species(cg_x if len(runs) > 1 else cg_x[0], runs[0][1], species, n_blocks=n_blocks,
                               fit_range=fit_range)
+    regime = {"allatom": _regime_by_species(ref_x[None], ref_dt, species, fit_range),
+              "cg": _regime_by_species(cg_x, runs[0][1], species, fit_range)}
     out = {}
     for name in reference:
-        (d_ref, e_ref), (d_cg, e_cg) = reference[name], cg[name]
-        out[str(name)] = {
-            "allatom_D_cm2_per_s": d_ref * NM2_PER_PS_IN_CM2_PER_S,
-            "allatom_err_cm2_per_s": e_ref * NM2_PER_PS_IN_CM2_PER_S,
-            "cg_D_cm2_per_s": d_cg * NM2_PER_PS_IN_CM2_PER_S,
-            "cg_err_cm2_per_s": e_cg * NM2_PER_PS_IN_CM2_PER_S,
-            "log10_error": float(np.log10(d_cg / d_ref)) if d_cg > 0 and d_ref > 0 else None,
-        }
+        row = {}
+        for side, (d, e) in (("allatom", reference[name]), ("cg", cg[name])):
+            rule = regime[side][name]
+            row[f"{side}_D_cm2_per_s"] = d * NM2_PER_PS_IN_CM2_PER_S if rule["diffusive"] else None
+            row[f"{side}_err_cm2_per_s"] = e * NM2_PER_PS_IN_CM2_PER_S if rule["diffusive"] else None
+            row[f"{side}_msd_exponent"] = rule["msd_exponent"]
+            row[f"{side}_withheld"] = rule["withheld"]
+        both = row["allatom_D_cm2_per_s"] is not None and row["cg_D_cm2_per_s"] is not None
+        row["log10_error"] = (float(np.log10(row["cg_D_cm2_per_s"] / row["allatom_D_cm2_per_s"]))
+                              if both and row["cg_D_cm2_per_s"] > 0 and row["allatom_D_cm2_per_s"] > 0 else None)
+        out[str(name)] = row
     return out
+
+
+def _regime_by_species(x, dt, species, fit_range) -> dict:
+    """:func:`reported_diffusivity` of each species' MSD averaged over its beads and the runs in (R, T, N, 3)."""
+    labels = np.asarray(species)
+    curves = []
+    for run in x:
+        lag_times, per_particle = msd_per_particle(run, dt)
+        curves.append(per_particle)
+    mean = np.mean(curves, axis=0)
+    return {name: reported_diffusivity(lag_times, mean[:, labels == name].mean(axis=1), fit_range)
+            for name in dict.fromkeys(labels.tolist())}
 
 
 def format_diffusivity_table(table: dict) -> str:
     """The :func:`diffusivity_comparison` result as a plain-text table."""
-    lines = [f"{'species':8s} {'all-atom D (cm2/s)':>24s} {'learned CG D (cm2/s)':>24s} {'log10 err':>9s}"]
+    lines = [f"{'species':8s} {'all-atom D (cm2/s)':>24s} {'learned CG D (cm2/s)':>24s} {'log10 err':>9s} "
+             f"{'MSD exp. AA / CG':>17s}"]
+
+    def cell(d, e):
+        return f"{'withheld':>24s}" if d is None else f"{d:11.3e} ± {e:9.2e}  "
+
     for name, row in table.items():
         err = row["log10_error"]
-        lines.append(f"{name:8s} {row['allatom_D_cm2_per_s']:11.3e} ± {row['allatom_err_cm2_per_s']:9.2e} "
-                     f"{row['cg_D_cm2_per_s']:11.3e} ± {row['cg_err_cm2_per_s']:9.2e} "
-                     f"{err if err is None else format(err, '+9.2f')}")
+        lines.append(f"{name:8s} {cell(row['allatom_D_cm2_per_s'], row['allatom_err_cm2_per_s'])}"
+                     f"{cell(row['cg_D_cm2_per_s'], row['cg_err_cm2_per_s'])}"
+                     f"{'n/a' if err is None else format(err, '+.2f'):>9s} "
+                     f"{row['allatom_msd_exponent']:>8.2f} / {row['cg_msd_exponent']:.2f}")
+    lines.append("D is withheld where the MSD exponent over the fit window is below 0.9 (not yet diffusive).")
     return "\n".join(lines)

@@ -83,6 +83,23 @@ def diffusive_coefficient(lag_times, msd_nm2, fit_range: FitRange = 0.2, dim: in
     return DiffusiveFit(fit.D_nm2_per_ps, fit.D_err_nm2_per_ps, alpha, fit.fit_start_ps, fit.fit_end_ps)
 
 
+def reported_diffusivity(lag_times, msd_nm2, fit_range: FitRange = 0.2, dim: int = 3,
+                         min_exponent: float = MIN_DIFFUSIVE_EXPONENT) -> dict:
+    """The project's rule as a record for tables and JSON: D (cm²/s) only where the MSD exponent over the fit
+    window is ≥ ``min_exponent``, else None with the reason.
+
+    Returns a dict with ``D_cm2_per_s`` (float or None), ``msd_exponent``, ``diffusive``, ``fit_start_ps``,
+    ``fit_end_ps`` and ``withheld`` (None, or why D is not reported).
+    """
+    alpha = msd_exponent(lag_times, msd_nm2, fit_range)
+    fit = diffusion_coefficient(lag_times, msd_nm2, fit_range, dim)
+    diffusive = bool(alpha >= min_exponent)
+    return {"D_cm2_per_s": fit.D_cm2_per_s if diffusive else None, "msd_exponent": alpha, "diffusive": diffusive,
+            "fit_start_ps": fit.fit_start_ps, "fit_end_ps": fit.fit_end_ps,
+            "withheld": None if diffusive else (f"sub-diffusive: MSD exponent {alpha:.2f} < {min_exponent} over "
+                                                f"{fit.fit_start_ps:g}-{fit.fit_end_ps:g} ps")}
+
+
 def msd_exponents_by_species(positions, dt_ps, species, fit_range: FitRange = 0.2, max_lag=None) -> dict:
     """MSD exponent α of each species' mean all-origins MSD (unwrapped (T, N, 3) positions, nm; ``dt_ps`` ps).
 

@@ -11,7 +11,7 @@ from openmm import unit
 from ._arrays import as_box, as_float_array, as_labels, as_trajectory
 from .correlation import autocorrelation, fit_stretched_exponential, integrated_time
 from .plots import plot_acf, plot_msd, plot_rdf, plot_rg2_hist
-from .regime import MIN_DIFFUSIVE_EXPONENT, msd_exponent
+from .regime import reported_diffusivity
 from .structure import first_peak, make_molecules_whole, radius_of_gyration_squared, rdf
 from .transport import diffusion_by_species, diffusion_coefficient, msd_per_particle, unwrap
 
@@ -52,20 +52,22 @@ def _diffusion(x, dt, labels, kinds, n_blocks, fit_range):
     for kind in kinds:
         curve = per_particle[:, labels == kind].mean(axis=1)
         fit = diffusion_coefficient(lag_times, curve, fit_range)
-        alpha = msd_exponent(lag_times, curve, fit_range)
+        reported = reported_diffusivity(lag_times, curve, fit_range)
         block_mean, block_err = blocks.get(kind, (float("nan"), float("nan")))
         curves[str(kind)] = {"lag_times_ps": lag_times.tolist(), "msd_nm2": curve.tolist(), "fit": fit.to_dict()}
+        # D only from the diffusive regime (analysis.regime): a sub-diffusive species gets None and the reason.
+        shown = reported["diffusive"]
         table[str(kind)] = {
             "n_beads": int((labels == kind).sum()),
-            "D_cm2_per_s": fit.D_cm2_per_s,
-            "D_err_cm2_per_s": block_err * 1e-2,
-            "D_block_mean_cm2_per_s": block_mean * 1e-2,
+            "D_cm2_per_s": reported["D_cm2_per_s"],
+            "D_err_cm2_per_s": block_err * 1e-2 if shown else None,
+            "D_block_mean_cm2_per_s": block_mean * 1e-2 if shown else None,
             "n_blocks": usable_blocks if usable_blocks >= 2 else 1,
             "fit_start_ps": fit.fit_start_ps,
             "fit_end_ps": fit.fit_end_ps,
-            # The evidence that D is a diffusivity: the MSD's log-log slope over the same window.
-            "msd_exponent": alpha,
-            "diffusive": bool(alpha >= MIN_DIFFUSIVE_EXPONENT),
+            "msd_exponent": reported["msd_exponent"],
+            "diffusive": shown,
+            "withheld": reported["withheld"],
         }
     return curves, table
 
@@ -229,7 +231,7 @@ def format_table(result: dict) -> str:
              f"{'species':<12}{'beads':>7}{'D (cm^2/s)':>14}{'+/-':>12}{'fit window (ps)':>22}{'MSD exp.':>10}"]
     for kind, d in result["diffusion"].items():
         window = f"{d['fit_start_ps']:g}-{d['fit_end_ps']:g}"
-        flag = "" if d["diffusive"] else "  sub-diffusive: D is not a diffusivity yet"
+        flag = "" if d["diffusive"] else "  D withheld: sub-diffusive (MSD exponent < 0.9)"
         lines.append(f"{kind:<12}{d['n_beads']:>7}{_fmt(d['D_cm2_per_s'], '14.3e')}"
                      f"{_fmt(d['D_err_cm2_per_s'], '12.2e')}{window:>22}{d['msd_exponent']:>10.2f}{flag}")
     if result["rdf"]:
