@@ -176,36 +176,87 @@ def test_dataset_command_resumes_to_the_uninterrupted_result(tiny_config, tmp_pa
         np.testing.assert_allclose((((x - com[:, None]) ** 2).sum(-1) @ m) / m.sum(), fine["rg2_cg"][:, 0], rtol=1e-4)
 
 
+TINY_MODEL = dict(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, n_rbf=8, cutoff=2.0,
+                  history_length=2, score_hidden=16, score_layers=2, sigma_max=0.3, sigma_min=0.03, n_sigmas=4,
+                  refine_levels=2, refine_steps_per_level=1, refine_step_size=1e-4, frames_per_step=2,
+                  validation_fraction=0.0, batch_size=4, n_iterations=6, checkpoint_every=0, input_noise=0.02)
+
+
 def test_benchmark_writes_every_metric_and_the_plot(tiny_config, tmp_path):
+    """The whole chain on tiny data: datasets, training, both rollouts, every method's metrics, plot, speed."""
     import json
 
-    from benchmarks.polymer.__main__ import main
+    from benchmarks.polymer.__main__ import run
+    from benchmarks.polymer.learn import main as learn_main
     from benchmarks.polymer.make_datasets import make_dataset
 
     tiny_config["datasets"] = {
-        "train": dict(tiny_config["datasets"]["tiny"], steps=100),  # only its length is used
-        "truth": dict(tiny_config["datasets"]["tiny"], n_chains=2, steps=500, observable_interval=10)}
-    assert make_dataset(tiny_config, "truth", str(tmp_path / "data"), progress=False)["complete"]
+        "train": dict(tiny_config["datasets"]["tiny"], steps=600),  # 13 frames: windows of 2 x 2 + 2 frames
+        "truth": dict(tiny_config["datasets"]["tiny"], n_chains=2, steps=1000, observable_interval=10)}
+    data = str(tmp_path / "data")
+    for name in ("train", "truth"):
+        assert make_dataset(tiny_config, name, data, progress=False)["complete"]
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config))
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text(yaml.safe_dump(TINY_MODEL))
+    from benchmarks.polymer import learn
+
+    model, _ = learn.train_model(data, train="train", train_config=str(train_yaml), progress=False)
+    assert model.timestep_ps == pytest.approx(100 * tiny_config_timestep(tiny_config))  # 2 frames of 50 steps
+    for variant in ("refined", "plain"):
+        record = learn.run_rollout(tiny_config, data, model, os.path.join(data, "model"), variant, truth="truth",
+                                   discard_steps=100, progress=False)
+        assert record["complete"] and record["steps_done"] == record["n_steps"] == 9  # (1000 - 100) / 100
+    # the command finds the model and both finished rollouts: nothing is redone
+    assert learn_main(["--config", str(config), "--data", data, "--discard-steps", "100", "--truth", "truth",
+                       "--train", "train", "--train-config", str(train_yaml)]) == 0
     out = tmp_path / "polymer.json"
-    assert main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(out), "--truth", "truth",
-                 "--train", "train", "--discard-steps", "100"]) == 0
+    result = run(tiny_config, data, str(out), truth="truth", train="train", discard_steps=100,
+                 supervised=dict(n_iterations=5), speed=dict(fine_steps=200, model_steps=2))
     assert os.path.getsize(tmp_path / "polymer.png") > 1000
     saved = json.loads(out.read_text())
-    assert saved["ground_truth"]["complete"] and saved["ground_truth"]["steps"] == 500
-    assert saved["ground_truth"]["discarded_steps"] == 100
-    first = saved["baselines"]["a_plain_md_training_length"]["first_window"]
-    assert len(first["per_chain"]) == 2
-    for key in ("rg2_rel_error", "rg2_js", "tau_log10_ratio", "diffusivity_log10_ratio", "collision_rate",
-                "bond_break_rate"):
-        assert all(np.isfinite(c[key]) for c in first["per_chain"]), key
-    agg = first["aggregate"]
-    assert agg["collision_rate_mean"] == 0.0 and agg["bond_break_rate_mean"] == 0.0  # MD is its own truth
-    assert 0 <= agg["rg2_js_mean"] <= np.log(2)
-    assert saved["baselines"]["a_plain_md_training_length"]["all_windows"]["n_windows_per_chain"] == 4
+    assert saved == json.loads(json.dumps(result))
+    assert saved["ground_truth"]["complete"] and saved["ground_truth"]["steps"] == 1000
+    assert saved["ground_truth"]["discarded_steps"] == 100 and not saved["not_run"]
+    methods = saved["methods"]
+    assert set(methods) == {"learned", "b_learned_without_refinement", "a_plain_md_training_length",
+                            "c_supervised_gnn"}
+    for name in ("learned", "b_learned_without_refinement", "a_plain_md_training_length"):
+        assert len(methods[name]["per_chain"]) == 2
+        for key in ("rg2_rel_error", "rg2_js", "tau_log10_ratio", "diffusivity_log10_ratio", "collision_rate",
+                    "bond_break_rate"):
+            assert all(np.isfinite(c[key]) for c in methods[name]["per_chain"]), (name, key)
+        assert 0 <= methods[name]["aggregate"]["rg2_js_mean"] <= np.log(2)
+    for c in methods["c_supervised_gnn"]["per_chain"]:
+        assert c["rg2_pred_nm2"] > 0 and c["tau_pred_ps"] > 0 and np.isfinite(c["tau_log10_ratio"])
+    plain_md = methods["a_plain_md_training_length"]["aggregate"]
+    assert plain_md["collision_rate_mean"] == 0.0 and plain_md["bond_break_rate_mean"] == 0.0  # its own truth
+    assert saved["plain_md_all_windows"]["n_windows_per_chain"] == (1000 - 100) // 600  # training-length windows
+    # The learned rollout's Rg^2 is the mass-weighted Rg^2 of its own frames.
+    from openmm_cgml.data import CGDataset
+
+    with CGDataset(os.path.join(data, "rollouts", "refined", "replica_1.h5")) as ds:
+        x, m = ds.positions[:].astype(float), ds.beadmap.bead_masses
+    com = (m @ x.transpose(1, 0, 2).reshape(len(m), -1)).reshape(-1, 3) / m.sum()
+    rg2 = (((x - com[:, None]) ** 2).sum(-1) @ m) / m.sum()
+    assert methods["learned"]["per_chain"][1]["rg2_pred_nm2"] == pytest.approx(rg2.mean(), rel=1e-6)
+    for key, verdict in saved["goals"].items():
+        assert verdict["learned"] == methods["learned"]["aggregate"][key]
+        assert verdict["met"] == (verdict["learned"] <= verdict["goal"])
+    cost = saved["cost"]
+    assert cost["fine_md"]["steps"] == 200 and cost["plain"]["steps"] == 2
+    for variant in ("refined", "plain"):
+        assert cost[variant]["speedup_vs_fine_md"] == pytest.approx(
+            cost["fine_md"]["s_per_ns"] / cost[variant]["s_per_ns"])
     # The exact COM diffusivity: k_B T / (N m gamma) with gamma = 1/tau.
     kt = 0.0083144626 * 300.0
     tau = 0.5 * np.sqrt(100.0 / kt)
     assert saved["D_exact_nm2_per_ps"] == pytest.approx(kt * tau / (40 * 100.0), rel=1e-6)
     assert saved["wall_s"] > 0
+
+
+def tiny_config_timestep(config):
+    from benchmarks.polymer.make_datasets import _timestep_ps
+
+    return _timestep_ps(config["physics"])[0]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import glob
 import json
 import math
 import os
@@ -345,6 +346,15 @@ def _make_dataset(config: dict, name: str, out: str, progress: bool, stop) -> di
     if complete:
         _write_json(os.path.join(out, "summary.json"), summary)
     return summary
+
+
+def dataset_chains(data_root: str, name: str) -> list[str]:
+    """The chain files of dataset ``name`` under ``data_root``, in chain order; a one-line error if none."""
+    paths = sorted(glob.glob(os.path.join(data_root, name, "chain_*.h5")))
+    if not paths:
+        raise ValueError(f"{os.path.join(data_root, name)} holds no chain_*.h5; run "
+                         "python -m benchmarks.polymer.make_datasets first")
+    return paths
 
 
 def load_fine_observables(dataset_dir: str) -> dict:
