@@ -65,6 +65,7 @@ setup(
         "openmm_cgml": [
             "systems/data/*.xml",
             "systems/data/*.pdb",
+            "systems/data/default_box/*",  # the shipped default box (openmm_cgml.systems.default_box)
             "pretrained/*/*",
             "pretrained/*.json",
         ]

@@ -20,10 +20,12 @@ ROOT = os.path.dirname(HERE)
 #: (script, extra arguments, result files it writes), in the order they run.
 BENCHMARKS = [
     ("allatom_throughput", [], ["allatom_throughput.json"]),
-    # Lorentz–Berthelot vs geometric mixing: 400 K NPT density of the default box under each rule.
+    # Lorentz–Berthelot vs geometric mixing: 400 K NPT density of the 6 x EO8 + 3 LiTFSI box under each rule.
     ("allatom_throughput", ["--mixing-density"], ["mixing_density.json"]),
     ("model_step", [], ["model_step.json"]),
     ("speedup", [], ["speedup.json"]),
+    # The default `cgml demo` (shipped box, shipped model): its wall time.
+    ("demo", [], ["demo.json"]),
     ("dig", [], ["dig.json"]),
     # Held-out composition (6 x EO8 + 5 LiTFSI; the model was trained on 3 LiTFSI), if its dataset is present.
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
@@ -61,6 +63,19 @@ def _fmt(value, spec=".3g"):
     return "n/a" if value is None else format(value, spec)
 
 
+def _demo_lines(demo) -> list:
+    """The default ``cgml demo``'s wall time (benchmarks/demo.py)."""
+    if not demo:
+        return []
+    host = _machine(demo)
+    box = " × ".join(f"{edge:.2f}" for edge in demo["box_nm"])
+    return [f"## `cgml demo` (defaults; {host.get('cpu_model')}, {host.get('threads')} thread)",
+            f"- {demo['n_atoms']} atoms ({demo['allatom_box']}, {box} nm) → {demo['n_beads']} beads, "
+            f"{demo['cg_ns']:g} ns of CG time: **{demo['wall_seconds']:.1f} s wall** in all (box loaded in "
+            f"{demo['build_seconds']:.1f} s, learned run {demo['simulate_seconds']:.1f} s); max CG bond "
+            f"(minimum image) {_fmt(demo.get('max_cg_bond_nm'))} nm", ""]
+
+
 def summary_markdown() -> str:
     """SUMMARY.md text from whatever result files exist."""
     lines = ["# openmm-cgml benchmark summary", ""]
@@ -86,6 +101,7 @@ def summary_markdown() -> str:
             if key in sp:
                 lines.append(f"- {key}: {_fmt(sp[key])}")
         lines.append("")
+    lines += _demo_lines(_load("demo.json"))
     ms = _load("model_step.json")
     if ms:
         lines += [f"## One learned step ({_machine(ms).get('threads')} thread(s), matmul peak "
@@ -121,10 +137,17 @@ def summary_markdown() -> str:
             continue
         lines += [f"## Accuracy vs all-atom: {title} ({acc['replicas']} replicas x {acc['cg_ns_per_replica']:g} ns "
                   f"CG; reference {acc['reference_ns']:.2f} ns)",
-                  "| species | all-atom D (cm²/s) | CG D (cm²/s) | log10 error |", "|---|---|---|---|"]
+                  "| species | all-atom D (cm²/s) | CG D (cm²/s) | log10 error | MSD exponent all-atom / CG |",
+                  "|---|---|---|---|---|"]
+
+        def cell(row, side):  # D only from the diffusive regime (MSD exponent >= 0.9); older files lack it
+            d, e = row[f"{side}_D_cm2_per_s"], row[f"{side}_err_cm2_per_s"]
+            return "withheld (sub-diffusive)" if d is None else f"{d:.2e} ± {e:.1e}"
+
         for species, row in acc["diffusivity"].items():
-            lines.append(f"| {species} | {row['allatom_D_cm2_per_s']:.2e} ± {row['allatom_err_cm2_per_s']:.1e} | "
-                         f"{row['cg_D_cm2_per_s']:.2e} ± {row['cg_err_cm2_per_s']:.1e} | {_fmt(row['log10_error'], '+.2f')} |")
+            lines.append(f"| {species} | {cell(row, 'allatom')} | {cell(row, 'cg')} | "
+                         f"{_fmt(row['log10_error'], '+.2f')} | {_fmt(row.get('allatom_msd_exponent'), '.2f')} / "
+                         f"{_fmt(row.get('cg_msd_exponent'), '.2f')} |")
         lines.append("")
         lines.append("| RDF pair | first peak all-atom (nm, g) | CG (nm, g) |")
         lines.append("|---|---|---|")
@@ -154,7 +177,46 @@ def summary_markdown() -> str:
                                  f"{row['python_bridge']['seconds_per_step']:.3g} | "
                                  f"{row['compiled_speedup_over_python']:.2f} |")
         lines.append("")
+    lines += _polymer_lines(_load("polymer.json"))
     return "\n".join(lines)
+
+
+def _polymer_lines(po) -> list:
+    """The polymer benchmark (issue #11): every method against the class-II ground truth, goals, cost."""
+    if not po or "methods" not in po:
+        return []
+    gt = po["ground_truth"]
+    lines = [f"## Polymer ground truth: {gt['n_chains']} held-out class-II chains, {gt['steps']:,} fine steps each "
+             f"(first {gt['discarded_steps']:,} discarded); training: {po['training_length_steps']:,}-step class-I "
+             "trajectories",
+             "| method | ⟨Rg²⟩ MARE | Rg² JS | mean abs log10 τ ratio | mean abs log10 D ratio | collisions | "
+             "bond breaks |", "|---|---|---|---|---|---|---|"]
+    labels = {"learned": "learned, score refinement", "b_learned_without_refinement": "(b) learned, no refinement",
+              "a_plain_md_training_length": "(a) plain MD, training length", "c_supervised_gnn": "(c) supervised GNN"}
+    for name, method in po["methods"].items():
+        a = method["aggregate"]
+        lines.append(f"| {labels.get(name, name)} | {_fmt(a['rg2_mean_abs_rel_error'])} | {_fmt(a['rg2_js_mean'])} "
+                     f"| {_fmt(a['tau_mean_abs_log10_ratio'])} | {_fmt(a['diffusivity_mean_abs_log10_ratio'])} | "
+                     f"{_fmt(a['collision_rate_mean'])} | {_fmt(a['bond_break_rate_mean'])} |")
+    lines.append("")
+    for key, verdict in po.get("goals", {}).items():
+        lines.append(f"- goal {key} ≤ {verdict['goal']:g}: learned {_fmt(verdict['learned'])} "
+                     f"({'met' if verdict['met'] else 'missed'}; "
+                     f"{'beats' if verdict['beats_all_baselines'] else 'does not beat'} every baseline)")
+    noise = po.get("ground_truth_rg2_rel_stderr")
+    if noise:
+        lines.append(f"- the ground truth's own ⟨Rg²⟩ standard error (20 blocks): mean "
+                     f"{100 * sum(noise) / len(noise):.1f} % per chain")
+    cost = po.get("cost")
+    if cost:
+        lines.append(f"- cost per simulated ns ({cost['n_chains']} chains, one thread, measured in the same run): "
+                     f"fine MD {cost['fine_md']['s_per_ns']:.1f} s, learned with refinement "
+                     f"{cost['refined']['s_per_ns']:.2f} s ({cost['refined']['speedup_vs_fine_md']:.0f}× faster), "
+                     f"without {cost['plain']['s_per_ns']:.2f} s ({cost['plain']['speedup_vs_fine_md']:.0f}×)")
+    if po.get("not_run"):
+        lines.append(f"- not run yet: {', '.join(po['not_run'])}")
+    lines.append("")
+    return lines
 
 
 def main(argv=None) -> int:

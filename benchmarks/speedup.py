@@ -1,6 +1,6 @@
 """Learned CG vs all-atom OpenMM on the same box, measured side by side in one run.
 
-    python -m benchmarks.speedup                       # build the default box, use the shipped model
+    python -m benchmarks.speedup                       # build the model's training box (6 x EO8 + 3 LiTFSI)
     python -m benchmarks.speedup --system BOX_DIR --model MODEL_DIR --replicas 16
 
 Figures (written to benchmarks/results/speedup.json):
@@ -48,14 +48,16 @@ def time_engine(step, start, box, replicas: int, steps: int) -> float:
 
 def main(argv=None) -> None:
     parser = benchmark_parser(__doc__, "speedup", threads=os.cpu_count())
-    parser.add_argument("--system", help="BuiltSystem directory (default: build the default box)")
+    parser.add_argument("--system", help="BuiltSystem directory (default: build 6 x EO8 + 3 LiTFSI, the box the "
+                        "shipped model was trained on)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--aa-steps", type=int, default=2000)
     parser.add_argument("--cg-steps", type=int, default=40)
     parser.add_argument("--replicas", type=int, default=16)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    built = BuiltSystem.load(args.system) if args.system else build_peo_litfsi(platform="CPU", progress=False)
+    built = BuiltSystem.load(args.system) if args.system else build_peo_litfsi(
+        n_chains=6, eo_per_chain=8, n_salt=3, platform="CPU", progress=False)
     model = load_model(args.model)
     aa = throughput(built, 200, args.aa_steps, args.threads)
 

@@ -4,7 +4,7 @@ This is the usual OpenMM recipe (PDBFile, ForceField.createSystem, integrator, S
 Compared with an all-atom script only the lines marked CHANGED differ: the all-atom objects are coarse-grained
 together with the integrator, and the integrator is the learned one. Everything else is plain OpenMM.
 
-    python examples/dropin_openmm.py                     # builds peo_litfsi.pdb once, then ~10 ns of CG time
+    python examples/dropin_openmm.py                     # writes the shipped box to peo_litfsi.pdb, ~10 ns of CG
     python examples/dropin_openmm.py --pdb my_box.pdb    # any PEO/LiTFSI PDB with a CRYST1 box
 """
 import argparse
@@ -16,16 +16,16 @@ from openmm.app import (PME, CheckpointReporter, DCDReporter, ForceField, HBonds
                         StateDataReporter)
 
 from openmm_cgml.simulate import coarse_grain_simulation
-from openmm_cgml.systems import PEO_LITFSI_XML, build_peo_litfsi, scale_ion_charges
+from openmm_cgml.systems import PEO_LITFSI_XML, default_box, scale_ion_charges
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--pdb", default="peo_litfsi.pdb", help="all-atom PDB (built and equilibrated if missing)")
+parser.add_argument("--pdb", default="peo_litfsi.pdb", help="all-atom PDB (the shipped default box if missing)")
 parser.add_argument("--ns", type=float, default=10.0, help="CG time to simulate")
 args = parser.parse_args()
 
-if not os.path.exists(args.pdb):  # an equilibrated default box, written once as an ordinary PDB
-    built = build_peo_litfsi(seed=0, equilibration_ps=20.0)
+if not os.path.exists(args.pdb):  # the shipped, pre-equilibrated default box, written once as an ordinary PDB
+    built = default_box()
     with open(args.pdb, "w") as handle:
         PDBFile.writeFile(built.topology, built.positions, handle)
 

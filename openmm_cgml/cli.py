@@ -16,10 +16,10 @@ def _build(args):
     from .systems import build_bead_spring, build_peo_litfsi
 
     if args.kind == "peo-litfsi":
-        built = build_peo_litfsi(
-            n_chains=6 if args.chains is None else args.chains,
+        composition = {k: v for k, v in (("n_chains", args.chains), ("n_salt", args.salt)) if v is not None}
+        built = build_peo_litfsi(  # the function's defaults: the default box (22 x EO8 + 11 LiTFSI)
+            **composition,
             eo_per_chain=args.eo,
-            n_salt=args.salt,
             temperature=(400.0 if args.temperature is None else args.temperature) * unit.kelvin,
             charge_scale=args.charge_scale,
             mixing=args.mixing,
@@ -238,19 +238,21 @@ def _demo(args):
     from .workflows import run_demo
 
     try:
-        summary = run_demo(args.output, ns=args.ns, seed=args.seed, model_path=model_path(args.model),
-                           progress=not args.quiet)
+        summary = run_demo(args.output, seed=args.seed, model_path=model_path(args.model), progress=not args.quiet,
+                           **({} if args.ns is None else {"ns": args.ns}))
     except KeyboardInterrupt:
         print(f"cgml demo: interrupted; nothing was written to {args.output}", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"demo: {summary['n_atoms']} atoms -> {summary['n_beads']} beads; {summary['cg_ns']:g} ns of CG time in "
-          f"{summary['simulate_seconds']:.1f} s ({summary['cg_ns_per_day']:.3g} ns/day); built in "
-          f"{summary['build_seconds']:.0f} s")
+    box = "x".join(f"{edge:.2f}" for edge in summary["box_nm"])
+    start = "loaded" if summary["allatom_box"] != "built" else "built"
+    print(f"demo: {summary['n_atoms']} atoms ({box} nm box, {start} in {summary['build_seconds']:.1f} s) -> "
+          f"{summary['n_beads']} beads; {summary['cg_ns']:g} ns of CG time in {summary['simulate_seconds']:.1f} s "
+          f"({summary['cg_ns_per_day']:.3g} ns/day)")
     for name, d in summary["D_cm2_per_s"].items():
         alpha = summary["msd_exponent"][name]
         print(f"  D({name}) = {d:.3g} cm^2/s (MSD exponent {alpha:.2f})" if d is not None else
               f"  D({name}) withheld: sub-diffusive over this run (MSD exponent {alpha:.2f} < 0.9)")
-    print(f"wrote {args.output}/ (cg.dcd, cg.pdb, msd.png, demo.json)")
+    print(f"wrote {args.output}/ (cg.dcd, cg.pdb, msd.png, demo.json); wall time {summary['wall_seconds']:.1f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build an all-atom system and save it to a directory")
     p.add_argument("kind", choices=["peo-litfsi", "bead-spring"])
     p.add_argument("-o", "--output", required=True, help="output directory (must not hold files)")
-    p.add_argument("--chains", type=int, default=None, help="chains (default 6 PEO; 1 bead-spring chain or 20 in a melt)")
+    p.add_argument("--chains", type=int, default=None,
+                   help="chains (default 22 PEO; 1 bead-spring chain or 20 in a melt)")
     p.add_argument("--eo", type=int, default=8, help="EO units per PEO chain")
-    p.add_argument("--salt", type=int, default=3, help="LiTFSI pairs")
+    p.add_argument("--salt", type=int, default=None, help="LiTFSI pairs (default 11)")
     p.add_argument("--temperature", type=float, default=None, help="K (default 400 PEO/LiTFSI, 300 bead-spring)")
     p.add_argument("--charge-scale", type=float, default=0.8)
     p.add_argument("--mixing", choices=["lorentz-berthelot", "geometric"], default="lorentz-berthelot")
@@ -377,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="benchmark names (allatom_throughput, model_step, speedup, dig, ...)")
     p.set_defaults(func=_benchmark)
 
-    p = sub.add_parser("demo", help="build the default PEO/LiTFSI box and run the shipped model (~10 ns of CG time)")
+    p = sub.add_parser("demo", help="run the shipped model on the shipped default PEO/LiTFSI box (about a minute)")
     p.add_argument("-o", "--output", default="cgml-demo", help="output directory (default ./cgml-demo)")
-    p.add_argument("--ns", type=float, default=10.0, help="CG time, ns (default 10)")
+    p.add_argument("--ns", type=float, default=None, help="CG time, ns (default 1: openmm_cgml.workflows.DEMO_NS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="shipped model name or model directory (default: the shipped "
                    "default model)")

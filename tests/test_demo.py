@@ -1,14 +1,19 @@
-"""The shipped default model and `cgml demo` (on a smaller, briefly equilibrated box than the real demo, same code
-path; the box must stay wider than twice the model's 0.8 nm cutoff)."""
+"""The shipped default model, the shipped default box and `cgml demo`: its default path (the shipped box, a short
+run) and its build path (a smaller, briefly equilibrated box; the box must stay wider than twice the model's
+0.8 nm cutoff)."""
 import json
 import os
 
 import mdtraj
 import numpy as np
 import pytest
+from openmm import unit
 
 from openmm_cgml.cli import main as cli_main
 from openmm_cgml.data import CONTACTS_FILE, CGDataset
+from openmm_cgml.mapping import BeadMap
+from openmm_cgml.pbc import minimum_image
+from openmm_cgml.systems import default_box
 from openmm_cgml.training import DEFAULT_MODEL, load_model
 from openmm_cgml.workflows import run_demo
 
@@ -58,3 +63,45 @@ def test_demo_runs_ten_ns_and_writes_its_outputs(tmp_path):
     assert cli_main(argv[:2] + ["-o", str(tmp_path / "bad")]) == 2  # a DCD without --top/--beadmap/--frame-ps
     with pytest.raises(ValueError, match="not empty"):
         run_demo(str(out), ns=1.0, progress=False)
+
+
+#: Atoms of CH3O(CH2CH2O)nCH3 (CH3 + O ends: 5 + 4, 7 per EO unit) and of one LiTFSI (Li + C2F6NO4S2).
+def _atoms(n_chains, eo, n_salt):
+    return n_chains * (5 + 7 * eo + 4) + n_salt * (1 + 15)
+
+
+def test_shipped_default_box_loads_at_its_documented_size():
+    built = default_box()
+    args = built.metadata["args"]
+    assert (args["n_chains"], args["eo_per_chain"], args["n_salt"]) == (22, 8, 11)  # Li:EO = 11:176 = 1:16
+    assert built.n_atoms == _atoms(22, 8, 11) == 1606
+    edges = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
+    assert edges.min() >= 2.5 and np.allclose(edges, edges[0])  # cubic, every edge >= 2.5 nm
+    density = built.density().value_in_unit(unit.gram / unit.centimeter**3)
+    assert 1.05 < density < 1.25 and density == pytest.approx(built.metadata["density_g_cm3"], rel=1e-9)
+    # The System rebuilt from the force-field XML is the one that was equilibrated: OpenMM's energy of the
+    # original System at build time (Reference platform) against the rebuilt one's.
+    energy = built.potential_energy("Reference").value_in_unit(unit.kilojoule_per_mole)
+    assert energy == pytest.approx(built.metadata["potential_energy_kJ_mol"], rel=1e-6)
+
+
+def test_default_demo_starts_from_the_shipped_box_and_keeps_chains_intact(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(str(out), ns=0.5, seed=1, progress=False)  # the default path, shortened
+    recorded = json.loads((out / "demo.json").read_text())
+    assert recorded["wall_seconds"] >= recorded["simulate_seconds"] > 0
+    assert recorded["wall_seconds"] >= recorded["simulate_seconds"] + recorded["build_seconds"]
+    assert recorded["wall_seconds"] == summary["wall_seconds"]
+    assert summary["n_atoms"] == _atoms(22, 8, 11) and summary["allatom_box"].startswith("shipped")
+    assert summary["build_seconds"] < 30  # loaded, not built (a build of this box takes several minutes)
+    # Every chain stays intact across the periodic boundaries: each CG bond's minimum-image length stays near the
+    # all-atom 0.32 nm in every frame (the DCD holds unwrapped positions, so a bond across the box is long there).
+    beadmap = BeadMap.from_json(str(out / "beadmap.json"))
+    traj = mdtraj.load(str(out / "cg.dcd"), top=str(out / "cg.pdb"))
+    assert traj.n_frames == 5 and traj.n_atoms == beadmap.n_beads == summary["n_beads"]
+    bonds = np.asarray(beadmap.bonds)
+    assert len(bonds) == 22 * 8  # 9 beads per chain, 8 bonds
+    d = minimum_image(traj.xyz[:, bonds[:, 0]] - traj.xyz[:, bonds[:, 1]], np.asarray(summary["box_nm"]))
+    lengths = np.linalg.norm(d, axis=-1)
+    assert np.isfinite(lengths).all() and lengths.max() < 0.8, lengths.max()
+    assert 0.28 < lengths.mean() < 0.38
