@@ -209,10 +209,12 @@ def _polymer_lines(po) -> list:
                      f"{100 * sum(noise) / len(noise):.1f} % per chain")
     cost = po.get("cost")
     if cost:
-        lines.append(f"- cost per simulated ns ({cost['n_chains']} chains, one thread, measured in the same run): "
-                     f"fine MD {cost['fine_md']['s_per_ns']:.1f} s, learned with refinement "
-                     f"{cost['refined']['s_per_ns']:.2f} s ({cost['refined']['speedup_vs_fine_md']:.0f}× faster), "
-                     f"without {cost['plain']['s_per_ns']:.2f} s ({cost['plain']['speedup_vs_fine_md']:.0f}×)")
+        runs = "; ".join(f"{label} {r['chains']} chains {r['s_per_chain_ns']:.3g} s ({r['speedup_vs_fine_md']:.1f}× "
+                         "faster)" for variant, label in (("refined", "with refinement"), ("plain", "without"))
+                         for r in cost[variant].values())
+        lines.append(f"- cost per simulated chain-ns (one thread, measured in the same run): fine MD "
+                     f"{cost['fine_md']['s_per_chain_ns']:.3g} s ({cost['n_chains']} chains in one System); "
+                     f"learned {runs}")
     if po.get("not_run"):
         lines.append(f"- not run yet: {', '.join(po['not_run'])}")
     lines.append("")

@@ -213,7 +213,7 @@ def test_benchmark_writes_every_metric_and_the_plot(tiny_config, tmp_path):
                        "--train", "train", "--train-config", str(train_yaml)]) == 0
     out = tmp_path / "polymer.json"
     result = run(tiny_config, data, str(out), truth="truth", train="train", discard_steps=100,
-                 supervised=dict(n_iterations=5), speed=dict(fine_steps=200, model_steps=2))
+                 supervised=dict(n_iterations=5), speed=dict(fine_steps=200, model_steps=2, copies=3))
     assert os.path.getsize(tmp_path / "polymer.png") > 1000
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
@@ -245,10 +245,12 @@ def test_benchmark_writes_every_metric_and_the_plot(tiny_config, tmp_path):
         assert verdict["learned"] == methods["learned"]["aggregate"][key]
         assert verdict["met"] == (verdict["learned"] <= verdict["goal"])
     cost = saved["cost"]
-    assert cost["fine_md"]["steps"] == 200 and cost["plain"]["steps"] == 2
+    assert cost["fine_md"]["steps"] == 200 and cost["plain"]["x1"]["steps"] == 2
     for variant in ("refined", "plain"):
-        assert cost[variant]["speedup_vs_fine_md"] == pytest.approx(
-            cost["fine_md"]["s_per_ns"] / cost[variant]["s_per_ns"])
+        assert [r["chains"] for r in cost[variant].values()] == [2, 6]  # once, and 3 copies in one batch
+        for r in cost[variant].values():
+            assert r["speedup_vs_fine_md"] == pytest.approx(cost["fine_md"]["s_per_chain_ns"] / r["s_per_chain_ns"])
+            assert r["s_per_chain_ns"] == pytest.approx(r["wall_s"] / (r["chains"] * 2 * model.timestep_ps / 1000))
     # The exact COM diffusivity: k_B T / (N m gamma) with gamma = 1/tau.
     kt = 0.0083144626 * 300.0
     tau = 0.5 * np.sqrt(100.0 / kt)
