@@ -49,6 +49,19 @@ def check_safe_xml(text: str, source: str, expected_root: str) -> None:
                              "code when loaded); refusing to load it")
 
 
+def read_metadata(directory: str, files, what: str):
+    """``directory/metadata.json`` (parsed) after checking that every one of ``files`` exists; a one-line
+    ValueError naming ``what`` the directory should be otherwise."""
+    missing = [name for name in files if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        raise ValueError(f"{directory} is not {what} (missing {', '.join(missing)})")
+    try:
+        with open(os.path.join(directory, "metadata.json")) as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory}/metadata.json is not valid JSON ({err.msg})") from None
+
+
 def _jsonable(value: Any) -> Any:
     """Convert metadata values (quantities, NumPy scalars, tuples) to JSON-friendly Python objects."""
     if unit.is_quantity(value):
@@ -257,14 +270,7 @@ class BuiltSystem:
     def load(cls, directory: str | os.PathLike) -> "BuiltSystem":
         """Restore a model written by :meth:`save` (positions and box bit-equal)."""
         directory = os.fspath(directory)
-        missing = [name for name in _FILES if not os.path.isfile(os.path.join(directory, name))]
-        if missing:
-            raise ValueError(f"{directory} is not a saved BuiltSystem (missing {', '.join(missing)})")
-        try:
-            with open(os.path.join(directory, "metadata.json")) as handle:
-                meta = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{directory}/metadata.json is not valid JSON ({err.msg})") from None
+        meta = read_metadata(directory, _FILES, "a saved BuiltSystem")
         if not isinstance(meta, dict) or "temperature_K" not in meta or meta.get("format_version") != FORMAT_VERSION:
             found = meta.get("format_version") if isinstance(meta, dict) else None
             raise ValueError(f"{directory}/metadata.json: not a saved system of format_version {FORMAT_VERSION} "

@@ -18,7 +18,6 @@ i.e. ``build_peo_litfsi(**DEFAULT_BOX_BUILD)``: 22 x CH3O(CH2CH2O)8CH3 + 11 LiTF
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 import openmm as mm
 from openmm import app, unit
 
-from .built import FORMAT_VERSION, BuiltSystem, check_safe_xml
+from .built import FORMAT_VERSION, BuiltSystem, check_safe_xml, read_metadata
 from .peo_litfsi import build_peo_litfsi, peo_litfsi_system
 
 #: Where the shipped box lives (package data).
@@ -49,14 +48,7 @@ def default_box(directory: str | os.PathLike = DEFAULT_BOX_DIR) -> BuiltSystem:
     ``directory`` loads another directory written by :func:`save_without_system`.
     """
     directory = os.fspath(directory)
-    missing = [name for name in _FILES if not os.path.isfile(os.path.join(directory, name))]
-    if missing:
-        raise ValueError(f"{directory} is not a shipped box (missing {', '.join(missing)})")
-    try:
-        with open(os.path.join(directory, "metadata.json")) as handle:
-            meta = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{directory}/metadata.json is not valid JSON ({err.msg})") from None
+    meta = read_metadata(directory, _FILES, "a shipped box")
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or meta.get(
             "builder") != "build_peo_litfsi":
         raise ValueError(f"{directory}/metadata.json: not a build_peo_litfsi box of format_version {FORMAT_VERSION}")
