@@ -177,6 +177,19 @@ def summary_markdown() -> str:
                                  f"{row['python_bridge']['seconds_per_step']:.3g} | "
                                  f"{row['compiled_speedup_over_python']:.2f} |")
         lines.append("")
+    sc = _load("scaling.json")
+    if sc:
+        lines += [f"## Scale-out on this machine ({sc['cpu_count']} CPUs, one thread per rank or worker; load average "
+                  f"{sc['load_average_before'][0]:.1f} before)",
+                  f"- DDP training (gloo): {sc['iterations_per_second']['1']:.2f} it/s with 1 rank, "
+                  f"{sc['iterations_per_second']['2']:.2f} with 2 (efficiency {100 * sc['scaling_efficiency']:.0f} %)"]
+        ens = sc.get("ensemble")
+        if ens:
+            lines.append(f"- Dask ensemble ({ens['replicas']} replicas × {ens['ns_per_replica']:g} ns): "
+                         f"{ens['replicas_per_hour']['1']:.0f} replicas/hour with 1 worker, "
+                         f"{ens['replicas_per_hour']['2']:.0f} with 2 (efficiency "
+                         f"{100 * ens['scaling_efficiency']:.0f} %)")
+        lines.append("")
     lines += _polymer_lines(_load("polymer.json"))
     return "\n".join(lines)
 
