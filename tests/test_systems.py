@@ -401,3 +401,15 @@ def test_load_refuses_python_force_before_deserializing(tmp_path):
 
 def _python_force_callback(state):
     return 0.0, np.zeros((12, 3))
+
+
+def test_fingerprint_survives_save_and_load(tiny_peo_litfsi, tmp_path):
+    """A reference run started on a freshly built box resumes on the saved one: the PDB round trip reorders the
+    bonds (it did for PEO/LiTFSI), which must not change the fingerprint; a moved atom must."""
+    tiny_peo_litfsi.save(tmp_path / "box")
+    loaded = BuiltSystem.load(tmp_path / "box")
+    order = lambda built: [(a.index, b.index) for a, b in built.topology.bonds()]
+    assert sorted(map(sorted, order(loaded))) == sorted(map(sorted, order(tiny_peo_litfsi)))
+    assert loaded.fingerprint() == tiny_peo_litfsi.fingerprint()
+    loaded.positions[0] += 1e-6 * unit.nanometer
+    assert loaded.fingerprint() != tiny_peo_litfsi.fingerprint()

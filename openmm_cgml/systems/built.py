@@ -199,8 +199,9 @@ class BuiltSystem:
         for atom in self.topology.atoms():
             element = atom.element.symbol if atom.element is not None else ""
             digest.update(f"{atom.residue.name}:{atom.name}:{element};".encode())
-        for bond in self.topology.bonds():
-            digest.update(f"{bond[0].index}-{bond[1].index};".encode())
+        # bonds as a sorted set: a PDB round trip (save/load) keeps the bonds but not their order
+        for i, j in sorted(tuple(sorted((a.index, b.index))) for a, b in self.topology.bonds()):
+            digest.update(f"{i}-{j};".encode())
         digest.update(np.ascontiguousarray(self.positions.value_in_unit(unit.nanometer), np.float64).tobytes())
         if self.box_vectors is not None:
             digest.update(np.ascontiguousarray(self.box_vectors.value_in_unit(unit.nanometer), np.float64).tobytes())
