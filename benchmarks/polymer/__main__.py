@@ -88,6 +88,7 @@ def plain_md_baseline(records, bonds, yardsticks, d_exact: float, train_ps: floa
 def rollout_records(data_root: str, variant: str, frame_every: int) -> tuple[list[dict], dict] | None:
     """Each chain's record from a learned rollout (``benchmarks.polymer.learn``), or None if there is none:
     mass-weighted CG Rg^2 and centre of mass every model step, every ``frame_every``-th frame."""
+    from openmm_cgml.analysis import radius_of_gyration_squared
     from openmm_cgml.data import CGDataset
 
     folder = os.path.join(data_root, "rollouts", variant)
@@ -101,9 +102,9 @@ def rollout_records(data_root: str, variant: str, frame_every: int) -> tuple[lis
         with CGDataset(os.path.join(folder, f"replica_{k}.h5")) as ds:
             x = np.asarray(ds.positions[:], float)
             m = np.asarray(ds.beadmap.bead_masses, float)
-        com = np.einsum("n,tnd->td", m, x) / m.sum()
-        rg2 = np.einsum("n,tn->t", m, ((x - com[:, None]) ** 2).sum(-1)) / m.sum()
-        records.append({"rg2": rg2, "com": com, "frames": x[::frame_every], "dt_ps": info["model_timestep_ps"]})
+        rg2 = radius_of_gyration_squared(x, m, np.zeros(len(m), int))[:, 0]
+        records.append({"rg2": rg2, "com": np.einsum("n,tnd->td", m, x) / m.sum(), "frames": x[::frame_every],
+                        "dt_ps": info["model_timestep_ps"]})
     return records, info
 
 

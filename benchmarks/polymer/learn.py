@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .make_datasets import DEFAULT_CONFIG, REPO, _timestep_ps, dataset_chains, load_config
+from .make_datasets import DEFAULT_CONFIG, REPO, _timestep_ps, _write_json, dataset_chains, load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_CONFIG = os.path.join(HERE, "train.yaml")
@@ -132,8 +132,7 @@ def run_rollout(config: dict, data_root: str, model, model_dir: str, variant: st
     record["complete"] = True
     record["steps_done"] = int(engine.step_index)
     os.makedirs(out, exist_ok=True)
-    with open(info_path, "w") as handle:
-        json.dump(record, handle, indent=1)
+    _write_json(info_path, record)
     return record
 
 
