@@ -167,3 +167,28 @@ def test_campaign_on_a_two_worker_local_cluster_survives_a_killed_worker(tiny_pe
         assert b[name][0].shape[0] == 17  # 0 ... 8 ps every 0.5 ps: none lost, none duplicated
         np.testing.assert_array_equal(a[name][1], b[name][1])
         np.testing.assert_array_equal(a[name][0], b[name][0])
+
+
+def test_a_system_that_cannot_continue_does_not_stop_the_others(tiny_peo_litfsi, tmp_path, capsys):
+    import json
+
+    _prebuilt(tmp_path, tiny_peo_litfsi, str(tmp_path))
+    campaign = load_campaign(_manifest(tmp_path))
+
+    def stop_after_first_round(system, ns):
+        if system.name == "b":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(campaign, progress=False, on_chunk=stop_after_first_round)
+    # b's run now claims to be of another box: it is refused, a still runs to its target
+    meta_path = os.path.join(campaign.run_dir(campaign.system("b")), "checkpoint.json")
+    with open(meta_path) as handle:
+        meta = json.load(handle)
+    meta["system_sha256"] = "0" * 64
+    with open(meta_path, "w") as handle:
+        json.dump(meta, handle)
+    with pytest.raises(ValueError, match=r"1 system\(s\) stopped.*b: .*another system"):
+        run_campaign(campaign, progress=False)
+    assert [row["ns_done"] for row in campaign_status(campaign)] == [pytest.approx(0.004), pytest.approx(0.002)]
+    assert "cgml campaign: b stopped" in capsys.readouterr().err

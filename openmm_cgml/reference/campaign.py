@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Callable, List, Optional, Sequence
 
@@ -193,7 +194,9 @@ def run_campaign(campaign: Campaign, only: Optional[Sequence[str]] = None, progr
     """Run every (selected) system to its target.
 
     On this machine the systems take turns in chunks of ``campaign.chunk_ns``, so every system moves forward
-    when a session's time is short; ``on_chunk(system, ns_done)`` is called after each chunk. With a Dask
+    when a session's time is short; ``on_chunk(system, ns_done)`` is called after each chunk. A system that
+    cannot continue (a one-line ValueError, e.g. its run directory holds a run of another box) is reported and
+    left out while the others go on; the call then ends with a ValueError naming every such system. With a Dask
     ``scheduler`` (see :mod:`openmm_cgml.cluster`) each system is one task that runs to its target; a task whose
     worker dies continues on another worker from the run's last checkpoint.
     """
@@ -205,14 +208,24 @@ def run_campaign(campaign: Campaign, only: Optional[Sequence[str]] = None, progr
             run_tasks(client, run_campaign_system, [(campaign.manifest, s.name) for s in selected],
                       desc="campaign", progress=progress)
         return
+    failed = {}
     while True:
-        pending = [s for s in selected if simulated_ns(campaign, s) < s.ns - 1e-9]
+        pending = [s for s in selected if s.name not in failed and simulated_ns(campaign, s) < s.ns - 1e-9]
         if not pending:
-            return
+            break
         for system in pending:
-            _run_chunk(campaign, system, min(system.ns, simulated_ns(campaign, system) + campaign.chunk_ns), progress)
+            try:
+                _run_chunk(campaign, system, min(system.ns, simulated_ns(campaign, system) + campaign.chunk_ns),
+                           progress)
+            except ValueError as error:  # this system cannot go on (e.g. its run is of another box): the rest can
+                failed[system.name] = str(error).splitlines()[0]
+                print(f"cgml campaign: {system.name} stopped: {failed[system.name]}", file=sys.stderr)
+                continue
             if on_chunk is not None:
                 on_chunk(system, simulated_ns(campaign, system))
+    if failed:
+        raise ValueError(f"{len(failed)} system(s) stopped, the others ran to their targets: "
+                         + "; ".join(f"{name}: {why}" for name, why in failed.items()))
 
 
 def _run_chunk(campaign: Campaign, system: CampaignSystem, ns: float, progress: bool):
