@@ -62,6 +62,27 @@ def read_metadata(directory: str, files, what: str):
         raise ValueError(f"{directory}/metadata.json is not valid JSON ({err.msg})") from None
 
 
+def read_openmm_xml(path: str, expected_root: str):
+    """The OpenMM object serialized in ``path``, checked by :func:`check_safe_xml` before OpenMM sees it
+    (deserializing a PythonForce would already run code); a one-line ValueError if it is unreadable."""
+    with open(path) as handle:
+        text = handle.read()
+    check_safe_xml(text, path, expected_root)
+    try:
+        return mm.XmlSerializer.deserialize(text)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable OpenMM file "
+                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def read_topology(directory: str) -> app.Topology:
+    """``directory/topology.pdb`` (with its CONECT bonds); a one-line ValueError if it is unreadable."""
+    try:
+        return app.PDBFile(os.path.join(directory, "topology.pdb")).topology
+    except Exception as err:
+        raise ValueError(f"{directory}/topology.pdb is not a readable PDB file ({err})") from None
+
+
 def _jsonable(value: Any) -> Any:
     """Convert metadata values (quantities, NumPy scalars, tuples) to JSON-friendly Python objects."""
     if unit.is_quantity(value):
@@ -276,23 +297,9 @@ class BuiltSystem:
             found = meta.get("format_version") if isinstance(meta, dict) else None
             raise ValueError(f"{directory}/metadata.json: not a saved system of format_version {FORMAT_VERSION} "
                              f"(format_version {found})")
-        with open(os.path.join(directory, "system.xml")) as handle:
-            system_xml = handle.read()
-        with open(os.path.join(directory, "state.xml")) as handle:
-            state_xml = handle.read()
-        # Checked before OpenMM sees them: deserializing a PythonForce would already run code.
-        check_safe_xml(system_xml, os.path.join(directory, "system.xml"), "System")
-        check_safe_xml(state_xml, os.path.join(directory, "state.xml"), "State")
-        try:
-            system = mm.XmlSerializer.deserialize(system_xml)
-            state = mm.XmlSerializer.deserialize(state_xml)
-        except Exception as err:
-            raise ValueError(f"{directory}: system.xml or state.xml is not a readable OpenMM file "
-                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-        try:
-            topology = app.PDBFile(os.path.join(directory, "topology.pdb")).topology
-        except Exception as err:
-            raise ValueError(f"{directory}/topology.pdb is not a readable PDB file ({err})") from None
+        system = read_openmm_xml(os.path.join(directory, "system.xml"), "System")
+        state = read_openmm_xml(os.path.join(directory, "state.xml"), "State")
+        topology = read_topology(directory)
         if topology.getNumAtoms() != system.getNumParticles():
             raise ValueError(f"{directory}/topology.pdb has {topology.getNumAtoms()} atoms but system.xml has "
                              f"{system.getNumParticles()} particles (duplicate atom names in a residue?)")

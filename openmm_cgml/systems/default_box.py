@@ -24,9 +24,9 @@ import tempfile
 
 import numpy as np
 import openmm as mm
-from openmm import app, unit
+from openmm import unit
 
-from .built import FORMAT_VERSION, BuiltSystem, check_safe_xml, read_metadata
+from .built import FORMAT_VERSION, BuiltSystem, read_metadata, read_openmm_xml, read_topology
 from .peo_litfsi import build_peo_litfsi, peo_litfsi_system
 
 #: Where the shipped box lives (package data).
@@ -52,15 +52,8 @@ def default_box(directory: str | os.PathLike = DEFAULT_BOX_DIR) -> BuiltSystem:
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or meta.get(
             "builder") != "build_peo_litfsi":
         raise ValueError(f"{directory}/metadata.json: not a build_peo_litfsi box of format_version {FORMAT_VERSION}")
-    with open(os.path.join(directory, "state.xml")) as handle:
-        state_xml = handle.read()
-    check_safe_xml(state_xml, os.path.join(directory, "state.xml"), "State")  # before OpenMM deserializes it
-    try:
-        state = mm.XmlSerializer.deserialize(state_xml)
-        topology = app.PDBFile(os.path.join(directory, "topology.pdb")).topology
-    except Exception as err:
-        raise ValueError(f"{directory}: state.xml or topology.pdb is not readable "
-                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    state = read_openmm_xml(os.path.join(directory, "state.xml"), "State")
+    topology = read_topology(directory)
     box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
     topology.setPeriodicBoxVectors([mm.Vec3(*row) for row in box] * unit.nanometer)
     system = peo_litfsi_system(topology, charge_scale=meta["charge_scale"], mixing=meta["mixing"],
