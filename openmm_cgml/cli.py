@@ -212,10 +212,12 @@ def _benchmark(args):
 
 
 def _simulate(args):
+    from .simulate import parse_refine
     from .workflows import simulate_ensemble, simulate_main
 
     options = dict(replicas=args.replicas, seed=args.seed, device=args.device, report_every_ps=args.report_every_ps,
-                   dig_path=args.dig, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
+                   dig_path=args.dig, progress=not args.quiet, checkpoint_every=args.checkpoint_every,
+                   refine=parse_refine(args.refine))
     try:
         if args.scheduler is not None:  # one Dask task per replica, each resumable from its own checkpoint
             stats = simulate_ensemble(args.model, args.system, args.ns, args.output, args.scheduler, **options)
@@ -365,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--report-every-ps", type=float, default=None, help="frame interval (default: every step)")
     p.add_argument("--dig", default=None, help="DiG model directory: start each replica from a DiG sample")
+    p.add_argument("--refine", default="model",
+                   help="score refinement: model (its default), none, or SCHEME:LxK over the model's last L noise "
+                        "levels with K steps per level, SCHEME langevin (annealed Langevin, L*K evaluations) or pc "
+                        "(predictor-corrector, L*K + L-1 evaluations), e.g. pc:4x0")
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="learned steps between checkpoints (a killed run resumes from the last one)")
     p.add_argument("-o", "--output", required=True,

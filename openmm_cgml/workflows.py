@@ -70,7 +70,8 @@ def _check_run_arguments(ns, replicas, report_every_ps, checkpoint_every, device
 def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, replicas: int = 1, seed: int = 0,
                   device: str = "cpu", report_every_ps: Optional[float] = None, dig_path: Optional[str] = None,
                   progress: bool = True, checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS,
-                  stop_after: Optional[int] = None, replica_range: Optional[Tuple[int, int]] = None) -> dict:
+                  stop_after: Optional[int] = None, replica_range: Optional[Tuple[int, int]] = None,
+                  refine=None) -> dict:
     """``cgml simulate``: run R replicas of a built all-atom system with a learned CG model (batched engine).
 
     Writes ``out_dir/replica_r.h5`` (CG datasets, readable by ``cgml analyze``; frames flushed as written),
@@ -87,7 +88,8 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
     ``replica_range=(first, stop)`` runs only replicas ``first .. stop-1`` of the ``replicas``-replica ensemble
     (seeds ``seed + first ..``, DiG starts drawn for all ``replicas`` and sliced), written as ``replica_0.h5 ..``
     in ``out_dir``: one task of :func:`simulate_ensemble`, whose replica r follows replica r of this same call
-    without ``replica_range``.
+    without ``replica_range``. ``refine`` overrides the model's score refinement (``LearnedStep.from_model``;
+    ``simulate.parse_refine`` reads the CLI's spec).
     """
     from .analysis import collision_thresholds, count_collisions
     from .mapping import BeadMap
@@ -104,7 +106,7 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
     model = load_model(model_path, device=device)
     built = BuiltSystem.load(system_dir)
     beadmap = BeadMap.from_openmm(built.topology, built.system, **model.mapping)
-    step = LearnedStep.from_model(model, beadmap)
+    step = LearnedStep.from_model(model, beadmap, refine=refine)
     box_vectors = built.box_vectors
     box = np.diag(box_vectors.value_in_unit(unit.nanometer)) if box_vectors is not None else None
     start = beadmap.map_positions(built.positions, box_vectors)
@@ -115,7 +117,8 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
                            "replicas": int(replicas), "seed": int(seed), "report_every_steps": every,
                            "dig": os.path.abspath(dig_path) if dig_path else None,
                            # only an ensemble task records its slice (older checkpoints stay resumable)
-                           **({"replica_range": [first, stop]} if replica_range is not None else {})},
+                           **({"replica_range": [first, stop]} if replica_range is not None else {}),
+                           **({"refine": refine} if refine is not None else {})},
                           sort_keys=True)
     if dig_path is not None and not resume:  # a resumed run's start comes from its checkpoint
         from .dig import initial_states
@@ -138,6 +141,7 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
             raise ValueError(f"{out_dir} already holds {done} steps, more than the {n_total} of --ns {ns:g}")
     os.makedirs(out_dir, exist_ok=True)
     summary = {"n_beads": beadmap.n_beads, "timestep_ps": engine.timestep_ps, "cg_ns": n_total * engine.timestep_ps / 1e3,
+               "refine_scheme": step.scheme, "score_evaluations_per_step": step.n_refine,
                "device": device, "steps_total": n_total, "resumed_from_step": done}
     try:
         stats = engine.run(n_total - done, out_dir=out_dir, beadmap=beadmap, report_every=every, progress=progress,
@@ -171,7 +175,7 @@ ENSEMBLE_FILE = "ensemble.json"
 def simulate_ensemble(model_path: str, system_dir: str, ns: float, out_dir: str, scheduler: str, replicas: int = 1,
                       seed: int = 0, device: str = "cpu", report_every_ps: Optional[float] = None,
                       dig_path: Optional[str] = None, progress: bool = True,
-                      checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS) -> dict:
+                      checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS, refine=None) -> dict:
     """``cgml simulate --scheduler``: the R replicas of :func:`simulate_main` as R Dask tasks (one progress bar).
 
     Replica r is one task: ``simulate_main(..., replica_range=(r, r + 1))`` into ``out_dir/replica_r/`` (its
@@ -199,10 +203,11 @@ def simulate_ensemble(model_path: str, system_dir: str, ns: float, out_dir: str,
     system_dir, out_dir = os.path.abspath(system_dir), os.path.abspath(out_dir)
     dig_path = os.path.abspath(dig_path) if dig_path else None
     settings = {"model": model_path, "system": system_dir, "replicas": int(replicas), "seed": int(seed),
-                "report_every_ps": report_every_ps, "dig": dig_path, "device": device}
+                "report_every_ps": report_every_ps, "dig": dig_path, "device": device,
+                **({"refine": refine} if refine is not None else {})}
     fresh = _check_ensemble_dir(out_dir, settings, os.path.join(out_dir, CHECKPOINT))
     options = dict(device=device, report_every_ps=report_every_ps, dig_path=dig_path,
-                   checkpoint_every=int(checkpoint_every))
+                   checkpoint_every=int(checkpoint_every), refine=refine)
     tasks = [(model_path, system_dir, ns, os.path.join(out_dir, f"replica_{r}"), int(replicas), int(seed), r, options)
              for r in range(int(replicas))]
     with connect(scheduler) as client:  # a bad or unreachable scheduler fails here, before anything is written

@@ -165,7 +165,7 @@ def test_refine_uses_noise_and_levels(system):
     expected = float(torch.sqrt((2 * 2 * alphas).sum()))
     spread = float((x1 - x3).std())
     assert 0.6 * expected < spread < 1.6 * expected
-    with pytest.raises(Exception, match="n_levels"):
+    with pytest.raises(Exception, match="one row per score evaluation"):
         s["score"].refine(s["pos"], levels, 3, 1e-5, noise, *args)
 
 

@@ -125,15 +125,11 @@ def supervised_scores(predictions: list[dict], truth) -> dict:
     return {"per_chain": per_chain, "aggregate": aggregate(per_chain)}
 
 
-def simulation_speed(config: dict, model, beadmaps, positions, sequences, fine_steps: int = 20_000,
-                     model_steps: int = 100, copies: int = 8) -> dict:
-    """Wall time per simulated chain-ns of fine MD (all chains in one System) and of the learned model (with and
-    without refinement; the chains once, and ``copies`` times in one batch), measured one after the other in this
-    process (one thread). A chain-ns is one chain advanced by one ns, so batches of any size compare."""
+def fine_md_cost(config: dict, sequences, fine_steps: int = 20_000) -> dict:
+    """Wall time per simulated chain-ns of fine MD of ``sequences`` (all chains in one System, CPU, one thread)."""
     import openmm as mm
     from openmm import unit
 
-    from .learn import VARIANTS, rollout_engine
     from .make_datasets import _build
 
     p = config["physics"]
@@ -146,9 +142,20 @@ def simulation_speed(config: dict, model, beadmaps, positions, sequences, fine_s
     integrator.step(100)  # warm-up: neighbour list, first kernels
     with Stopwatch() as clock:
         integrator.step(fine_steps)
+    return {"steps": fine_steps, "wall_s": clock.seconds,
+            "s_per_chain_ns": clock.seconds / (len(sequences) * fine_steps * dt / 1000.0)}
+
+
+def simulation_speed(config: dict, model, beadmaps, positions, sequences, fine_steps: int = 20_000,
+                     model_steps: int = 100, copies: int = 8) -> dict:
+    """Wall time per simulated chain-ns of fine MD (:func:`fine_md_cost`) and of the learned model (with and
+    without refinement; the chains once, and ``copies`` times in one batch), measured one after the other in this
+    process (one thread). A chain-ns is one chain advanced by one ns, so batches of any size compare."""
+    from .learn import VARIANTS, rollout_engine
+
     n = len(sequences)
-    fine = clock.seconds / (n * fine_steps * dt / 1000.0)
-    out = {"n_chains": n, "fine_md": {"steps": fine_steps, "wall_s": clock.seconds, "s_per_chain_ns": fine}}
+    out = {"n_chains": n, "fine_md": fine_md_cost(config, sequences, fine_steps)}
+    fine = out["fine_md"]["s_per_chain_ns"]
     for variant, refine in VARIANTS.items():
         out[variant] = {}
         for k in sorted({1, int(copies)}):

@@ -88,23 +88,32 @@ def rollout_steps(config: dict, model, truth: str, discard_steps: int) -> int:
     return int(fine_steps // round(per_step))
 
 
+_OF_VARIANT = object()
+
+
 def run_rollout(config: dict, data_root: str, model, model_dir: str, variant: str, truth: str = "class_II",
                 discard_steps: int = DISCARD_STEPS, n_steps: int | None = None, seed: int = 0,
-                device: str = "cpu", progress: bool = True) -> dict:
-    """Roll out (or resume) every ``truth`` chain with one variant; returns and writes ``rollout.json``."""
+                device: str = "cpu", progress: bool = True, refine=_OF_VARIANT) -> dict:
+    """Roll out (or resume) every ``truth`` chain with one variant into ``<data_root>/rollouts/<variant>``;
+    returns and writes ``rollout.json``. ``refine`` (as in ``LearnedStep.from_model``) names any other
+    refinement setting, e.g. for ``benchmarks.pareto``; by default it is the variant's own."""
     from openmm_cgml.simulate import SimulationBlowUp
+    from openmm_cgml.simulate.step import refine_settings
 
-    if variant not in VARIANTS:
+    named = refine is _OF_VARIANT
+    if named and variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
     out = os.path.join(data_root, "rollouts", variant)
     maps, frames = start_frames(config, data_root, truth, discard_steps)
-    engine = rollout_engine(model, maps, frames, VARIANTS[variant], seed, device)
+    engine = rollout_engine(model, maps, frames, VARIANTS[variant] if named else refine, seed, device)
     n_steps = rollout_steps(config, model, truth, discard_steps) if n_steps is None else int(n_steps)
     # the weights' hash, not the path: a retrained model must not continue another model's rollout
     with open(os.path.join(model_dir, "weights.safetensors"), "rb") as handle:
         model_id = hashlib.sha256(handle.read()).hexdigest()
     run_info = json.dumps({"variant": variant, "truth": truth, "discard_steps": discard_steps, "seed": seed,
-                           "n_steps": n_steps, "model": model_id}, sort_keys=True)
+                           "n_steps": n_steps, "model": model_id,
+                           **({} if named else {"refine": refine_settings(model.config, refine)})},
+                          sort_keys=True)
     info_path = os.path.join(out, ROLLOUT_INFO)
     resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
     previous = {}

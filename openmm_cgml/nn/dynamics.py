@@ -77,6 +77,7 @@ class DynamicsGNN(nn.Module):
         bonds: torch.Tensor,
         box: Optional[torch.Tensor] = None,
         batch: Optional[torch.Tensor] = None,
+        candidates: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean (N, 3) nm/step² and std (N,) nm/step² of each bead's acceleration.
 
@@ -84,9 +85,10 @@ class DynamicsGNN(nn.Module):
             pos: (N, 3) positions, nm. history: (H, N, 3) displacements per step, nm (last = most recent).
             embed: (N, embed_dim) bead embeddings. masses: (N,) amu. bonds: (M, 2) CG bonds.
             box: None or (3,) / (B, 3) orthorhombic box, nm. batch: (N,) graph index of each bead, or None.
+            candidates: None (fresh neighbour search) or a ``graph.neighbour_candidates`` list.
         """
         n = pos.shape[0]
-        edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch)
+        edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch, candidates)
         src, dst = edge_index[0], edge_index[1]
         r = torch.linalg.norm(edge_vec, dim=1).clamp(min=1e-6)
         unit = edge_vec / r.unsqueeze(1)

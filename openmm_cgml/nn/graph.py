@@ -59,18 +59,13 @@ def _open_cells(pos: torch.Tensor, cutoff: float, batch: torch.Tensor,
     return cell3, n_cells
 
 
-def _cell_table(cell_id: torch.Tensor, n_slots: int) -> torch.Tensor:
-    """(n_slots + 1, max_occupancy) bead indices per cell, -1 where empty; the last row is an all-empty sentinel."""
-    n = cell_id.shape[0]
+def _cell_ranges(cell_id: torch.Tensor, n_slots: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Beads sorted by cell (order), and the start and count of each cell's run in that order; the extra last
+    slot is an empty sentinel cell."""
     order = torch.argsort(cell_id)
-    sorted_cells = cell_id[order]
-    counts = torch.bincount(sorted_cells, minlength=n_slots)
-    max_occ = int(counts.max().item()) if n > 0 else 1
+    counts = torch.bincount(cell_id, minlength=n_slots + 1)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n, device=cell_id.device) - starts[sorted_cells]
-    table = torch.full((n_slots + 1, max_occ), -1, dtype=torch.long, device=cell_id.device)
-    table[sorted_cells, rank] = order
-    return table
+    return order, starts, counts
 
 
 def _neighbour_cells(cell3: torch.Tensor, n_cells: torch.Tensor, batch: torch.Tensor, periodic: bool,
@@ -104,7 +99,8 @@ def radius_graph(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """All ordered pairs (j, i), j != i, of the same graph closer than ``cutoff`` nm.
 
-    Uses a cell list (cells at least ``cutoff`` wide), so cost grows linearly with the number of beads.
+    Uses a cell list (cells at least ``cutoff`` wide), so cost grows linearly with the number of beads. Edges come
+    in canonical order (by target bead, then source bead).
 
     Args:
         pos: (N, 3) positions, nm. Under PBC they may be unwrapped; they are wrapped internally.
@@ -133,20 +129,84 @@ def radius_graph(
     nx, ny, nz = int(n_cells[0]), int(n_cells[1]), int(n_cells[2])
     n_slots = n_graphs * nx * ny * nz
     cell_id = ((batch * nx + cell3[:, 0]) * ny + cell3[:, 1]) * nz + cell3[:, 2]
-    table = _cell_table(cell_id, n_slots)
-    # Invalid (outside a non-periodic grid) cells point at the sentinel all-empty last row.
-    neigh_id = _neighbour_cells(cell3, n_cells, batch, periodic, n_slots)
-    cand = table[neigh_id].reshape(n, -1)  # (N, K * max_occ)
-    tgt = torch.arange(n, device=device).unsqueeze(1).expand_as(cand)
-    keep = (cand >= 0) & (cand != tgt)
-    src = cand[keep]
-    dst = tgt[keep]
-    vec = pos[dst] - pos[src]
+    order, starts, counts = _cell_ranges(cell_id, n_slots)
+    # Invalid (outside a non-periodic grid) cells point at the sentinel empty slot.
+    neigh = _neighbour_cells(cell3, n_cells, batch, periodic, n_slots)  # (N, K)
+    n_neigh = neigh.shape[1]
+    if box is not None and bool((box == box[0]).all()):
+        box = box[:1]  # one box for all graphs (the usual case): broadcast it instead of a row per candidate
+    # Every bead against every bead of its neighbour cells, without padding to the fullest cell, a chunk of
+    # target beads at a time: the candidates' temporaries then stay in cache, so the cost per bead is flat.
+    indices: List[torch.Tensor] = []
+    vectors: List[torch.Tensor] = []
+    chunk = 2048  # target beads per block of candidates
+    for start in range(0, n, chunk):
+        neigh_id = neigh[start:start + chunk].reshape(-1)  # block b = bead start + b // K, its (b % K)-th cell
+        sizes = counts.index_select(0, neigh_id)
+        total = int(sizes.sum().item())
+        block = torch.repeat_interleave(torch.arange(neigh_id.shape[0], device=device), sizes, output_size=total)
+        within = torch.arange(total, device=device) - (torch.cumsum(sizes, 0) - sizes).index_select(0, block)
+        src = order.index_select(0, starts.index_select(0, neigh_id).index_select(0, block) + within)
+        dst = start + torch.div(block, n_neigh, rounding_mode="floor")
+        index, vec = _close_pairs(pos, cutoff, src, dst, box, batch)
+        indices.append(index)
+        vectors.append(vec)
+    if len(indices) == 0:
+        return torch.zeros((2, 0), dtype=torch.long, device=device), pos.new_zeros((0, 3))
+    return torch.cat(indices, dim=1), torch.cat(vectors, dim=0)
+
+
+def _close_pairs(pos: torch.Tensor, cutoff: float, src: torch.Tensor, dst: torch.Tensor,
+                 box: Optional[torch.Tensor], batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The candidate pairs (self-pairs excluded) closer than ``cutoff``, in canonical order (by target, then
+    source), so any superset of candidates gives the same edges in the same order."""
+    # index_select and one nonzero: boolean-mask indexing of ~10^7 candidates is several times slower
+    vec = pos.index_select(0, dst) - pos.index_select(0, src)
     if box is not None:
-        vec = minimum_image_torch(vec, box[batch[dst]])
-    close = (vec * vec).sum(dim=1) < cutoff * cutoff
-    edge_index = torch.stack([src[close], dst[close]], dim=0)
-    return edge_index, vec[close]
+        # ``box`` (1, 3) broadcasts to every candidate; (B, 3) gives each candidate its graph's box
+        vec = minimum_image_torch(vec, box if box.shape[0] == 1 else box.index_select(0, batch.index_select(0, dst)))
+    close = torch.nonzero(((vec * vec).sum(dim=1) < cutoff * cutoff) & (src != dst)).squeeze(1)
+    src, dst = src.index_select(0, close), dst.index_select(0, close)
+    rank = torch.argsort(dst * pos.shape[0] + src)
+    return torch.stack([src.index_select(0, rank), dst.index_select(0, rank)], dim=0), \
+        vec.index_select(0, close.index_select(0, rank))
+
+
+def radius_graph_from_candidates(
+    pos: torch.Tensor,
+    cutoff: float,
+    candidates: torch.Tensor,
+    box: Optional[torch.Tensor] = None,
+    batch: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`radius_graph` from candidate pairs (2, P) that contain every pair within ``cutoff`` (a
+    :func:`neighbour_candidates` list): the same edges in the same order, without a cell search."""
+    if batch is None:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    if box is not None and (box.dim() == 1 or bool((box == box[0]).all())):
+        box = box.reshape(-1, 3)[:1]
+    return _close_pairs(pos, cutoff, candidates[0], candidates[1], box, batch)
+
+
+def neighbour_candidates(
+    pos: torch.Tensor,
+    cutoff: float,
+    skin: float,
+    reference: torch.Tensor,
+    candidates: torch.Tensor,
+    box: Optional[torch.Tensor] = None,
+    batch: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A Verlet list: ``(candidates, reference)`` pairs within ``cutoff + skin`` nm of the positions
+    ``reference``, rebuilt only when a bead has moved more than ``skin / 2`` since then (or the bead count
+    changed: pass empty tensors to force a build). Any pair within ``cutoff`` of ``pos`` is then a candidate:
+    neither bead has moved more than skin / 2. Positions are unwrapped nm, as everywhere in the step."""
+    if reference.shape == pos.shape and candidates.numel() > 0:
+        moved = ((pos - reference) ** 2).sum(dim=1).max() if pos.shape[0] > 0 else pos.new_zeros(())
+        if bool(moved <= 0.25 * skin * skin):
+            return candidates, reference
+    index, _ = radius_graph(pos, cutoff + skin, box, batch)
+    return index, pos.detach().clone()
 
 
 def bond_edges(
@@ -170,12 +230,17 @@ def build_edges(
     bonds: torch.Tensor,
     box: Optional[torch.Tensor] = None,
     batch: Optional[torch.Tensor] = None,
+    candidates: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Radius edges plus CG-bond edges (a bonded pair within the cutoff appears once per type).
+    """Radius edges plus CG-bond edges (a bonded pair within the cutoff appears once per type); the radius edges
+    from ``candidates`` (a :func:`neighbour_candidates` list) when given, else from a fresh cell search.
 
     Returns edge_index (2, E), edge_vec (E, 3) nm, edge_type (E,) with RADIUS_EDGE / BOND_EDGE.
     """
-    r_index, r_vec = radius_graph(pos, cutoff, box, batch)
+    if candidates is None:
+        r_index, r_vec = radius_graph(pos, cutoff, box, batch)
+    else:
+        r_index, r_vec = radius_graph_from_candidates(pos, cutoff, candidates, box, batch)
     b_index, b_vec = bond_edges(pos, bonds, box, batch)
     # Literal 0/1 (= RADIUS_EDGE / BOND_EDGE): TorchScript cannot read module-level constants.
     r_type = torch.zeros((r_index.shape[1],), dtype=torch.long, device=pos.device)

@@ -1,5 +1,6 @@
 """Score GNN s(x, sigma) ~ grad_x log p_sigma(x) of the sigma-smoothed CG frame distribution, and its use to
-repair predicted frames by annealed Langevin dynamics (NCSN, Song & Ermon 2019; Fu et al. 2023).
+repair predicted frames by annealed Langevin dynamics (NCSN, Song & Ermon 2019; Fu et al. 2023) or by a
+predictor-corrector sampler of the reverse diffusion (Song et al. 2021) that needs far fewer evaluations.
 
 The backbone sees invariants only (bead embedding, log mass, log10 sigma on nodes and edges, RBFs of edge lengths,
 edge type); ``EdgeVectorHead`` gives an equivariant vector per bead, divided by sigma so the network output is of
@@ -13,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbone import EdgeVectorHead, GaussianRBF, GraphBackbone
-from .graph import build_edges
+from .graph import build_edges, neighbour_candidates
 
 
 def sigma_levels(sigma_max: float, sigma_min: float, n_levels: int) -> List[float]:
@@ -55,10 +56,12 @@ class ScoreGNN(nn.Module):
         bonds: torch.Tensor,
         box: Optional[torch.Tensor] = None,
         batch: Optional[torch.Tensor] = None,
+        candidates: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Score (N, 3) in nm^-1 at noise level ``sigma`` (N,) nm per bead (constant within a graph)."""
+        """Score (N, 3) in nm^-1 at noise level ``sigma`` (N,) nm per bead (constant within a graph); the radius
+        edges from ``candidates`` (a ``graph.neighbour_candidates`` list) when given."""
         n = pos.shape[0]
-        edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch)
+        edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch, candidates)
         r = torch.linalg.norm(edge_vec, dim=1).clamp(min=1e-6)
         log_sigma = torch.log10(sigma).unsqueeze(1)
         node_attr = torch.cat([embed, torch.log(masses / 10.0).unsqueeze(1), log_sigma], dim=1)
@@ -81,26 +84,68 @@ class ScoreGNN(nn.Module):
         bonds: torch.Tensor,
         box: Optional[torch.Tensor] = None,
         batch: Optional[torch.Tensor] = None,
+        scheme: str = "langevin",
+        skin: float = 0.0,
     ) -> torch.Tensor:
-        """Annealed Langevin dynamics from ``x`` (N, 3) nm through noise ``levels`` (L,) nm (decreasing).
+        """Repair ``x`` (N, 3) nm by sampling down the noise ``levels`` (L,) nm (decreasing); see :data:`SCHEMES`.
 
-        At level i, ``steps_per_level`` updates x += alpha_i s(x, sigma_i) + sqrt(2 alpha_i) z with
-        alpha_i = step_size * sigma_i² / sigma_L² (``step_size`` in nm², sigma_L the last level). ``noise``
-        (L * steps_per_level, N, 3) holds the standard normals z, consumed in order.
+        ``scheme="langevin"`` (annealed Langevin, NCSN): at level i, ``steps_per_level`` updates
+        x += alpha_i s(x, sigma_i) + sqrt(2 alpha_i) z with alpha_i = step_size * sigma_i² / sigma_L² (``step_size``
+        in nm², sigma_L the last level); L * steps_per_level evaluations.
+
+        ``scheme="pc"`` (predictor-corrector, Song et al. 2021): at each level, ``steps_per_level`` Langevin
+        corrector updates as above, then (except at the last level) one ancestral predictor update from sigma_i to
+        sigma_{i+1}: x += d s(x, sigma_i) + (sigma_{i+1} / sigma_i) sqrt(d) z with d = sigma_i² - sigma_{i+1}², the
+        mean (Tweedie) and variance of the noising posterior. Treating x as a sample of the sigma_1-smoothed
+        distribution, it ends near the sigma_L-smoothed one after L * steps_per_level + L - 1 evaluations
+        (:func:`refine_evaluations`); unlike Langevin steps it adds almost no random displacement to soft
+        (collective) coordinates, which the dynamics GNN already samples.
+
+        ``noise`` holds one row of standard normals z (N, 3) per evaluation, consumed in order. With ``skin`` > 0
+        (nm) the evaluations share a Verlet neighbour list (``graph.neighbour_candidates``), rebuilt only when a
+        bead has moved more than skin / 2: the same edges in the same order as a fresh search, so the same result.
         """
         n_levels = levels.shape[0]
-        if noise.shape[0] != n_levels * steps_per_level:
-            raise ValueError("refinement noise must have n_levels * steps_per_level rows")
+        if noise.shape[0] != refine_evaluations(scheme, n_levels, steps_per_level):
+            raise ValueError("refinement noise must have one row per score evaluation (refine_evaluations)")
         last = levels[n_levels - 1]
         k = 0
+        if skin > 0 and box is not None:  # the list's search radius must stay within half the box (minimum image)
+            skin = min(skin, 0.4999 * float(box.min()) - self.cutoff)
+        reference = x.new_zeros((0, 3))
+        candidates = torch.zeros((2, 0), dtype=torch.long, device=x.device)
         for i in range(n_levels):
             alpha = step_size * (levels[i] / last) ** 2
             sigma = levels[i].expand(x.shape[0])
             for _ in range(steps_per_level):
-                score = self.forward(x, sigma, embed, masses, bonds, box, batch)
+                if skin > 0:
+                    candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box,
+                                                                 batch)
+                score = self.forward(x, sigma, embed, masses, bonds, box, batch, candidates if skin > 0 else None)
                 x = x + alpha * score + torch.sqrt(2.0 * alpha) * noise[k]
                 k += 1
+            if scheme == "pc" and i + 1 < n_levels:
+                d = levels[i] ** 2 - levels[i + 1] ** 2
+                if skin > 0:
+                    candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box,
+                                                                 batch)
+                score = self.forward(x, sigma, embed, masses, bonds, box, batch, candidates if skin > 0 else None)
+                x = x + d * score + torch.sqrt(d) * (levels[i + 1] / levels[i]) * noise[k]
+                k += 1
         return x
+
+
+#: Refinement schemes of :meth:`ScoreGNN.refine`.
+SCHEMES = ("langevin", "pc")
+
+
+def refine_evaluations(scheme: str, n_levels: int, steps_per_level: int) -> int:
+    """Score evaluations (= rows of refinement noise) of one refinement; see :meth:`ScoreGNN.refine`."""
+    if scheme == "langevin":
+        return n_levels * steps_per_level
+    if scheme == "pc":
+        return n_levels * steps_per_level + max(n_levels - 1, 0)
+    raise ValueError("unknown refinement scheme " + scheme + "; use langevin or pc")
 
 
 def denoising_loss(score: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
 
     a      = mu + sigma * dyn_noise        dynamics GNN: Gaussian over the acceleration, nm/step²
     x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
-    x_new  = refine(x_pred)                score GNN: annealed Langevin, consuming refine_noise in order
+    x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
+                                           refine_noise in order
     h_new  = cat(h[1:], x_new - x)
 
 Positions are unwrapped nm; ``h`` (H, N, 3) holds displacements per model step (``h[-1]`` most recent); ``box`` is
@@ -19,7 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nn.score import SCHEMES, refine_evaluations
+
 _MASK64 = (1 << 64) - 1
+#: Verlet skin (nm) of the neighbour list the refinement's score evaluations share; it changes no result.
+REFINE_SKIN_NM = 0.2
 
 
 def _splitmix64(z: int) -> int:
@@ -46,34 +51,82 @@ def step_noise(seed: int, step: int, n_beads: int, n_refine: int) -> Tuple[torch
     return dyn, refine
 
 
-def _refine_settings(config, refine) -> Tuple[list, int, float]:
-    """(levels nm, steps per level, step size nm²) from the model defaults overridden by ``refine``."""
+def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
+    """``k`` of the model's noise levels (nm, decreasing): the last k for annealed Langevin; for ``pc``, k levels
+    spread evenly over the last ``span`` (fewer, better-placed levels covering the same noise range; the score
+    was trained on the ladder's levels only, so they stay on it)."""
+    if k <= 0:
+        return []
+    if scheme != "pc" or span <= k or k == 1:
+        return ladder[len(ladder) - k:]
+    index = np.unique(np.round(np.linspace(len(ladder) - span, len(ladder) - 1, k)).astype(int))
+    return [ladder[i] for i in index]
+
+
+def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
+    """(scheme, levels nm, steps per level, step size nm²) from the model defaults overridden by ``refine``."""
     ladder = config.levels()
+    scheme = str(getattr(config, "refine_scheme", "langevin"))
     n_levels, steps, size = int(config.refine_levels), int(config.refine_steps_per_level), float(config.refine_step_size)
-    levels = ladder[len(ladder) - n_levels:] if n_levels > 0 else []
+    span = int(getattr(config, "refine_span", 0)) or n_levels
+    levels = _ladder_levels(ladder, scheme, n_levels, span)
     if refine is False or refine == 0:
-        return [], 0, size
-    if refine is None or refine is True:
-        return levels, steps if levels else 0, size
-    if not isinstance(refine, dict):
-        raise TypeError("refine must be None (model defaults), False (no refinement) or a dict of settings")
-    unknown = sorted(set(refine) - {"levels", "n_levels", "steps_per_level", "step_size"})
-    if unknown:
-        raise ValueError(f"unknown refinement settings {unknown}; use levels, n_levels, steps_per_level, step_size")
-    if "levels" in refine:
-        levels = [float(s) for s in refine["levels"]]
-        if any(s <= 0 for s in levels):
-            raise ValueError("refinement levels must be positive noise levels in nm")
-    elif "n_levels" in refine:
-        k = int(refine["n_levels"])
-        if not 0 <= k <= len(ladder):
-            raise ValueError(f"n_levels must be between 0 and the model's {len(ladder)} noise levels")
-        levels = ladder[len(ladder) - k:] if k else []
-    steps = int(refine.get("steps_per_level", steps))
-    size = float(refine.get("step_size", size))
-    if steps < 0 or size <= 0:
-        raise ValueError("steps_per_level must be >= 0 and step_size > 0 nm²")
-    return levels, steps if levels else 0, size
+        return scheme, [], 0, size
+    if refine is not None and refine is not True:
+        if not isinstance(refine, dict):
+            raise TypeError("refine must be None (model defaults), False (no refinement) or a dict of settings")
+        unknown = sorted(set(refine) - {"scheme", "levels", "n_levels", "steps_per_level", "step_size"})
+        if unknown:
+            raise ValueError(f"unknown refinement settings {unknown}; use scheme, levels, n_levels, steps_per_level, "
+                             "step_size")
+        scheme = str(refine.get("scheme", scheme))
+        if "levels" in refine:
+            levels = [float(s) for s in refine["levels"]]
+            if any(s <= 0 for s in levels):
+                raise ValueError("refinement levels must be positive noise levels in nm")
+        elif "n_levels" in refine:
+            k = int(refine["n_levels"])
+            if not 0 <= k <= len(ladder):
+                raise ValueError(f"n_levels must be between 0 and the model's {len(ladder)} noise levels")
+            levels = _ladder_levels(ladder, scheme, k, span)
+        steps = int(refine.get("steps_per_level", steps))
+        size = float(refine.get("step_size", size))
+        if steps < 0 or size <= 0:
+            raise ValueError("steps_per_level must be >= 0 and step_size > 0 nm²")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown refinement scheme {scheme!r}; use one of {list(SCHEMES)}")
+    if refine_evaluations(scheme, len(levels), steps) == 0:
+        return scheme, [], 0, size
+    return scheme, levels, steps, size
+
+
+def refine_settings(config, refine=None) -> dict:
+    """The refinement ``LearnedStep.from_model(model, ..., refine)`` runs: scheme, levels (nm), steps per level,
+    step size (nm²) and score evaluations per step (for run records)."""
+    scheme, levels, steps, size = _refine_settings(config, refine)
+    return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
+            "evaluations": refine_evaluations(scheme, len(levels), steps)}
+
+
+def parse_refine(spec: str):
+    """The ``refine`` argument of :meth:`LearnedStep.from_model` from a command-line spec.
+
+    ``"model"``: the model's default; ``"none"``: dynamics only; ``"SCHEME:LxK"`` (e.g. ``"pc:4x0"``,
+    ``"langevin:8x5"``): L noise levels with K steps per level: for ``langevin`` the model's last L levels and K
+    Langevin steps each; for ``pc`` L levels spread over the noise range of the model's default refinement
+    (``refine_span`` levels, else ``refine_levels``) and K corrector steps each.
+    """
+    text = str(spec).strip().lower()
+    if text == "model":
+        return None
+    if text == "none":
+        return False
+    scheme, _, shape = text.partition(":")
+    levels, _, steps = shape.partition("x")
+    if scheme not in SCHEMES or not levels.isdigit() or not steps.isdigit():
+        raise ValueError(f"refinement {spec!r} is not model, none or SCHEME:LxK with SCHEME one of {list(SCHEMES)} "
+                         "(e.g. pc:4x0, langevin:8x5)")
+    return {"scheme": scheme, "n_levels": int(levels), "steps_per_level": int(steps)}
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -94,6 +147,8 @@ class LearnedStep(nn.Module):
     history_length: int
     n_refine: int
     periodic: bool
+    scheme: str
+    skin: float
     steps_per_level: int
     step_size: float
     n_beads: int
@@ -101,7 +156,8 @@ class LearnedStep(nn.Module):
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
-                 step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1):
+                 step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1,
+                 scheme: str = "langevin"):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -114,8 +170,10 @@ class LearnedStep(nn.Module):
         self.register_buffer("batch", batch.reshape(n).clone())
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
+        self.scheme = str(scheme)
+        self.skin = REFINE_SKIN_NM
         self.steps_per_level = int(steps_per_level) if len(levels) else 0
-        self.n_refine = len(levels) * self.steps_per_level
+        self.n_refine = refine_evaluations(self.scheme, len(levels), self.steps_per_level)
         self.step_size = float(step_size)
         self.periodic = bool(periodic)
         self.n_beads = n
@@ -133,8 +191,9 @@ class LearnedStep(nn.Module):
             The bead system (``mapping.BeadMap``); its periodicity must match the model's.
         refine : None, False or dict
             None for the model's default refinement, False for none (dynamics only), or a dict with any of
-            ``levels`` (list of noise levels, nm, decreasing), ``n_levels`` (use the model's last n levels),
-            ``steps_per_level``, ``step_size`` (nm², alpha at the last level).
+            ``scheme`` ("langevin" or "pc", see ``ScoreGNN.refine``), ``levels`` (list of noise levels, nm,
+            decreasing), ``n_levels`` (use the model's last n levels), ``steps_per_level`` (Langevin steps per
+            level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level).
         allow_unseen_types : bool
             Run bead types the model was not trained on (their embeddings are computed by the embedding GNN
             from their atom graphs) instead of refusing them.
@@ -151,7 +210,7 @@ class LearnedStep(nn.Module):
                 "the model was trained on periodic systems but this system is not periodic" if model.periodic
                 else "the model was trained without periodic boundaries but this system is periodic"
             )
-        levels, steps, size = _refine_settings(model.config, refine)
+        scheme, levels, steps, size = _refine_settings(model.config, refine)
         device = next(model.parameters()).device
         with torch.no_grad():
             table = model.embedding.embed_types(beadmap.type_graphs)
@@ -162,7 +221,7 @@ class LearnedStep(nn.Module):
             p.requires_grad_(False)
         return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
-                   levels, steps, size).to(device)
+                   levels, steps, size, scheme=scheme).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -194,6 +253,7 @@ class LearnedStep(nn.Module):
                 (other.score is first.score or _same_weights(other.score, first.score))
             if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
+                    other.scheme != first.scheme or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
         sizes = torch.tensor([int(s.n_beads) for s in steps], device=first.bonds.device)
@@ -202,7 +262,7 @@ class LearnedStep(nn.Module):
         return LearnedStep(
             first.dynamics, first.score, torch.cat([s.embed for s in steps]), torch.cat([s.masses for s in steps]),
             bonds, first.timestep_ps, first.periodic, first.levels.tolist(), first.steps_per_level, first.step_size,
-            torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps),
+            torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps), first.scheme,
         ).to(first.embed.device)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, dyn_noise: torch.Tensor,
@@ -225,7 +285,8 @@ class LearnedStep(nn.Module):
         # as it is, so every wrapper reports it as a blow-up of this step.
         if self.n_refine > 0 and bool(torch.isfinite(x_new).all()):
             x_new = self.score.refine(x_new, self.levels, self.steps_per_level, self.step_size, refine_noise,
-                                      self.embed, self.masses, self.bonds, box_opt, self.batch)
+                                      self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme,
+                                      self.skin)
         h_new = torch.cat([h[1:], (x_new - x).unsqueeze(0)], dim=0)
         return x_new, h_new
 

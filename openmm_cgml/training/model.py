@@ -14,7 +14,7 @@ from torch import nn
 from ..nn.dynamics import DynamicsGNN
 from ..nn.embedding import BeadEmbedding
 from ..nn.io import load_model_dir, save_model_dir
-from ..nn.score import ScoreGNN, sigma_levels
+from ..nn.score import SCHEMES, ScoreGNN, sigma_levels
 from .schema import Config, check
 
 MODEL_KIND = "cgml-dynamics"
@@ -75,8 +75,12 @@ class ArchitectureConfig(Config):
     sigma_max: float = 1.0  # nm
     sigma_min: float = 0.001  # nm
     n_sigmas: int = 20
-    # default annealed-Langevin refinement of each predicted frame: the last refine_levels levels of the ladder
+    # default refinement of each predicted frame over the last refine_levels levels of the ladder:
+    # "langevin" (annealed Langevin, refine_steps_per_level steps per level) or "pc" (predictor-corrector:
+    # refine_steps_per_level corrector steps per level plus one predictor step between levels)
+    refine_scheme: str = "langevin"
     refine_levels: int = 5
+    refine_span: int = 0  # "pc": the refine_levels levels are spread over the last refine_span (0: contiguous)
     refine_steps_per_level: int = 2
     refine_step_size: float = 5e-7  # nm², alpha at the last level
 
@@ -90,6 +94,8 @@ class ArchitectureConfig(Config):
               and self.sigma_max >= self.sigma_min, "need cutoff > 0 nm and sigma_max >= sigma_min > 0 nm")
         check(self.min_std > 0, f"min_std must be > 0, got {self.min_std}")
         check(0 <= self.refine_levels <= self.n_sigmas, f"refine_levels must be between 0 and n_sigmas ({self.n_sigmas})")
+        check(0 <= self.refine_span <= self.n_sigmas, f"refine_span must be between 0 and n_sigmas ({self.n_sigmas})")
+        check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
         check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0,
               "refine_steps_per_level and refine_step_size must be >= 0")
 

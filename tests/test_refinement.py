@@ -1,0 +1,183 @@
+"""Issue #13: the skin neighbour list is exact, the cheap predictor-corrector refinement keeps the reference
+refinement's statistics on an analytic score, and every scheme round-trips through model files and the CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgml.nn.graph import neighbour_candidates, radius_graph, radius_graph_from_candidates
+from openmm_cgml.nn.score import ScoreGNN, refine_evaluations, sigma_levels
+from openmm_cgml.simulate.step import _ladder_levels
+
+
+def test_skin_list_gives_the_fresh_edges_at_every_step_of_a_rollout():
+    """A diffusing periodic liquid (beads cross the boundary): at every step the Verlet list's edges equal a fresh
+    cell search's, in the same order, although the list is rebuilt only now and then."""
+    g = torch.Generator().manual_seed(3)
+    box = torch.tensor([2.4, 2.6, 2.5])
+    x = torch.rand(400, 3, generator=g) * box
+    cutoff, skin = 0.5, 0.2
+    reference, candidates = x.new_zeros((0, 3)), torch.zeros((2, 0), dtype=torch.long)
+    builds, crossed = 0, 0
+    for _ in range(60):
+        x = x + 0.02 * torch.randn(x.shape, generator=g)
+        before = reference
+        candidates, reference = neighbour_candidates(x, cutoff, skin, reference, candidates, box)
+        builds += int(reference is not before)
+        fresh_index, fresh_vec = radius_graph(x, cutoff, box)
+        index, vec = radius_graph_from_candidates(x, cutoff, candidates, box)
+        assert torch.equal(index, fresh_index) and torch.equal(vec, fresh_vec)
+        crossed += int(((x < 0) | (x > box)).any())
+    assert 1 < builds < 30 and crossed > 0  # reused most steps, rebuilt when beads moved > skin / 2
+    # the list itself is a superset, and a pair within the cutoff is never missing from it
+    assert candidates.shape[1] > index.shape[1]
+
+
+def test_canonical_edge_order_is_independent_of_the_cell_grid():
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(300, 3, generator=g) * 3.0
+    small, _ = radius_graph(x, 0.45)
+    # the same edges from a search with a larger radius (another cell grid), filtered to 0.45 nm
+    wide, _ = radius_graph(x, 0.9)
+    again, _ = radius_graph_from_candidates(x, 0.45, wide)
+    assert torch.equal(small, again)
+    key = small[1] * 300 + small[0]
+    assert bool((key[1:] > key[:-1]).all())
+
+
+class GaussianScore(ScoreGNN):
+    """The exact score of independent Gaussian coordinates of variance ``var`` (nm²) smoothed by sigma."""
+
+    def __init__(self, var: torch.Tensor):
+        super().__init__(4, 0.5, hidden=4, n_layers=1)
+        self.var = var
+
+    def forward(self, pos, sigma, embed, masses, bonds, box=None, batch=None, candidates=None):
+        return -pos / (self.var + sigma.unsqueeze(1) ** 2)
+
+
+def _refined_variance_ratio(scheme, levels, steps, step_size, var, x0, seed=0):
+    score = GaussianScore(var)
+    n = x0.shape[0]
+    noise = torch.randn((refine_evaluations(scheme, len(levels), steps), n, 3),
+                        generator=torch.Generator().manual_seed(seed))
+    x = score.refine(x0, torch.tensor(levels), steps, step_size, noise, torch.zeros(n, 4), torch.ones(n),
+                     torch.zeros((0, 2), dtype=torch.long), None, None, scheme)
+    return x.var(dim=0) / var, ((x - x0) ** 2).mean(dim=0)
+
+
+def test_cheap_refinement_keeps_the_reference_statistics_on_an_analytic_score():
+    """Stiff (bond-like, 0.003-0.03 nm) and soft coordinates of a Gaussian target, predicted with 0.05 nm errors.
+
+    Reference: today's annealed Langevin over 8 levels x 5 steps (40 evaluations); cheap: predictor-corrector
+    over 5 of the same levels (4 evaluations). Tolerance: the cheap scheme's refined variance of every stiff coordinate is
+    within a factor 2.5 of the target (the reference's: within 2.5 too), its mean |log variance ratio| is no
+    more than 0.1 worse than the reference's, and it adds no more random displacement to soft coordinates."""
+    ladder = sigma_levels(0.3, 0.003, 12)
+    var3 = torch.tensor([1e-5, 1e-4, 1e-3])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    x0 = torch.sqrt(var3) * torch.randn((n, 3), generator=g) + 0.05 * torch.randn((n, 3), generator=g)
+    ref_ratio, _ = _refined_variance_ratio("langevin", ladder[-8:], 5, 5e-6, var3, x0)
+    cheap_levels = _ladder_levels(ladder, "pc", 5, 8)  # 5 of the same 8 levels: pc:5x0 on the shipped model
+    assert cheap_levels[0] == ladder[-8] and cheap_levels[-1] == ladder[-1]
+    cheap_ratio, _ = _refined_variance_ratio("pc", cheap_levels, 0, 5e-6, var3, x0)
+    assert refine_evaluations("pc", 5, 0) == 4 and refine_evaluations("langevin", 8, 5) == 40
+    for ratio in (ref_ratio, cheap_ratio):
+        assert bool(((ratio > 1 / 2.5) & (ratio < 2.5)).all()), ratio
+    assert float(cheap_ratio.log().abs().mean()) <= float(ref_ratio.log().abs().mean()) + 0.1
+    # soft coordinates (1 nm²): the refinement should leave them where the dynamics put them
+    soft = torch.ones(3)
+    x_soft = torch.randn((n, 3), generator=g)
+    _, ref_moved = _refined_variance_ratio("langevin", ladder[-8:], 5, 5e-6, soft, x_soft)
+    _, cheap_moved = _refined_variance_ratio("pc", cheap_levels, 0, 5e-6, soft, x_soft)
+    assert bool((cheap_moved < ref_moved).all()) and float(cheap_moved.max()) < 0.01
+    # without the corrector the prediction would not be repaired at all: the input's variance is 250x the target
+    assert float((x0.var(dim=0) / var3)[0]) > 100
+
+
+def test_pc_scheme_consumes_one_noise_row_per_evaluation():
+    score = GaussianScore(torch.ones(3))
+    x = torch.zeros(5, 3)
+    with pytest.raises(ValueError, match="one row per score evaluation"):
+        score.refine(x, torch.tensor([0.1, 0.01]), 1, 1e-5, torch.zeros(2, 5, 3), torch.zeros(5, 4), torch.ones(5),
+                     torch.zeros((0, 2), dtype=torch.long), None, None, "pc")
+    assert refine_evaluations("pc", 2, 1) == 3
+
+
+@pytest.mark.parametrize("spec, scheme, evaluations", [("pc:4x0", "pc", 3), ("pc:2x1", "pc", 3),
+                                                       ("langevin:3x1", "langevin", 3), ("none", "langevin", 0)])
+def test_schemes_round_trip_through_model_files_and_the_cli(spec, scheme, evaluations, tmp_path, tiny_peo_litfsi):
+    from openmm_cgml.cli import main
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.simulate import LearnedStep, parse_refine
+    from openmm_cgml.training.model import load_model
+
+    from test_simulate import MAPPING, tiny_model
+
+    built = tiny_peo_litfsi
+    built.save(str(tmp_path / "system"))
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **MAPPING)
+    model = tiny_model(beadmap)
+    refine = parse_refine(spec)
+    if refine:  # the scheme as the model file's default ...
+        model.config.refine_scheme = refine["scheme"]
+        model.config.refine_levels = refine["n_levels"]
+        model.config.refine_steps_per_level = refine["steps_per_level"]
+    else:
+        model.config.refine_levels = 0
+    model.save(str(tmp_path / "model"))
+    loaded = load_model(str(tmp_path / "model"))
+    step = LearnedStep.from_model(loaded, beadmap)
+    assert step.n_refine == evaluations and (not evaluations or step.scheme == scheme)
+    # ... and through the CLI, on a model whose own default is another scheme
+    model.config.refine_scheme, model.config.refine_levels, model.config.refine_steps_per_level = "langevin", 2, 2
+    model.save(str(tmp_path / "model"), overwrite=True)
+    assert LearnedStep.from_model(load_model(str(tmp_path / "model")), beadmap).n_refine == 4
+    rc = main(["simulate", str(tmp_path / "model"), "--system", str(tmp_path / "system"), "--ns", "0.2", "--quiet",
+               "--refine", spec, "-o", str(tmp_path / "run")])
+    info = json.loads((tmp_path / "run" / "simulate.json").read_text())
+    assert rc == 0 and info["score_evaluations_per_step"] == evaluations
+    # a resume with another refinement is refused in one line
+    rc = main(["simulate", str(tmp_path / "model"), "--system", str(tmp_path / "system"), "--ns", "0.4", "--quiet",
+               "--refine", "langevin:1x1" if spec != "langevin:1x1" else "none", "-o", str(tmp_path / "run")])
+    assert rc == 2
+
+
+def test_bad_refinement_spec_is_one_line(capsys, tmp_path):
+    from openmm_cgml.cli import main
+
+    rc = main(["simulate", "missing-model", "--system", str(tmp_path), "--ns", "1", "--refine", "pc:4", "-o",
+               str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "SCHEME:LxK" in err[0]
+    with pytest.raises(ValueError, match="refine_scheme"):
+        from openmm_cgml.training.model import ModelConfig
+
+        ModelConfig(refine_scheme="euler", timestep_ps=1.0).validate()
+
+
+def test_step_with_skin_list_equals_fresh_search(tiny_peo_litfsi):
+    """The learned step gives bit-identical frames with the refinement's Verlet list and without it."""
+    from openmm import unit
+
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.simulate import LearnedStep, parse_refine, rollout
+
+    from test_simulate import MAPPING, tiny_model
+
+    built = tiny_peo_litfsi
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **MAPPING)
+    model = tiny_model(beadmap)
+    box_nm = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
+    x = torch.tensor(beadmap.map_positions(built.positions, built.box_vectors), dtype=torch.float32)
+    h = torch.zeros(model.history_length, *x.shape)
+    box = torch.tensor(box_nm, dtype=torch.float32)
+    frames = {}
+    for skin in (0.0, 0.2):
+        step = torch.jit.script(LearnedStep.from_model(model, beadmap, refine=parse_refine("pc:3x1")))
+        step.skin = skin
+        frames[skin], _ = rollout(step, x, h, box, seed=2, n_steps=4)
+    assert torch.equal(frames[0.0], frames[0.2]) and not math.isnan(float(frames[0.2].sum()))
