@@ -39,6 +39,8 @@ BENCHMARKS = [
     ("plugin_step", [], ["plugin_step.json"]),
     # The polymer ground truth (class-II chains): baselines and learned models against 100x longer MD.
     ("polymer", [], ["polymer.json"]),
+    # Refinement scheme x evaluations x time step against both ground truths (after polymer: reuses its model).
+    ("pareto", [], ["pareto.json"]),
     # The shipped model's own training system (in distribution; not a held-out test).
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_400K.h5"), "--replicas", "4", "--ns", "10",
                   "--out", result_path("accuracy_training_system")], ["accuracy_training_system.json"]),
@@ -102,16 +104,8 @@ def summary_markdown() -> str:
                 lines.append(f"- {key}: {_fmt(sp[key])}")
         lines.append("")
     lines += _demo_lines(_load("demo.json"))
-    ms = _load("model_step.json")
-    if ms:
-        lines += [f"## One learned step ({_machine(ms).get('threads')} thread(s), matmul peak "
-                  f"{_fmt(ms.get('matmul_peak_gflop_per_s'))} GFLOP/s; {ms.get('note', '')})",
-                  "| beads | full step (s) | GFLOP | fraction of peak | dynamics only (s) |", "|---|---|---|---|---|"]
-        for case in ms.get("cases", []):
-            full, dyn = case["full"], case["dynamics_only"]
-            lines.append(f"| {case['n_beads']} | {_fmt(full['seconds_per_step'])} | {_fmt(full['gflop_per_step'])} | "
-                         f"{_fmt(full['fraction_of_matmul_peak'], '.2f')} | {_fmt(dyn['seconds_per_step'])} |")
-        lines.append("")
+    lines += _model_step_lines(_load("model_step.json"))
+    lines += _pareto_lines(_load("pareto.json"))
     dg = _load("dig.json")
     if dg:
         md, dig = dg.get("md", {}), dg.get("dig", {})
@@ -192,6 +186,71 @@ def summary_markdown() -> str:
         lines.append("")
     lines += _polymer_lines(_load("polymer.json"))
     return "\n".join(lines)
+
+
+def _model_step_lines(ms) -> list:
+    """One learned step (benchmarks/model_step.py): time, share of matmul peak, cost per bead."""
+    if not ms:
+        return []
+    lines = [f"## One learned step ({_machine(ms).get('threads')} thread(s), matmul peak "
+             f"{_fmt(ms.get('matmul_peak_gflop_per_s'))} GFLOP/s; {ms.get('note', '')})",
+             "| beads | mode | evaluations | s per step | µs per bead | fraction of matmul peak |",
+             "|---|---|---|---|---|---|"]
+    for case in ms.get("cases", []):
+        for mode in ("full", "pc", "dynamics_only"):
+            if mode in case:
+                c = case[mode]
+                lines.append(f"| {case['n_beads']} | {mode} | {c['model_evaluations']} | "
+                             f"{_fmt(c['seconds_per_step'])} | {_fmt(c.get('seconds_per_bead', c['seconds_per_step'] / case['n_beads']) * 1e6)} | "
+                             f"{_fmt(c['fraction_of_matmul_peak'], '.2f')} |")
+        if "compilers_dynamics_only" in case:
+            lines.append("")
+            lines.append(f"- {case['n_beads']} beads, dynamics only: " + ", ".join(
+                f"{k} {v['seconds_per_step'] * 1e3:.0f} ms (first call {v['first_call_s']:.1f} s)"
+                for k, v in case["compilers_dynamics_only"].items()))
+    spread = ms.get("per_bead_cost_spread_from_1000_beads")
+    if spread:
+        lines.append("- cost per bead, max / min over 10³ beads and up: " +
+                     ", ".join(f"{k} {v:.2f}×" for k, v in spread.items()) + " (goal ≤ 1.5×)")
+    lines.append("")
+    return lines
+
+
+def _pareto_lines(pa) -> list:
+    """Pareto front of refinement cost, time step and accuracy (benchmarks/pareto.py)."""
+    if not pa:
+        return []
+    lines = []
+    if pa.get("polymer"):
+        po = pa["polymer"]
+        lines += [f"## Pareto front, polymer ({po['rows'][0]['steps']} model steps of every class-II chain; fine MD "
+                  f"{po['fine_md']['s_per_chain_ns']:.3g} s per chain-ns, same run)",
+                  "| setting | evaluations | step (ps) | ⟨Rg²⟩ MARE | Rg² JS | abs log10 τ | collisions | bond breaks | "
+                  "speed-up vs fine MD | on front |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(po["rows"]):
+            lines.append(f"| {r['setting']} | {r['score_evaluations_per_step']} | {r['timestep_ps']:.3g} | "
+                         f"{_fmt(r['rg2_mean_abs_rel_error'])} | {_fmt(r['rg2_js_mean'])} | "
+                         f"{_fmt(r['tau_mean_abs_log10_ratio'])} | {_fmt(r['collision_rate_mean'])} | "
+                         f"{_fmt(r['bond_break_rate_mean'])} | {_fmt(r['speedup_vs_fine_md'])} | "
+                         f"{'yes' if i in po.get('front', []) else ''} |")
+        lines.append("")
+    if pa.get("peo_litfsi"):
+        pe = pa["peo_litfsi"]
+        lines += [f"## Pareto front, PEO/LiTFSI ({pe['reference']}: {pe['n_beads']} beads, all-atom reference "
+                  f"{pe['reference_ns']:.2f} ns; {pe['replicas']} × {pe['cg_ns_per_replica']:g} ns CG per setting; "
+                  f"all-atom OpenMM {pe['allatom']['ns_per_day']:.1f} ns/day on 1 thread, same run)",
+                  "| setting | evaluations | Li–PEO peak height error | Li–Li pairs < 0.5 nm per Li | collisions per "
+                  "bead | broken CG bonds | MSD exponent CG (Li, TFSI, PEO) | speed-up vs all-atom | on front |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(pe["rows"]):
+            alphas = ", ".join(_fmt(r["diffusivity"][k]["cg_msd_exponent"], ".2f") for k in ("LI", "TFS", "PEO")
+                               if k in r["diffusivity"])
+            lines.append(f"| {r['setting']} | {r['score_evaluations_per_step']} | "
+                         f"{100 * r['li_peo_peak_height_rel_error']:+.0f} % | "
+                         f"{_fmt(r['li_li_pairs_below_0.5nm_per_li'])} | {_fmt(r['collisions_per_bead_per_frame'])} | "
+                         f"{_fmt(r.get('bond_break_fraction'))} | {alphas} | {_fmt(r['speedup_vs_allatom'])} | {'yes' if i in pe.get('front', []) else ''} |")
+        lines.append("")
+    return lines
 
 
 def _polymer_lines(po) -> list:

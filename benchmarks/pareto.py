@@ -4,7 +4,9 @@
     python -m benchmarks.pareto --only polymer --polymer-steps 1000 --settings none pc:5x0 langevin:8x5
 
 A setting is a refinement (``simulate.parse_refine``: ``model``, ``none`` or ``SCHEME:LxK``) of a model, whose
-time step is the model's. Each setting is judged on both ground truths, in this one run and on one thread:
+time step is the model's: on the polymer, the 5-tau model and models of other steps (``--polymer-timesteps``,
+trained on the same class-I data with the same architecture); on PEO/LiTFSI, the shipped 100 ps model (longer
+PEO steps need the campaign's training systems). Each setting is judged on both ground truths, in this one run and on one thread:
 
 * polymer: the held-out class-II chains of ``benchmarks.polymer`` rolled out from their first kept ground-truth
   frame for ``--polymer-steps`` model steps (all chains batched; resumable under
@@ -14,11 +16,12 @@ time step is the model's. Each setting is judged on both ground truths, in this 
 * PEO/LiTFSI: ``--replicas`` replicas of the shipped model started from frames of the longest held-out all-atom
   reference for ``--peo-ns`` each, scored against that reference: log10 D errors from the diffusive regime only
   (withheld where either MSD exponent is below 0.9), first RDF peaks of Li-Li and Li-PEO, Li-Li RDF weight below
-  0.5 nm, collisions per bead per frame; cost in simulated ns per wall-second of one replica, and the ratio to
+  0.5 nm, collisions per bead per frame, broken CG bonds; cost in simulated ns per wall-second of one replica, and the ratio to
   all-atom OpenMM (CPU platform, one thread) of the same box measured in this run.
 
 The front is the set of settings that no other setting beats in both cost and error (error: polymer <Rg^2>
-error + |log10 tau|; PEO: |Li-PEO peak height error| + Li-Li weight below 0.5 nm + collisions x 100).
+error + |log10 tau|; PEO: |Li-PEO peak height error| + Li-Li pairs below 0.5 nm per Li + 100 x collisions per bead
++ 10 x the fraction of CG bonds stretched past 1.5x the longest all-atom bond).
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ HELDOUT_REFERENCES = ["peo_litfsi_eo6_li8_450K", "peo_litfsi_eo4_li9_450K"]
 LI_LI_CLOSE_NM = 0.5
 
 
-def _variant_dir(spec: str) -> str:
-    return "pareto/" + spec.replace(":", "-")
+def _variant_dir(spec: str, frames_per_step=None) -> str:
+    where = "pareto" if frames_per_step is None else f"pareto/fps{int(frames_per_step)}"
+    return where + "/" + spec.replace(":", "-")
 
 
 def pareto_front(costs, errors) -> list[int]:
@@ -55,8 +59,10 @@ def pareto_front(costs, errors) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def polymer_front(settings, n_steps: int, progress: bool = True) -> dict:
-    """Polymer rows: one short class-II rollout per setting, scored like ``benchmarks.polymer``."""
+def polymer_front(settings, n_steps: int, progress: bool = True, timesteps=(), timestep_settings=()) -> dict:
+    """Polymer rows: one short class-II rollout per setting, scored like ``benchmarks.polymer``; then
+    ``timestep_settings`` for each model of ``timesteps`` (frames per model step, trained here by
+    ``benchmarks.polymer.learn.train_model`` if missing), each rollout covering the same simulated time."""
     from openmm_cgml.simulate import parse_refine
 
     from .polymer.__main__ import _truth, fine_md_cost, learned_scores, rollout_records
@@ -66,7 +72,7 @@ def polymer_front(settings, n_steps: int, progress: bool = True) -> dict:
 
     config = load_config(DEFAULT_CONFIG)
     data_root = os.path.join(REPO, config.get("output", "benchmarks/data/polymer"))
-    model, model_dir = train_model(data_root)
+    base, _ = train_model(data_root)
     records, facts, bonds = _truth(config, data_root, "class_II", DISCARD_STEPS)
     sticks = [contact_yardsticks(r["frames"], b) for r, b in zip(records, bonds)]
     p = config["physics"]
@@ -74,22 +80,26 @@ def polymer_front(settings, n_steps: int, progress: bool = True) -> dict:
     d_exact = exact_com_diffusivity(p["temperature_K"], p["chain_length"], p["mass_amu"], _timestep_ps(p)[1])
     with open(os.path.join(data_root, "class_II", "sequences.json")) as handle:
         fine = fine_md_cost(config, json.load(handle)["sequences"])
-    frame_every = max(1, round(config["datasets"]["class_II"]["frame_interval"] * dt / model.timestep_ps))
     rows = []
-    for spec in settings:
-        variant = _variant_dir(spec)
-        record = run_rollout(config, data_root, model, model_dir, variant, n_steps=n_steps, progress=progress,
-                             refine=parse_refine(spec))
+    cases = [(None, spec) for spec in settings] + [(k, spec) for k in timesteps for spec in timestep_settings]
+    for frames_per_step, spec in cases:
+        model, model_dir = train_model(data_root, frames_per_step=frames_per_step, progress=progress)
+        frame_every = max(1, round(config["datasets"]["class_II"]["frame_interval"] * dt / model.timestep_ps))
+        variant = _variant_dir(spec, frames_per_step)
+        steps = int(round(n_steps * base.timestep_ps / model.timestep_ps))
+        run_rollout(config, data_root, model, model_dir, variant, n_steps=steps, progress=progress,
+                    refine=parse_refine(spec))
         pred, info = rollout_records(data_root, variant, frame_every)
         scores = learned_scores(pred, records, bonds, sticks, d_exact)["aggregate"]
         chain_ns = info["n_chains"] * info["steps_done"] * model.timestep_ps / 1000.0
         s_per_chain_ns = info["wall_s"] / chain_ns
-        rows.append({"setting": spec, "score_evaluations_per_step": info["n_refine_evaluations_per_step"],
+        rows.append({"setting": spec, "model": os.path.relpath(model_dir, REPO),
+                     "score_evaluations_per_step": info["n_refine_evaluations_per_step"],
                      "timestep_ps": model.timestep_ps, "steps": info["steps_done"], "blow_up": info["blow_up"],
                      **scores, "chain_ns_per_wall_s": 1.0 / s_per_chain_ns,
                      "speedup_vs_fine_md": fine["s_per_chain_ns"] / s_per_chain_ns,
                      "error": scores["rg2_mean_abs_rel_error"] + scores["tau_mean_abs_log10_ratio"]})
-    return {"model": os.path.relpath(model_dir, REPO), "fine_md": fine, "ground_truth": facts, "rows": rows}
+    return {"fine_md": fine, "ground_truth": facts, "rows": rows}
 
 
 def _reference_copy(root: str, tmp: str):
@@ -121,6 +131,14 @@ def _li_li_close_weight(positions, box, species) -> float:
     r = np.linalg.norm(d, axis=-1)
     iu = np.triu_indices(len(li), 1)
     return float((r[:, iu[0], iu[1]] < LI_LI_CLOSE_NM).sum() / (len(li) * len(positions)))
+
+
+def _bond_lengths(positions, box, bonds) -> np.ndarray:
+    """Minimum-image CG bond lengths (frames, bonds), nm."""
+    from openmm_cgml.pbc import minimum_image
+
+    d = positions[:, bonds[:, 1]] - positions[:, bonds[:, 0]]
+    return np.linalg.norm(minimum_image(d, box[:, None, :]), axis=-1)
 
 
 def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool = True) -> dict:
@@ -158,6 +176,8 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
                     for k, (a, b) in pairs.items()}
 
         ref_peaks = peaks(ref_x, ref_box)
+        bonds = np.asarray(beadmap.bonds, dtype=int).reshape(-1, 2)
+        longest_bond = float(_bond_lengths(ref_x, ref_box, bonds).max())
         thresholds = collision_thresholds(DEFAULT_MODEL, beadmap)
         n_steps = int(np.ceil(ns * 1000.0 / model.timestep_ps))
         rows = []
@@ -178,15 +198,18 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
             cg_peaks = peaks(cg_x, boxes)
             collisions = float(count_collisions(cg_x, box, beadmap, thresholds).mean() / beadmap.n_beads)
             li_close = _li_li_close_weight(cg_x, boxes, species)
+            # a CG bond stretched past 1.5x the longest all-atom one counts as broken (chains falling apart)
+            broken = float((_bond_lengths(cg_x, boxes, bonds) > 1.5 * longest_bond).mean())
             ns_per_s = replicas * n_steps * model.timestep_ps / 1000.0 / clock.seconds
             height_error = cg_peaks["LI-PEO"][1] / ref_peaks["LI-PEO"][1] - 1.0
-            rows.append({"setting": spec, "score_evaluations_per_step": int(step.n_refine),
+            rows.append({"setting": spec, "model": os.path.relpath(model_dir, REPO),
+                     "score_evaluations_per_step": int(step.n_refine),
                          "timestep_ps": model.timestep_ps, "ns_per_wall_s": ns_per_s,
                          "speedup_vs_allatom": ns_per_s * 86400.0 / aa["ns_per_day"],
                          "diffusivity": table, "rdf_first_peak": {"allatom": ref_peaks, "cg": cg_peaks},
                          "li_peo_peak_height_rel_error": height_error, "li_li_pairs_below_0.5nm_per_li": li_close,
-                         "collisions_per_bead_per_frame": collisions,
-                         "error": abs(height_error) + li_close + 100.0 * collisions})
+                         "collisions_per_bead_per_frame": collisions, "bond_break_fraction": broken,
+                         "error": abs(height_error) + li_close + 100.0 * collisions + 10.0 * broken})
     return {"reference": name, "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
             "n_beads": beadmap.n_beads, "replicas": replicas, "cg_ns_per_replica": n_steps * model.timestep_ps / 1e3,
             "allatom": aa, "rows": rows}
@@ -206,7 +229,8 @@ def _plot(result: dict, path: str) -> None:
         xs, ys = [r[speed] for r in rows], [r["error"] for r in rows]
         ax.scatter(xs, ys, c=[r["score_evaluations_per_step"] for r in rows], cmap="viridis")
         for r, x, y in zip(rows, xs, ys):
-            ax.annotate(f"{r['setting']} ({r['score_evaluations_per_step']})", (x, y), fontsize=7)
+            ax.annotate(f"{r['setting']} ({r['score_evaluations_per_step']}, {r['timestep_ps']:.3g} ps)", (x, y),
+                        fontsize=7)
         front = part["front"]
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "r--", lw=1, label="Pareto front")
         ax.set_xscale("log")
@@ -223,7 +247,12 @@ def main(argv=None) -> int:
     parser = benchmark_parser(__doc__, "pareto", threads=1)
     parser.add_argument("--only", choices=["polymer", "peo_litfsi"], default=None)
     parser.add_argument("--settings", nargs="+", default=SETTINGS)
-    parser.add_argument("--polymer-steps", type=int, default=1000, help="model steps per class-II rollout")
+    parser.add_argument("--polymer-steps", type=int, default=1000,
+                        help="model steps per class-II rollout of the default (5-tau) model")
+    parser.add_argument("--polymer-timesteps", type=int, nargs="*", default=[20],
+                        help="other polymer model steps, in dataset frames (default 20 = 10 tau; trained if missing)")
+    parser.add_argument("--timestep-settings", nargs="*", default=["model", "pc:5x0", "none"],
+                        help="the settings run with the other time steps")
     parser.add_argument("--peo-ns", type=float, default=10.0, help="CG ns per PEO/LiTFSI replica")
     parser.add_argument("--replicas", type=int, default=2, help="PEO/LiTFSI replicas per setting")
     parser.add_argument("--aa-steps", type=int, default=1000, help="all-atom steps timed for the ratio")
@@ -233,7 +262,9 @@ def main(argv=None) -> int:
     result = {"benchmark": "pareto", "machine": machine(args.threads)}
     with Stopwatch() as clock:
         if args.only in (None, "polymer"):
-            result["polymer"] = polymer_front(args.settings, args.polymer_steps, progress=not args.quiet)
+            result["polymer"] = polymer_front(args.settings, args.polymer_steps, progress=not args.quiet,
+                                              timesteps=args.polymer_timesteps,
+                                              timestep_settings=args.timestep_settings)
         if args.only in (None, "peo_litfsi"):
             result["peo_litfsi"] = peo_front(args.settings, args.peo_ns, args.replicas, args.aa_steps,
                                              progress=not args.quiet)
@@ -242,7 +273,7 @@ def main(argv=None) -> int:
             rows = result[name]["rows"]
             result[name]["front"] = pareto_front([1.0 / r[speed] for r in rows], [r["error"] for r in rows])
             for r in rows:
-                print(f"{name:10s} {r['setting']:14s} evals {r['score_evaluations_per_step']:3d}  "
+                print(f"{name:10s} {r['setting']:14s} {r['timestep_ps']:7.3g} ps evals {r['score_evaluations_per_step']:3d}  "
                       f"speed-up {r[speed]:9.3g}  error {r['error']:.3f}")
     result["wall_s"] = clock.seconds
     write_json(result, args.out)

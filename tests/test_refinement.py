@@ -181,3 +181,11 @@ def test_step_with_skin_list_equals_fresh_search(tiny_peo_litfsi):
         step.skin = skin
         frames[skin], _ = rollout(step, x, h, box, seed=2, n_steps=4)
     assert torch.equal(frames[0.0], frames[0.2]) and not math.isnan(float(frames[0.2].sum()))
+
+
+def test_pareto_front_keeps_only_undominated_settings():
+    from benchmarks.pareto import pareto_front
+
+    costs = [1.0, 2.0, 3.0, 2.5, None]
+    errors = [3.0, 2.0, 1.0, 2.5, 0.0]  # (2.5, 2.5) is beaten by (2.0, 2.0); None is not measured
+    assert pareto_front(costs, errors) == [0, 1, 2]

@@ -34,17 +34,25 @@ ROLLOUT_INFO = "rollout.json"
 MAX_DISPLACEMENT_NM = 6.0
 
 
+def model_dir_for(data_root: str, frames_per_step: int | None = None) -> str:
+    """``<data_root>/model`` (the config's time step), or ``<data_root>/model_fpsK`` for K frames per step."""
+    return os.path.join(data_root, "model" if frames_per_step is None else f"model_fps{int(frames_per_step)}")
+
+
 def train_model(data_root: str, train: str = "class_I", train_config: str = TRAIN_CONFIG, retrain: bool = False,
-                device: str = "cpu", progress: bool = True):
-    """The learned model of ``<data_root>/model``: trained on ``train``'s chains unless it is already there."""
+                device: str = "cpu", progress: bool = True, frames_per_step: int | None = None):
+    """The learned model of :func:`model_dir_for`: trained on ``train``'s chains unless it is already there;
+    ``frames_per_step`` overrides the config's (a longer or shorter model step, same architecture)."""
     from openmm_cgml.training import load_model
     from openmm_cgml.training import train as train_cg
+    from openmm_cgml.yamlio import read_yaml_mapping
 
-    model_dir = os.path.join(data_root, "model")
+    model_dir = model_dir_for(data_root, frames_per_step)
     if not retrain and os.path.exists(os.path.join(model_dir, "cgml_model.json")):
         return load_model(model_dir), model_dir
-    train_cg(dataset_chains(data_root, train), model_dir, train_config, device, resume=not retrain,
-             progress=progress)
+    config = train_config if frames_per_step is None else dict(read_yaml_mapping(train_config),
+                                                               frames_per_step=int(frames_per_step))
+    train_cg(dataset_chains(data_root, train), model_dir, config, device, resume=not retrain, progress=progress)
     return load_model(model_dir), model_dir
 
 
@@ -157,16 +165,21 @@ def main(argv=None) -> int:
                         help="ground-truth step the rollouts start from (default: %(default)s)")
     parser.add_argument("--n-steps", type=int, default=None, help="model steps (default: the ground-truth length)")
     parser.add_argument("--retrain", action="store_true", help="train again even if the model exists")
+    parser.add_argument("--frames-per-step", type=int, default=None,
+                        help="model step in dataset frames (default: the training config's); model_fpsK/")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     data_root = args.data or os.path.join(REPO, config.get("output", "benchmarks/data/polymer"))
     model, model_dir = train_model(data_root, train=args.train, train_config=args.train_config,
-                                   retrain=args.retrain, device=args.device)
+                                   retrain=args.retrain, device=args.device, frames_per_step=args.frames_per_step)
     print(f"model: {model_dir} ({model.timestep_ps:g} ps per step)")
     for variant in args.variants:
-        record = run_rollout(config, data_root, model, model_dir, variant, truth=args.truth,
-                             discard_steps=args.discard_steps, n_steps=args.n_steps, device=args.device)
+        # another time step's rollouts go to rollouts/fpsK/<variant>, beside the default model's
+        out = variant if args.frames_per_step is None else f"fps{args.frames_per_step}/{variant}"
+        extra = {} if args.frames_per_step is None else {"refine": VARIANTS[variant]}
+        record = run_rollout(config, data_root, model, model_dir, out, truth=args.truth,
+                             discard_steps=args.discard_steps, n_steps=args.n_steps, device=args.device, **extra)
         note = f", blew up at step {record['blow_up']['step']}" if record["blow_up"] else ""
         print(f"{variant}: {record['n_chains']} chains x {record['steps_done']} steps in {record['wall_s']:.0f} s"
               f"{note}")
