@@ -80,7 +80,16 @@ class InteractionBlock(nn.Module):
     def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         src, dst = edge_index[0], edge_index[1]
         n = h.shape[0]
-        e = e + self.edge_mlp(torch.cat([h[dst], h[src], e], dim=1))
+        # In blocks of edges: the (E, 3 * hidden) input of one huge graph would not fit in cache (at 10^4 beads
+        # it is ~260 MB). Each row's MLP output does not depend on the block, so the result is bit-identical.
+        chunk = 16384
+        if e.shape[0] <= chunk:
+            e = e + self.edge_mlp(torch.cat([h[dst], h[src], e], dim=1))
+        else:
+            parts = [e[i:i + chunk] + self.edge_mlp(torch.cat([h[dst[i:i + chunk]], h[src[i:i + chunk]],
+                                                                e[i:i + chunk]], dim=1))
+                     for i in range(0, e.shape[0], chunk)]
+            e = torch.cat(parts, dim=0)
         if self.attention:
             d_head = h.shape[1] // self.heads
             q = self.query(h).view(n, self.heads, d_head)[dst]
