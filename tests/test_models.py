@@ -182,3 +182,20 @@ def _pair_beadmap(n_pairs: int, periodic: bool, element: str = "C", mass: float 
         "type_names": [f"PAIR:{element}-000000"], "type_graphs": [graph], "bead_residue_names": ["PAI"] * n,
         "bead_species": ["PAIR"] * n, "periodic": periodic,
     })
+
+
+def test_interaction_block_in_edge_blocks_is_bit_identical():
+    """A graph with more edges than one block (16,384) gives exactly the unblocked edge and node update."""
+    from openmm_cgml.nn.backbone import InteractionBlock, scatter_sum
+
+    torch.manual_seed(0)
+    block = InteractionBlock(16).eval()
+    n, n_edges = 2000, 40000
+    h, e = torch.randn(n, 16), torch.randn(n_edges, 16)
+    edge_index = torch.randint(0, n, (2, n_edges))
+    with torch.no_grad():
+        h_got, e_got = block(h, e, edge_index)
+        src, dst = edge_index
+        e_want = e + block.edge_mlp(torch.cat([h[dst], h[src], e], dim=1))
+        h_want = h + block.node_mlp(torch.cat([h, scatter_sum(e_want, dst, n)], dim=1))
+    assert torch.equal(e_got, e_want) and torch.equal(h_got, h_want)
