@@ -71,6 +71,15 @@ class ScoreGNN(nn.Module):
         _, e = self.backbone(node_attr, edge_attr, edge_index)
         return self.vector_head(e, edge_vec, edge_index, n)[:, 0] / sigma.unsqueeze(1)
 
+    def _listed_score(self, x: torch.Tensor, sigma: torch.Tensor, embed: torch.Tensor, masses: torch.Tensor,
+                      bonds: torch.Tensor, box: Optional[torch.Tensor], batch: Optional[torch.Tensor], skin: float,
+                      reference: torch.Tensor, candidates: torch.Tensor):
+        """The score at ``x``, with the Verlet list (``reference``, ``candidates``) updated first if ``skin`` > 0."""
+        if skin <= 0:
+            return self.forward(x, sigma, embed, masses, bonds, box, batch, None), candidates, reference
+        candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box, batch)
+        return self.forward(x, sigma, embed, masses, bonds, box, batch, candidates), candidates, reference
+
     @torch.jit.export
     def refine(
         self,
@@ -118,18 +127,14 @@ class ScoreGNN(nn.Module):
             alpha = step_size * (levels[i] / last) ** 2
             sigma = levels[i].expand(x.shape[0])
             for _ in range(steps_per_level):
-                if skin > 0:
-                    candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box,
-                                                                 batch)
-                score = self.forward(x, sigma, embed, masses, bonds, box, batch, candidates if skin > 0 else None)
+                score, candidates, reference = self._listed_score(x, sigma, embed, masses, bonds, box, batch, skin,
+                                                                  reference, candidates)
                 x = x + alpha * score + torch.sqrt(2.0 * alpha) * noise[k]
                 k += 1
             if scheme == "pc" and i + 1 < n_levels:
                 d = levels[i] ** 2 - levels[i + 1] ** 2
-                if skin > 0:
-                    candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box,
-                                                                 batch)
-                score = self.forward(x, sigma, embed, masses, bonds, box, batch, candidates if skin > 0 else None)
+                score, candidates, reference = self._listed_score(x, sigma, embed, masses, bonds, box, batch, skin,
+                                                                  reference, candidates)
                 x = x + d * score + torch.sqrt(d) * (levels[i + 1] / levels[i]) * noise[k]
                 k += 1
         return x
