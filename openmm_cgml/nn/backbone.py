@@ -15,8 +15,7 @@ from torch import nn
 
 
 class MLP(nn.Sequential):
-    """``n_hidden`` hidden layers of width ``hidden`` with SiLU, optional LayerNorm on the output (GNS style).
-    Inputs of more than 16,384 rows run in blocks of that many rows (bit-identical, cache-friendly)."""
+    """``n_hidden`` hidden layers of width ``hidden`` with SiLU, optional LayerNorm on the output (GNS style)."""
 
     def __init__(self, n_in: int, hidden: int, n_out: int, n_hidden: int = 2, layer_norm: bool = True):
         layers = []
@@ -28,17 +27,6 @@ class MLP(nn.Sequential):
         if layer_norm:
             layers.append(nn.LayerNorm(n_out))
         super().__init__(*layers)
-
-    def _layers(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self:
-            x = layer(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        block = 16384  # blocks keep the temporaries in cache; every row is computed on its own
-        if x.shape[0] <= block:
-            return self._layers(x)
-        return torch.cat([self._layers(x[i:i + block]) for i in range(0, x.shape[0], block)], dim=0)
 
 
 class GaussianRBF(nn.Module):
@@ -92,8 +80,8 @@ class InteractionBlock(nn.Module):
     def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         src, dst = edge_index[0], edge_index[1]
         n = h.shape[0]
-        # In blocks of edges, as MLP does: the (E, 3 * hidden) input of one huge graph would not fit in cache (at
-        # 10^4 beads it is ~260 MB). Each row's MLP output does not depend on the block: the result is bit-identical.
+        # In blocks of edges: the (E, 3 * hidden) input of one huge graph would not fit in cache (at 10^4 beads
+        # it is ~260 MB). Each row's MLP output does not depend on the block, so the result is bit-identical.
         chunk = 16384
         if e.shape[0] <= chunk:
             e = e + self.edge_mlp(torch.cat([h[dst], h[src], e], dim=1))
