@@ -217,7 +217,7 @@ def _simulate(args):
 
     options = dict(replicas=args.replicas, seed=args.seed, device=args.device, report_every_ps=args.report_every_ps,
                    dig_path=args.dig, progress=not args.quiet, checkpoint_every=args.checkpoint_every,
-                   refine=parse_refine(args.refine))
+                   refine=parse_refine(args.refine), allow_unseen_types=args.allow_unseen_types)
     try:
         if args.scheduler is not None:  # one Dask task per replica, each resumable from its own checkpoint
             stats = simulate_ensemble(args.model, args.system, args.ns, args.output, args.scheduler, **options)
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--report-every-ps", type=float, default=None, help="frame interval (default: every step)")
     p.add_argument("--dig", default=None, help="DiG model directory: start each replica from a DiG sample")
+    p.add_argument("--allow-unseen-types", action="store_true",
+                   help="embed bead types the model (and DiG) never saw from their atom graphs instead of refusing")
     p.add_argument("--refine", default="model",
                    help="score refinement: model (its default), none, or SCHEME:LxK over the model's last L noise "
                         "levels with K steps per level, SCHEME langevin (annealed Langevin, L*K evaluations) or pc "

@@ -71,7 +71,7 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
                   device: str = "cpu", report_every_ps: Optional[float] = None, dig_path: Optional[str] = None,
                   progress: bool = True, checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS,
                   stop_after: Optional[int] = None, replica_range: Optional[Tuple[int, int]] = None,
-                  refine=None) -> dict:
+                  refine=None, allow_unseen_types: bool = False) -> dict:
     """``cgml simulate``: run R replicas of a built all-atom system with a learned CG model (batched engine).
 
     Writes ``out_dir/replica_r.h5`` (CG datasets, readable by ``cgml analyze``; frames flushed as written),
@@ -89,7 +89,8 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
     (seeds ``seed + first ..``, DiG starts drawn for all ``replicas`` and sliced), written as ``replica_0.h5 ..``
     in ``out_dir``: one task of :func:`simulate_ensemble`, whose replica r follows replica r of this same call
     without ``replica_range``. ``refine`` overrides the model's score refinement (``LearnedStep.from_model``;
-    ``simulate.parse_refine`` reads the CLI's spec).
+    ``simulate.parse_refine`` reads the CLI's spec). ``allow_unseen_types`` lets the model (and DiG) embed bead
+    types they were not trained on from their atom graphs instead of refusing the system.
     """
     from .analysis import collision_thresholds, count_collisions
     from .mapping import BeadMap
@@ -106,7 +107,7 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
     model = load_model(model_path, device=device)
     built = BuiltSystem.load(system_dir)
     beadmap = BeadMap.from_openmm(built.topology, built.system, **model.mapping)
-    step = LearnedStep.from_model(model, beadmap, refine=refine)
+    step = LearnedStep.from_model(model, beadmap, refine=refine, allow_unseen_types=allow_unseen_types)
     box_vectors = built.box_vectors
     box = np.diag(box_vectors.value_in_unit(unit.nanometer)) if box_vectors is not None else None
     start = beadmap.map_positions(built.positions, box_vectors)
@@ -124,7 +125,8 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
         from .dig import initial_states
 
         # All R draws, then the slice: a task's replicas start where the whole ensemble's would.
-        start = initial_states(replicas, beadmap, dig_path, box=box, seed=seed, device=device)[first:stop]
+        start = initial_states(replicas, beadmap, dig_path, box=box, seed=seed, device=device,
+                               allow_unseen_types=allow_unseen_types)[first:stop]
     n_run = stop - first
     engine = ReplicaEngine(step, np.broadcast_to(start, (n_run,) + start.shape[-2:]),
                            seeds=[seed + r for r in range(first, stop)], box=box, device=device)
@@ -175,7 +177,8 @@ ENSEMBLE_FILE = "ensemble.json"
 def simulate_ensemble(model_path: str, system_dir: str, ns: float, out_dir: str, scheduler: str, replicas: int = 1,
                       seed: int = 0, device: str = "cpu", report_every_ps: Optional[float] = None,
                       dig_path: Optional[str] = None, progress: bool = True,
-                      checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS, refine=None) -> dict:
+                      checkpoint_every: int = SIMULATE_CHECKPOINT_STEPS, refine=None,
+                      allow_unseen_types: bool = False) -> dict:
     """``cgml simulate --scheduler``: the R replicas of :func:`simulate_main` as R Dask tasks (one progress bar).
 
     Replica r is one task: ``simulate_main(..., replica_range=(r, r + 1))`` into ``out_dir/replica_r/`` (its
@@ -207,7 +210,7 @@ def simulate_ensemble(model_path: str, system_dir: str, ns: float, out_dir: str,
                 **({"refine": refine} if refine is not None else {})}
     fresh = _check_ensemble_dir(out_dir, settings, os.path.join(out_dir, CHECKPOINT))
     options = dict(device=device, report_every_ps=report_every_ps, dig_path=dig_path,
-                   checkpoint_every=int(checkpoint_every), refine=refine)
+                   checkpoint_every=int(checkpoint_every), refine=refine, allow_unseen_types=allow_unseen_types)
     tasks = [(model_path, system_dir, ns, os.path.join(out_dir, f"replica_{r}"), int(replicas), int(seed), r, options)
              for r in range(int(replicas))]
     with connect(scheduler) as client:  # a bad or unreachable scheduler fails here, before anything is written

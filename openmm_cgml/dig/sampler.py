@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from openmm import unit
 
-from ..nn.dig_model import Descriptor, DiGScoreModel, wrap_positions
+from ..nn.dig_model import Descriptor, DiGScoreModel, GraphScore, wrap_positions
+from ..nn.embedding import BeadVocabulary
 from ..nn.sde import VPSDE
 from ..units import strip_units
 from .flow import ProbabilityFlow, ancestral_sample, centre, subspace_dim
@@ -39,28 +40,32 @@ class DiGSampler:
             ``score(y, t) -> (B, N, 3)`` on dimensionless coordinates (e.g. an analytic score; then pass
             ``length_scale`` and ``remove_com``).
         sde: the forward SDE the model was trained with (read from the model directory when given a path).
-        type_names: the model's bead-type vocabulary, used to translate a BeadMap's types.
+        vocab: the :class:`~openmm_cgml.nn.embedding.BeadVocabulary` the model was trained on (read from a model
+            directory); a BeadMap with other bead types is refused unless ``allow_unseen_types``.
         length_scale: nm per unit of y (only for a plain score callable; a model carries its own).
         remove_com: diffuse in the centroid-free subspace (default: True unless the descriptor is periodic).
         device: torch device for the model.
+        allow_unseen_types: sample systems whose bead types the model never saw (their embeddings come from their
+            atom graphs, as in ``LearnedStep.from_model``).
     """
 
     def __init__(
         self,
         model: Union[DiGScoreModel, str, Callable],
         sde: Optional[VPSDE] = None,
-        type_names: Optional[Sequence[str]] = None,
+        vocab: Optional[BeadVocabulary] = None,
         length_scale: float = 1.0,
         remove_com: Optional[bool] = None,
         device: Union[str, torch.device] = "cpu",
+        allow_unseen_types: bool = False,
     ):
         self.device = torch.device(device)
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from ..training.dig import load_dig
 
-            model, sde_loaded, type_names_loaded = load_dig(str(model))
+            model, sde_loaded, vocab_loaded = load_dig(str(model))
             sde = sde or sde_loaded
-            type_names = type_names if type_names is not None else type_names_loaded
+            vocab = vocab if vocab is not None else vocab_loaded
         if isinstance(model, DiGScoreModel):
             self.model = model.to(self.device).eval()
             self.length_scale = model.length_scale
@@ -72,34 +77,32 @@ class DiGSampler:
         else:
             raise TypeError("model must be a DiGScoreModel, a model directory, or a score callable")
         self.sde = sde or VPSDE()
-        self.type_names = list(type_names) if type_names is not None else None
+        self.vocab = vocab
+        self.allow_unseen_types = bool(allow_unseen_types)
         self._remove_com = remove_com
 
     # ---- descriptors ---------------------------------------------------------------------------------------
     def descriptor(self, system=None, box=None) -> Descriptor:
-        """A :class:`Descriptor` from a BeadMap-like object (bead_types, type_names, bonds), a Descriptor,
+        """A :class:`Descriptor` from a BeadMap (bead types with their atom graphs, CG bonds), a Descriptor,
         or an int bead count (a score callable needs no types). ``box`` (3,) nm makes it periodic."""
-        if isinstance(system, Descriptor):
-            return system if box is None else Descriptor(system.bead_types, system.bonds, box)
-        if isinstance(system, int):
-            return Descriptor(torch.zeros(system, dtype=torch.long), None, box)
-        if system is None:
-            raise ValueError("give a BeadMap, a Descriptor or a bead count to sample")
         if box is not None and hasattr(box, "value_in_unit"):
             from openmm import unit
 
             box = box.value_in_unit(unit.nanometer)
-        types = np.asarray(system.bead_types, dtype=np.int64)
-        names = list(getattr(system, "type_names", []) or [])
-        if self.type_names is not None and names:
-            vocab = {name: i for i, name in enumerate(self.type_names)}
-            missing = sorted({names[k] for k in types if names[k] not in vocab})
-            if missing:
-                raise ValueError(f"bead types {missing} are unknown to this DiG model (trained on {self.type_names})")
-            types = np.array([vocab[names[k]] for k in types], dtype=np.int64)
-        if self.model is not None and types.size and int(types.max()) >= self.model.n_types:
-            raise ValueError(f"bead type {int(types.max())} exceeds the model's {self.model.n_types} types")
-        return Descriptor(types, np.asarray(system.bonds, dtype=np.int64).reshape(-1, 2), box)
+        if isinstance(system, int):
+            return Descriptor(torch.zeros(system, dtype=torch.long), None, box)
+        if system is None:
+            raise ValueError("give a BeadMap, a Descriptor or a bead count to sample")
+        desc = system if isinstance(system, Descriptor) else Descriptor.from_beadmap(system, box)
+        if box is not None and not desc.periodic:
+            desc = desc.with_box(box)
+        if self.vocab is not None and desc.type_names is not None and not self.allow_unseen_types:
+            used = [desc.type_names[k] for k in torch.unique(desc.bead_types).tolist()]
+            unseen = self.vocab.unseen(used)
+            if unseen:
+                raise ValueError(f"the DiG model was not trained on bead types {unseen}; pass "
+                                 "allow_unseen_types=True to embed them from their atom graphs")
+        return desc
 
     def _uses_com_removal(self, desc: Descriptor) -> bool:
         return (not desc.periodic) if self._remove_com is None else bool(self._remove_com)
@@ -108,20 +111,7 @@ class DiGSampler:
         """score(y (B, N, 3), t (B,)) -> (B, N, 3) for this descriptor."""
         if self._score_fn is not None:
             return self._score_fn
-        model, sde = self.model, self.sde
-        cache = {}
-
-        def score(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            b, n = y.shape[0], y.shape[1]
-            if b not in cache:
-                types, bonds, batch = desc.batched(b)
-                box = None if desc.box is None else desc.box.to(self.device)
-                cache[b] = (types.to(self.device), bonds.to(self.device), batch.to(self.device), box)
-            types, bonds, batch, box = cache[b]
-            eps = model(y.reshape(b * n, 3), t, types, bonds, batch, box).reshape(b, n, 3)
-            return -eps / sde.marginal_std(t).to(y.dtype).view(b, 1, 1)
-
-        return score
+        return GraphScore(self.model, self.sde, desc, self.device, frozen=True)
 
     # ---- sampling ------------------------------------------------------------------------------------------
     def sample(

@@ -4,7 +4,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..nn.dig_model import Descriptor, DiGScoreModel
+from ..nn.dig_model import DiGScoreModel
 from ..pbc import minimum_image_torch, wrap_torch
 from .sampler import DiGSampler
 
@@ -32,11 +32,13 @@ def initial_states(
     max_rounds: int = 10,
     batch_size: int = 64,
     device: str = "cpu",
+    allow_unseen_types: bool = False,
 ) -> np.ndarray:
     """``n`` starting structures (n, N, 3) float32 nm for learned simulations, sampled independently by DiG.
 
     Args:
-        system: the BeadMap (or Descriptor) of the system to seed; its bead types must be known to the model.
+        system: the BeadMap (or Descriptor) of the system to seed; its bead types must be known to the model
+            unless ``allow_unseen_types`` (then they are embedded from their atom graphs).
         dig: a DiG model directory (``cgml train-dig`` output), a :class:`DiGSampler` or a :class:`DiGScoreModel`.
         box: (3,) nm (or a Quantity) for periodic systems; structures are then wrapped into [0, box).
             Non-periodic structures are returned with their centroid at the origin.
@@ -47,16 +49,15 @@ def initial_states(
     """
     if int(n) < 1:
         raise ValueError(f"n must be a positive number of structures, got {n}")
-    sampler = dig if isinstance(dig, DiGSampler) else DiGSampler(dig, device=device)
+    sampler = dig if isinstance(dig, DiGSampler) else DiGSampler(dig, device=device,
+                                                                 allow_unseen_types=allow_unseen_types)
     if box is not None and hasattr(box, "value_in_unit"):
         from openmm import unit
 
         box = box.value_in_unit(unit.nanometer)
     if box is not None:
         box = np.array(box, dtype=np.float32).reshape(-1)  # a writable copy (np.diag gives read-only views)
-    desc = system if isinstance(system, Descriptor) else sampler.descriptor(system, box)
-    if box is not None and not desc.periodic:
-        desc = Descriptor(desc.bead_types, desc.bonds, box)
+    desc = sampler.descriptor(system, box)
     box_t = desc.box
     kept = []
     n_kept = 0

@@ -2,8 +2,12 @@
 
 The network predicts the noise eps added by the VP SDE (:mod:`openmm_cgml.nn.sde`) to dimensionless coordinates
 y = x / length_scale; the score is ``-eps / sigma(t)``. Inputs to the shared :class:`GraphBackbone` are all
-invariant (bead-type embedding, sinusoidal features of t, Gaussian RBFs of distances in nm, edge type), and the
+invariant (bead embeddings from each type's atom graph, sinusoidal features of t, Gaussian RBFs of distances in nm, edge type), and the
 output comes from :class:`EdgeVectorHead`, so the score is rotation equivariant and translation invariant.
+
+Bead types: the model embeds each type from its atom graph with the same :class:`BeadEmbedding` the dynamics
+and score models use (``BeadMap.type_graphs``), so it has no fixed table of types and can sample systems whose
+bead types it never saw. A :class:`Descriptor` carries the atom graphs of its types.
 
 Centre of mass: for non-periodic systems the diffusion runs in the subspace where the bead centroid is zero
 (DiG's convention): the noise and the predicted eps are projected onto it, so densities are densities on that
@@ -11,31 +15,56 @@ Centre of mass: for non-periodic systems the diffusion runs in the subspace wher
 Periodic systems keep all 3N coordinates; their edges use minimum images in the given box.
 """
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..pbc import minimum_image_torch
 from ..pbc import remove_centroids_by_graph as remove_centroid  # the projection onto the COM-free subspace
+from .embedding import BeadEmbedding, anonymous_type_graphs
 from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone
 from .graph import BOND_EDGE, RADIUS_EDGE, bond_edges, build_edges
 from .sde import VPSDE
 
 
 class Descriptor:
-    """What DiG is conditioned on: bead types (N,) int64 indices into the model's type table, CG bonds (M, 2),
-    and whether the system is periodic (then ``box`` (3,) nm is used for edges)."""
+    """What DiG is conditioned on: bead types (N,) int64 indices into ``type_graphs``, CG bonds (M, 2), and
+    whether the system is periodic (then ``box`` (3,) nm is used for edges).
 
-    def __init__(self, bead_types, bonds=None, box=None):
-        self.bead_types = torch.as_tensor(bead_types, dtype=torch.long).reshape(-1)
-        bonds = torch.zeros((0, 2), dtype=torch.long) if bonds is None else torch.as_tensor(bonds, dtype=torch.long)
+    ``type_graphs`` are the atom graphs of the types (``BeadMap.type_graphs``: one dict per type index, with
+    ``elements``, ``masses`` and ``bonds``); without them the types are known only by index
+    (:func:`~openmm_cgml.nn.embedding.anonymous_type_graphs`). ``type_names`` (optional) name them.
+    """
+
+    def __init__(self, bead_types, bonds=None, box=None, type_graphs: Optional[Sequence[dict]] = None,
+                 type_names: Optional[Sequence[str]] = None):
+        self.bead_types = torch.as_tensor(np.asarray(bead_types, dtype=np.int64)).reshape(-1)
+        bonds = torch.zeros((0, 2), dtype=torch.long) if bonds is None else torch.as_tensor(
+            np.asarray(bonds, dtype=np.int64))
         self.bonds = bonds.reshape(-1, 2)
         self.box = None if box is None else torch.as_tensor(box, dtype=torch.float32).reshape(3)
         if self.bead_types.numel() == 0:
             raise ValueError("a DiG descriptor needs at least one bead")
+        if int(self.bead_types.min()) < 0:
+            raise ValueError("bead types must be indices >= 0")
         if self.bonds.numel() and (int(self.bonds.max()) >= self.n_beads or int(self.bonds.min()) < 0):
             raise ValueError(f"CG bonds refer to beads outside 0..{self.n_beads - 1}")
+        n_types = int(self.bead_types.max()) + 1
+        self.type_graphs: List[dict] = list(type_graphs) if type_graphs is not None else anonymous_type_graphs(n_types)
+        if len(self.type_graphs) < n_types:
+            raise ValueError(f"bead type {n_types - 1} has no atom graph (the descriptor has {len(self.type_graphs)})")
+        self.type_names = None if type_names is None else [str(n) for n in type_names]
+
+    @classmethod
+    def from_beadmap(cls, beadmap, box=None) -> "Descriptor":
+        """A BeadMap's bead types (with their names and atom graphs) and CG bonds; ``box`` (3,) nm or None."""
+        return cls(beadmap.bead_types, beadmap.bonds, box, list(beadmap.type_graphs), list(beadmap.type_names))
+
+    def with_box(self, box) -> "Descriptor":
+        """The same system in a periodic box (3,) nm."""
+        return Descriptor(self.bead_types, self.bonds, box, self.type_graphs, self.type_names)
 
     @property
     def n_beads(self) -> int:
@@ -115,11 +144,11 @@ class DiGScoreModel(nn.Module):
     """Noise-prediction network for DiG.
 
     Args:
-        n_types: size of the bead-type embedding table.
         length_scale: nm per unit of the diffused coordinate y (positions are divided by it).
         cutoff: radius-graph cutoff in nm, or None for a fully connected graph (small molecules, no PBC).
         rbf_max: largest distance (nm) resolved by the RBF expansion; defaults to cutoff, or 6 length scales.
-        hidden, n_layers, heads, n_rbf, n_time, embed_dim: network sizes.
+        hidden, n_layers, heads, n_rbf, n_time: network sizes.
+        embed_dim, embed_hidden, embed_layers: the bead-type embedding GNN (:class:`BeadEmbedding`).
         skip_sde: VP SDE config (:meth:`VPSDE.config`) enabling the Gaussian skip eps = sigma(t) y + network
             for non-periodic systems (None: plain network).
         time_max_freq: highest frequency of the sinusoidal time features (lower = smoother in t; PIDP needs
@@ -128,7 +157,6 @@ class DiGScoreModel(nn.Module):
 
     def __init__(
         self,
-        n_types: int,
         length_scale: float = 1.0,
         cutoff: Optional[float] = None,
         rbf_max: Optional[float] = None,
@@ -138,17 +166,16 @@ class DiGScoreModel(nn.Module):
         n_rbf: int = 32,
         n_time: int = 16,
         embed_dim: int = 16,
+        embed_hidden: int = 32,
+        embed_layers: int = 2,
         time_max_freq: float = 1000.0,
         skip_sde: Optional[dict] = None,
     ):
         super().__init__()
-        if n_types < 1:
-            raise ValueError(f"n_types must be >= 1, got {n_types}")
         if length_scale <= 0:
             raise ValueError(f"length_scale must be positive (nm), got {length_scale}")
         if cutoff is not None and cutoff <= 0:
             raise ValueError(f"cutoff must be positive (nm) or None, got {cutoff}")
-        self.n_types = int(n_types)
         self.length_scale = float(length_scale)
         self.cutoff = None if cutoff is None else float(cutoff)
         # Beyond rbf_max only the linear r / rbf_max feature resolves distances; 6 length scales covers the pair
@@ -156,7 +183,7 @@ class DiGScoreModel(nn.Module):
         self.rbf_max = float(rbf_max) if rbf_max is not None else (self.cutoff or 6.0 * self.length_scale)
         self.n_time = int(n_time) + (int(n_time) % 2)
         self.time_max_freq = float(time_max_freq)
-        self.embedding = nn.Embedding(self.n_types, embed_dim)
+        self.embedding = BeadEmbedding(embed_dim, embed_hidden, embed_layers)
         self.rbf = GaussianRBF(n_rbf, self.rbf_max)
         # Edge input: RBF(r), r / rbf_max (beyond the RBF range), one-hot edge type.
         self.backbone = GraphBackbone(embed_dim + self.n_time, n_rbf + 1 + 2, hidden, n_layers, attention=True,
@@ -180,7 +207,6 @@ class DiGScoreModel(nn.Module):
     def config(self) -> dict:
         """Constructor arguments as a JSON-able dict (for nn.io.save_model_dir)."""
         return {
-            "n_types": self.n_types,
             "length_scale": self.length_scale,
             "cutoff": self.cutoff,
             "rbf_max": self.rbf_max,
@@ -189,10 +215,18 @@ class DiGScoreModel(nn.Module):
             "heads": self.backbone.blocks[0].heads if len(self.backbone.blocks) else 4,
             "n_rbf": self.rbf.centres.shape[0],
             "n_time": self.n_time,
-            "embed_dim": self.embedding.embedding_dim,
+            "embed_dim": self.embedding.embed_dim,
+            "embed_hidden": self.embedding.backbone.hidden,
+            "embed_layers": len(self.embedding.backbone.blocks),
             "time_max_freq": self.time_max_freq,
             "skip_sde": self.skip_sde,
         }
+
+    def embed(self, descriptor: Descriptor) -> torch.Tensor:
+        """Per-bead embeddings (N, embed_dim) of the descriptor's system, from its types' atom graphs
+        (differentiable: training updates the embedding GNN through it)."""
+        table = self.embedding.embed_types(descriptor.type_graphs)
+        return table[descriptor.bead_types.to(table.device)]
 
     def edges(
         self, x: torch.Tensor, bonds: torch.Tensor, box: Optional[torch.Tensor], batch: torch.Tensor
@@ -213,7 +247,7 @@ class DiGScoreModel(nn.Module):
         self,
         y: torch.Tensor,
         t: torch.Tensor,
-        bead_types: torch.Tensor,
+        embed: torch.Tensor,
         bonds: torch.Tensor,
         batch: Optional[torch.Tensor] = None,
         box: Optional[torch.Tensor] = None,
@@ -223,7 +257,7 @@ class DiGScoreModel(nn.Module):
         Args:
             y: dimensionless coordinates, positions / length_scale.
             t: diffusion times, a scalar or (B,) tensor, one per graph of ``batch``.
-            bead_types: (N,) int64 type indices.
+            embed: (N, embed_dim) bead embeddings (:meth:`embed`).
             bonds: (M, 2) int64 CG bonds (global bead indices).
             batch: (N,) graph index per bead, or None for one graph.
             box: None, (3,) or (B, 3) nm box edge lengths for periodic systems.
@@ -242,7 +276,7 @@ class DiGScoreModel(nn.Module):
             [self.rbf(r), (r / self.rbf_max).unsqueeze(1), nn.functional.one_hot(edge_type, 2).to(y.dtype)], dim=1
         )
         time_attr = time_features(t, self.n_time, self.time_max_freq)[batch]
-        node_attr = torch.cat([self.embedding(bead_types), time_attr], dim=1)
+        node_attr = torch.cat([embed.to(y.dtype), time_attr], dim=1)
         h, e = self.backbone(node_attr, edge_attr, edge_index)
         eps = self.head(e, edge_vec, edge_index, n)[:, 0, :]
         if box is None:
@@ -252,6 +286,38 @@ class DiGScoreModel(nn.Module):
                 eps = eps + self._skip.marginal_std(t)[batch].unsqueeze(1) * y_c
             eps = remove_centroid(eps, batch, n_graphs)
         return eps
+
+
+class GraphScore:
+    """score(y (B, N, 3), t (B,)) = -eps(y, t) / sigma(t) of ``model`` on B copies of one system.
+
+    The bead embeddings and the batched graph of each batch size are computed once per instance: make one per
+    loss evaluation in training (gradients reach the embedding GNN), or one with ``frozen`` (no gradients) for
+    sampling and densities.
+    """
+
+    def __init__(self, model: "DiGScoreModel", sde: VPSDE, descriptor: Descriptor, device=None, frozen: bool = False):
+        self.model, self.sde, self.descriptor, self.frozen = model, sde, descriptor, bool(frozen)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self._graphs = {}
+        self._embed = None
+
+    def _bead_embeddings(self) -> torch.Tensor:
+        if self._embed is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+                self._embed = self.model.embed(self.descriptor)
+        return self._embed
+
+    def __call__(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, n = y.shape[0], y.shape[1]
+        if b not in self._graphs:
+            _, bonds, batch = self.descriptor.batched(b)
+            box = None if self.descriptor.box is None else self.descriptor.box.to(self.device)
+            self._graphs[b] = (bonds.to(self.device), batch.to(self.device), box)
+        bonds, batch, box = self._graphs[b]
+        embed = self._bead_embeddings().repeat(b, 1)
+        eps = self.model(y.reshape(b * n, 3), t, embed, bonds, batch, box).reshape(b, n, 3)
+        return -eps / self.sde.marginal_std(t).to(y.dtype).view(b, 1, 1)
 
 
 def wrap_positions(x: torch.Tensor, box: Optional[torch.Tensor]) -> torch.Tensor:

@@ -110,3 +110,39 @@ class BeadEmbedding(nn.Module):
         """Embeddings (n_types, embed_dim) of a list of ``BeadMap.type_graphs`` dicts."""
         device = self.project.weight.device
         return self.forward(TypeGraphs(type_graphs).to(device))
+
+
+class BeadVocabulary:
+    """Bead types a model was trained on: ``type_names`` and their atom graphs ``type_graphs``."""
+
+    def __init__(self, type_names, type_graphs):
+        self.type_names = [str(n) for n in type_names]
+        self.type_graphs = list(type_graphs)
+        if len(self.type_names) != len(self.type_graphs):
+            raise ValueError("a bead vocabulary needs one atom graph per type name")
+
+    def index(self, name: str) -> int:
+        return self.type_names.index(name)
+
+    def add(self, name: str, graph: dict) -> int:
+        """Index of type ``name``, appending it (with its atom graph) if new."""
+        if name not in self.type_names:
+            self.type_names.append(str(name))
+            self.type_graphs.append(graph)
+        return self.type_names.index(name)
+
+    def to_dict(self) -> dict:
+        return {"type_names": list(self.type_names), "type_graphs": list(self.type_graphs)}
+
+    def __len__(self):
+        return len(self.type_names)
+
+    def unseen(self, names: Sequence[str]) -> List[str]:
+        """The names among ``names`` that are not in the vocabulary, sorted."""
+        return sorted({str(n) for n in names} - set(self.type_names))
+
+
+def anonymous_type_graphs(n_types: int) -> List[dict]:
+    """Atom graphs for ``n_types`` bead types known only by index (no chemistry): type k is one virtual atom
+    (no element) of mass 10 (k + 1) amu, so the types embed differently but nothing transfers between them."""
+    return [{"elements": ["X"], "masses": [10.0 * (k + 1)], "bonds": []} for k in range(int(n_types))]

@@ -199,7 +199,7 @@ class LearnedStep(nn.Module):
             from their atom graphs) instead of refusing them.
         """
         used = sorted({beadmap.type_names[t] for t in np.unique(np.asarray(beadmap.bead_types))})
-        unknown = [name for name in used if name not in model.vocab.type_names]
+        unknown = model.vocab.unseen(used)
         if unknown and not allow_unseen_types:
             raise ValueError(
                 f"the model was not trained on bead types {unknown}; pass allow_unseen_types=True to extrapolate "

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..nn.dig_model import Descriptor, DiGScoreModel
+from ..nn.embedding import BeadVocabulary
 from ..pbc import remove_centroid, wrap
 from ..nn.io import load_model_dir, save_model_dir
 from ..nn.sde import SCHEDULES, VPSDE
@@ -36,7 +37,9 @@ class DiGConfig(OptimConfig):
     heads: int = 4
     n_rbf: int = 32
     n_time: int = 16
-    embed_dim: int = 16
+    embed_dim: int = 16  # bead embedding from each type's atom graph (the dynamics models' BeadEmbedding)
+    embed_hidden: int = 32
+    embed_layers: int = 2
     time_max_freq: float = 1000.0  # highest frequency of the sinusoidal diffusion-time features
     gaussian_skip: bool = False  # eps = sigma(t) y + network (non-periodic systems; see DiGScoreModel)
     cutoff: Optional[float] = None  # nm; None = fully connected graph (small, non-periodic systems)
@@ -57,7 +60,8 @@ class DiGConfig(OptimConfig):
 
     def validate(self):
         super().validate()
-        sizes = ("hidden", "n_layers", "heads", "n_rbf", "n_time", "embed_dim", "n_steps", "stride")
+        sizes = ("hidden", "n_layers", "heads", "n_rbf", "n_time", "embed_dim", "embed_hidden", "embed_layers",
+                 "n_steps", "stride")
         small = [name for name in sizes if getattr(self, name) < 1]
         check(not small, f"{', '.join(small)} must be >= 1")
         check(self.hidden % self.heads == 0, f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
@@ -73,9 +77,9 @@ class DiGConfig(OptimConfig):
     def make_sde(self) -> VPSDE:
         return VPSDE(self.schedule, self.beta_min, self.beta_max, self.n_steps)
 
-    def make_model(self, n_types: int, length_scale: float) -> DiGScoreModel:
-        return DiGScoreModel(n_types, length_scale, self.cutoff, None, self.hidden, self.n_layers, self.heads,
-                             self.n_rbf, self.n_time, self.embed_dim, self.time_max_freq,
+    def make_model(self, length_scale: float) -> DiGScoreModel:
+        return DiGScoreModel(length_scale, self.cutoff, None, self.hidden, self.n_layers, self.heads, self.n_rbf,
+                             self.n_time, self.embed_dim, self.embed_hidden, self.embed_layers, self.time_max_freq,
                              self.make_sde().config() if self.gaussian_skip else None)
 
 
@@ -127,8 +131,9 @@ def denoising_loss(
         eps = remove_centroid(eps)
     tt = t.view(b, 1, 1)
     y_t = sde.marginal_mean_coef(tt) * y0 + sde.marginal_std(tt) * eps
-    types, bonds, batch = descriptor.batched(b)
-    pred = model(y_t.reshape(b * n, 3), t, types.to(device), bonds.to(device), batch.to(device),
+    _, bonds, batch = descriptor.batched(b)
+    embed = model.embed(descriptor).repeat(b, 1)
+    pred = model(y_t.reshape(b * n, 3), t, embed, bonds.to(device), batch.to(device),
                  None if boxes is None else boxes.to(device))
     return ((pred.reshape(b, n, 3) - eps) ** 2).mean()
 
@@ -155,13 +160,26 @@ class DSMObjective:
         return total, (float(total.detach()),)
 
 
-def save_dig_model(loop: TrainingLoop, sde: VPSDE, type_names: Optional[Sequence[str]], extra: dict):
-    """Write the trained (EMA) DiG model of ``loop`` into its run directory (no-op without one)."""
+def vocabulary_of(descriptors: Sequence[Descriptor]) -> Optional[BeadVocabulary]:
+    """The named bead types of the training systems (None when a system's types are known only by index)."""
+    if any(d.type_names is None for d in descriptors):
+        return None
+    vocab = BeadVocabulary([], [])
+    for d in descriptors:
+        for k in torch.unique(d.bead_types).tolist():
+            vocab.add(d.type_names[k], d.type_graphs[k])
+    return vocab
+
+
+def save_dig_model(loop: TrainingLoop, sde: VPSDE, descriptors: Sequence[Descriptor], extra: dict):
+    """Write the trained (EMA) DiG model of ``loop`` into its run directory (no-op without one), with the
+    vocabulary of the ``descriptors`` it was trained on."""
     if loop.out_dir is None:
         return
     config = {"model": loop.model.config(), "sde": sde.config()}
     extra = dict(extra)
-    extra.update({"type_names": list(type_names) if type_names is not None else None,
+    vocab = vocabulary_of(descriptors)
+    extra.update({"vocab": vocab.to_dict() if vocab is not None else None,
                   "training": loop.config.to_dict(), "iterations": loop.iteration,
                   "final_loss": loop.losses[-1][0] if loop.losses else None})
     save_model_dir(loop.out_dir, MODEL_KIND, config, loop.final_state_dict(), extra, overwrite=True)
@@ -181,18 +199,18 @@ def frames_fingerprint(frame_sets: Sequence["FrameSet"]) -> dict:
 def descriptor_to_dict(descriptor: Descriptor) -> dict:
     """JSON form of a descriptor (stored with the model so ``cgml sample`` knows the trained systems)."""
     return {"bead_types": descriptor.bead_types.tolist(), "bonds": descriptor.bonds.tolist(),
-            "box": None if descriptor.box is None else descriptor.box.tolist()}
+            "box": None if descriptor.box is None else descriptor.box.tolist(),
+            "type_graphs": descriptor.type_graphs, "type_names": descriptor.type_names}
 
 
 def descriptor_from_dict(values: dict) -> Descriptor:
-    return Descriptor(values["bead_types"], values["bonds"] or None, values.get("box"))
+    return Descriptor(values["bead_types"], values["bonds"] or None, values.get("box"), values.get("type_graphs"),
+                      values.get("type_names"))
 
 
 def fit_dig(
     frame_sets: Sequence[FrameSet],
     config: Optional[DiGConfig] = None,
-    n_types: Optional[int] = None,
-    type_names: Optional[Sequence[str]] = None,
     out_dir: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
     resume: bool = False,
@@ -211,7 +229,6 @@ def fit_dig(
     if not frame_sets:
         raise ValueError("fit_dig needs at least one frame set")
     device = torch.device(device)
-    n_types = n_types or max(int(fs.descriptor.bead_types.max()) + 1 for fs in frame_sets)
     length = config.length_scale
     if length is None:
         length = float(np.sqrt(np.mean([fs.rms_coordinate() ** 2 for fs in frame_sets])))
@@ -219,7 +236,7 @@ def fit_dig(
     sde = config.make_sde()
     with torch.random.fork_rng(devices=[]):  # seeded weight initialisation without touching the global RNG
         torch.manual_seed(int(config.seed))
-        model = config.make_model(n_types, length)
+        model = config.make_model(length)
     has_ckpt = prepare_run_dir(out_dir, config, resume, frames_fingerprint(frame_sets))
     extra = dict(extra or {})
     extra.setdefault("systems", [descriptor_to_dict(fs.descriptor) for fs in frame_sets])
@@ -227,7 +244,7 @@ def fit_dig(
                         desc="DiG DSM")
     loop.run(resume=has_ckpt, progress=progress,
              callback=None if callback is None else (lambda i, terms: callback(i, terms[0])))
-    save_dig_model(loop, sde, type_names, extra)
+    save_dig_model(loop, sde, [fs.descriptor for fs in frame_sets], extra)
     model = loop.model
     model.load_state_dict(loop.final_state_dict())
     return model.eval(), sde
@@ -239,7 +256,7 @@ MAPPING_KEYS = ("atoms_per_bead", "single_bead_residues", "whole_residues")
 def frame_sets_from_datasets(dataset_paths: Sequence[str], config: DiGConfig):
     """Read CG datasets into frame sets with a shared bead-type vocabulary.
 
-    Returns (frame_sets, type_names, beadmaps, mapping) where ``mapping`` holds the mapping settings
+    Returns (frame_sets, beadmaps, mapping) where ``mapping`` holds the mapping settings
     (atoms_per_bead, single_bead_residues, whole_residues) found in the first dataset's provenance.
     """
     from ..data.dataset import CGDataset
@@ -248,7 +265,6 @@ def frame_sets_from_datasets(dataset_paths: Sequence[str], config: DiGConfig):
         dataset_paths = [dataset_paths]
     if not dataset_paths:
         raise ValueError("give at least one CG dataset file to train DiG on")
-    vocab: List[str] = []
     sets, beadmaps, mapping = [], [], {}
     for path in dataset_paths:
         if not os.path.exists(str(path)):
@@ -258,11 +274,6 @@ def frame_sets_from_datasets(dataset_paths: Sequence[str], config: DiGConfig):
             ref = (ds.provenance or {}).get("reference_config") or {}
             if not mapping:
                 mapping = {k: ref[k] for k in MAPPING_KEYS if k in ref}
-            names = [str(n) for n in bm.type_names]
-            for name in names:
-                if name not in vocab:
-                    vocab.append(name)
-            types = np.array([vocab.index(names[k]) for k in np.asarray(bm.bead_types)], dtype=np.int64)
             sel = slice(None, None, max(int(config.stride), 1))
             frames = np.asarray(ds.positions[sel], dtype=np.float32)
             boxes = None if ds.box is None else np.asarray(ds.box[sel], dtype=np.float32)
@@ -273,13 +284,12 @@ def frame_sets_from_datasets(dataset_paths: Sequence[str], config: DiGConfig):
                 raise ValueError(f"{path} holds no frames to train on")
             if boxes is not None and config.cutoff is None:
                 raise ValueError(f"{path} is periodic: set a finite DiG cutoff (nm) in the config")
-            desc = Descriptor(types, np.asarray(bm.bonds, dtype=np.int64).reshape(-1, 2),
-                              None if boxes is None else boxes[0])
+            desc = Descriptor.from_beadmap(bm, None if boxes is None else boxes[0])
             if boxes is not None:
                 frames = wrap(frames, boxes[:, None, :])
             sets.append(FrameSet(frames, desc, boxes))
             beadmaps.append(bm)
-    return sets, vocab, beadmaps, mapping
+    return sets, beadmaps, mapping
 
 
 def train_dig(
@@ -300,9 +310,9 @@ def train_dig(
     the datasets' mapping settings in its ``extra["mapping"]``.
     """
     config = DiGConfig.coerce(config)
-    sets, vocab, beadmaps, mapping = frame_sets_from_datasets(dataset_paths, config)
+    sets, beadmaps, mapping = frame_sets_from_datasets(dataset_paths, config)
     paths = [str(dataset_paths)] if isinstance(dataset_paths, (str, os.PathLike)) else [str(p) for p in dataset_paths]
-    fit_dig(sets, config, len(vocab), vocab, out_dir, device, resume, progress,
+    fit_dig(sets, config, out_dir, device, resume, progress,
             extra={"trained_on": [os.path.abspath(p) for p in paths], "method": "dsm", "mapping": mapping},
             callback=callback)
     for k, bm in enumerate(beadmaps):  # each written under a temporary name, then renamed
@@ -321,8 +331,8 @@ def train_dig_main(dataset_paths, out_dir: str, config_path: Optional[str] = Non
     return out_dir
 
 
-def load_dig(path: str) -> Tuple[DiGScoreModel, VPSDE, Optional[List[str]]]:
-    """Load a DiG model directory; returns (model in eval mode, its SDE, bead-type vocabulary or None)."""
+def load_dig(path: str) -> Tuple[DiGScoreModel, VPSDE, Optional[BeadVocabulary]]:
+    """Load a DiG model directory; returns (model in eval mode, its SDE, its :class:`BeadVocabulary` or None)."""
     config, state_dict, extra = load_model_dir(path, MODEL_KIND)
     try:
         model = DiGScoreModel(**config["model"])
@@ -330,7 +340,8 @@ def load_dig(path: str) -> Tuple[DiGScoreModel, VPSDE, Optional[List[str]]]:
         model.load_state_dict(state_dict)
     except (KeyError, TypeError, RuntimeError) as err:
         raise ValueError(f"{path} does not hold a consistent DiG model: {err}") from None
-    return model.eval(), sde, extra.get("type_names")
+    vocab = extra.get("vocab")
+    return model.eval(), sde, BeadVocabulary(**vocab) if vocab else None
 
 
 def load_dig_systems(path: str) -> List[Descriptor]:

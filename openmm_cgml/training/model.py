@@ -12,7 +12,7 @@ from typing import List, Optional
 from torch import nn
 
 from ..nn.dynamics import DynamicsGNN
-from ..nn.embedding import BeadEmbedding
+from ..nn.embedding import BeadEmbedding, BeadVocabulary  # noqa: F401 (re-exported)
 from ..nn.io import load_model_dir, save_model_dir
 from ..nn.score import SCHEMES, ScoreGNN, sigma_levels
 from .schema import Config, check
@@ -120,32 +120,6 @@ class ModelConfig(ArchitectureConfig):
 
     def levels(self) -> List[float]:
         return sigma_levels(self.sigma_max, self.sigma_min, self.n_sigmas)
-
-
-class BeadVocabulary:
-    """Bead types a model was trained on: ``type_names`` and their atom graphs ``type_graphs``."""
-
-    def __init__(self, type_names, type_graphs):
-        self.type_names = [str(n) for n in type_names]
-        self.type_graphs = list(type_graphs)
-        if len(self.type_names) != len(self.type_graphs):
-            raise ValueError("a bead vocabulary needs one atom graph per type name")
-
-    def index(self, name: str) -> int:
-        return self.type_names.index(name)
-
-    def add(self, name: str, graph: dict) -> int:
-        """Index of type ``name``, appending it (with its atom graph) if new."""
-        if name not in self.type_names:
-            self.type_names.append(str(name))
-            self.type_graphs.append(graph)
-        return self.type_names.index(name)
-
-    def to_dict(self) -> dict:
-        return {"type_names": list(self.type_names), "type_graphs": list(self.type_graphs)}
-
-    def __len__(self):
-        return len(self.type_names)
 
 
 class CGModel(nn.Module):
