@@ -27,6 +27,10 @@ BENCHMARKS = [
     # The default `cgml demo` (shipped box, shipped model): its wall time.
     ("demo", [], ["demo.json"]),
     ("dig", [], ["dig.json"]),
+    # Trained DiG's ODE log-density vs an exact Gaussian chain; double-well free energy vs exact.
+    ("dig_density", [], ["dig_density.json"]),
+    # PIDP pre-training from the energy, then DSM with K MD frames, vs DSM from scratch.
+    ("pidp_scale", [], ["pidp_scale.json"]),
     # Held-out composition (6 x EO8 + 5 LiTFSI; the model was trained on 3 LiTFSI), if its dataset is present.
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
                   "--ns", "10"], ["accuracy.json"]),
@@ -39,6 +43,11 @@ BENCHMARKS = [
     ("plugin_step", [], ["plugin_step.json"]),
     # The polymer ground truth (class-II chains): baselines and learned models against 100x longer MD.
     ("polymer", [], ["polymer.json"]),
+    # DiG trained on class I, sampled on the unseen class-II chains; DiG-seeded rollouts (after polymer: its model).
+    ("polymer.dig", [], ["polymer_dig.json"]),
+    # The same model with 12 ODE steps (speed), and seeded rollouts over the first 1 % (equilibration).
+    ("polymer.dig", ["--steps", "12", "--samples", "200", "--seed-fraction", "0.01", "--out",
+                     result_path("polymer_dig_fast")], ["polymer_dig_fast.json"]),
     # Refinement scheme x evaluations x time step against both ground truths (after polymer: reuses its model).
     ("pareto", [], ["pareto.json"]),
     # The shipped model's own training system (in distribution; not a held-out test).
@@ -185,7 +194,53 @@ def summary_markdown() -> str:
                          f"{100 * ens['scaling_efficiency']:.0f} %)")
         lines.append("")
     lines += _polymer_lines(_load("polymer.json"))
+    lines += _dig_lines(_load("polymer_dig.json"), _load("polymer_dig_fast.json"), _load("dig_density.json"),
+                        _load("pidp_scale.json"))
     return "\n".join(lines)
+
+
+def _polymer_dig_lines(pd) -> list:
+    d, md = pd["dig"], pd["md"]
+    lines = [f"## DiG on the {pd['truth']['n_chains']} unseen class-II chains (trained on class I; "
+             f"{d['samples_per_chain']} {d['method']} samples per chain, {d['steps'] or 'default'} steps; graph: "
+             f"{pd['graph']})",
+             f"- Rg² JS {_fmt(d['rg2_js_mean'])} (goal ≤ 0.02), ⟨Rg²⟩ |error| {100 * d['rg2_rel_error_mean_abs']:.1f} % "
+             f"(goal ≤ 5 %); end-to-end JS {_fmt(d['end_to_end_js_mean'])}, |error| "
+             f"{100 * d['end_to_end_rel_error_mean_abs']:.1f} %; CG bond-length JS {_fmt(d['bond_length_js_mean'])}",
+             f"- independent samples/s: DiG {_fmt(d['independent_samples_per_s'])}, fine MD "
+             f"{_fmt(md['independent_samples_per_s'])} (one per 2 τ_int, τ_int {md['tau_int_ps_mean']:.0f} ps): "
+             f"{_fmt(pd['samples_per_s_vs_md'])}× (goal ≥ 100×)"]
+    se = pd.get("seeding")
+    if se:
+        lines.append(f"- learned rollouts, first {100 * se['fraction_of_truth']:g} % of the ground-truth length "
+                     f"({se['model_steps']} model steps), Rg² JS / ⟨Rg²⟩ |error| by start: " + "; ".join(
+                         f"{name} {_fmt(se[name]['rg2_js_mean'])} / {100 * se[name]['rg2_rel_error_mean_abs']:.1f} %"
+                         for name in ("dig", "equilibrated_truth", "first_frame") if name in se))
+    return lines + [""]
+
+
+def _dig_lines(pd, fast, dd, ps) -> list:
+    """DiG on unseen polymer chains, its densities against exact ones, and what PIDP pre-training saves."""
+    lines = []
+    for result in (pd, fast):
+        if result:
+            lines += _polymer_dig_lines(result)
+    if dd:
+        c, w = dd["gaussian_chain"], dd["double_well"]
+        lines += ["## DiG densities against exact ones",
+                  f"- Gaussian chain ({c['n_beads']} beads, {c['dof']} dof, trained by DSM): ODE log p error "
+                  f"{c['log_prob_error_nat_per_dof']:.4f} nat per dof (goal ≤ 0.1)",
+                  f"- double well: ΔF {w['delta_f_kT']:.3f} ± {w['delta_f_stderr_kT']:.3f} kT vs exact "
+                  f"{w['exact_delta_f_kT']:.3f} kT (goal within 0.1 kT); bond-length JS {_fmt(w['bond_length_js'])}", ""]
+    if ps:
+        lines += [f"## PIDP pre-training ({ps['system']['beads']}-bead chain; PIDP alone: Rg² JS "
+                  f"{_fmt(ps['pidp_only']['rg2_js'])}, ⟨Rg²⟩ error {100 * ps['pidp_only']['rg2_rel_error']:+.0f} %)",
+                  "| MD frames | JS, PIDP + DSM | JS, DSM from scratch | scratch frames for equal JS |", "|---|---|---|---|"]
+        for r in ps["budgets"]:
+            lines.append(f"| {r['frames']} | {_fmt(r['pidp_finetuned']['rg2_js'])} | {_fmt(r['scratch']['rg2_js'])} | "
+                         f"{_fmt(r['scratch_frames_for_equal_js'])} |")
+        lines.append("")
+    return lines
 
 
 def _model_step_lines(ms) -> list:

@@ -217,8 +217,12 @@ def fit_dig(
     progress: bool = True,
     extra: Optional[dict] = None,
     callback: Optional[Callable[[int, float], None]] = None,
+    init: Optional[DiGScoreModel] = None,
 ) -> Tuple[DiGScoreModel, VPSDE]:
     """Train a DiG model by denoising score matching on in-memory frame sets; returns (EMA model, sde).
+
+    ``init`` fine-tunes a trained model (e.g. PIDP-pre-trained from an energy) instead of starting from random
+    weights: the network settings of ``config`` must match it, and its length scale is kept.
 
     Each iteration draws one system (probability proportional to its frame count) and ``batch_size`` of its
     frames. With ``out_dir`` the run is checkpointed every ``checkpoint_every`` iterations and ``resume=True``
@@ -229,7 +233,7 @@ def fit_dig(
     if not frame_sets:
         raise ValueError("fit_dig needs at least one frame set")
     device = torch.device(device)
-    length = config.length_scale
+    length = init.length_scale if init is not None else config.length_scale
     if length is None:
         length = float(np.sqrt(np.mean([fs.rms_coordinate() ** 2 for fs in frame_sets])))
         length = max(length, 1e-3)
@@ -237,7 +241,14 @@ def fit_dig(
     with torch.random.fork_rng(devices=[]):  # seeded weight initialisation without touching the global RNG
         torch.manual_seed(int(config.seed))
         model = config.make_model(length)
-    has_ckpt = prepare_run_dir(out_dir, config, resume, frames_fingerprint(frame_sets))
+    fingerprint = frames_fingerprint(frame_sets)
+    if init is not None:
+        if init.config() != model.config():
+            diff = sorted(k for k, v in model.config().items() if init.config().get(k) != v)
+            raise ValueError(f"the model to fine-tune has other network settings ({', '.join(diff)}); use its config")
+        model.load_state_dict(init.state_dict())
+        fingerprint["init_sha256"] = array_digest(*[v.detach().cpu().numpy() for v in init.state_dict().values()])
+    has_ckpt = prepare_run_dir(out_dir, config, resume, fingerprint)
     extra = dict(extra or {})
     extra.setdefault("systems", [descriptor_to_dict(fs.descriptor) for fs in frame_sets])
     loop = TrainingLoop(model, config, DSMObjective(frame_sets, sde, config, length, device), out_dir, device,
