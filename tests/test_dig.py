@@ -417,6 +417,26 @@ def test_dsm_trained_gaussian_chain_rg2_distribution():
     assert got.mean() == pytest.approx(ref.mean(), rel=0.2)
 
 
+def test_fit_dig_fine_tunes_from_a_given_model():
+    """``init`` starts DSM from the given weights (a tiny learning rate leaves them in place) and keeps its length
+    scale; a model with other network settings is refused in one line."""
+    desc = Descriptor(np.zeros(4, dtype=np.int64), [[0, 1], [1, 2], [2, 3]])
+    frames = chain_samples(32, 4, 0.01, seed=0)
+    config = DiGConfig(n_iterations=2, checkpoint_every=0, **dict(TINY, lr=1e-12, lr_final=1e-12, ema_decay=0.0))
+    base, _ = fit_dig([FrameSet(frames, desc)], DiGConfig(**dict(config.to_dict(), length_scale=0.37)),
+                      progress=False)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.01)  # a model that is not the seeded initialisation
+    tuned, _ = fit_dig([FrameSet(frames, desc)], config, progress=False, init=base)
+    assert tuned.length_scale == 0.37
+    for (k, a), b in zip(base.state_dict().items(), tuned.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    with pytest.raises(ValueError, match="other network settings") as err:
+        fit_dig([FrameSet(frames, desc)], DiGConfig(**dict(config.to_dict(), hidden=32)), progress=False, init=base)
+    assert "\n" not in str(err.value)
+
+
 WELL_ITERATIONS = 600  # measured: JS 0.008 and P_B 0.66 after 600 iterations; JS 0.17 after 30
 
 

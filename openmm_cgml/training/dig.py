@@ -192,6 +192,7 @@ def frames_fingerprint(frame_sets: Sequence["FrameSet"]) -> dict:
         "n_frames": [int(fs.frames.shape[0]) for fs in frame_sets],
         "n_beads": [int(fs.frames.shape[1]) for fs in frame_sets],
         "bead_types": [fs.descriptor.bead_types.tolist() for fs in frame_sets],
+        "type_names": [fs.descriptor.type_names for fs in frame_sets],
         "frames_sha256": [array_digest(fs.frames[0].numpy(), fs.frames[-1].numpy()) for fs in frame_sets],
     }
 
