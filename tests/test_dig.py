@@ -149,7 +149,7 @@ def test_score_model_rotation_equivariant_translation_invariant():
     # a batch of two graphs gives each graph's own answer
     y2 = torch.randn(n, 3, generator=gen)
     desc = Descriptor(types, bonds)
-    _, bb, batch = desc.batched(2)
+    bb, batch = desc.batched(2)
     with torch.no_grad():
         both = model(torch.cat([y, y2]), torch.tensor([0.3, 0.6]), emb.repeat(2, 1), bb, batch)
         alone = model(y2, torch.tensor([0.6]), emb, bonds)

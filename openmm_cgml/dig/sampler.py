@@ -111,7 +111,7 @@ class DiGSampler:
         """score(y (B, N, 3), t (B,)) -> (B, N, 3) for this descriptor."""
         if self._score_fn is not None:
             return self._score_fn
-        return GraphScore(self.model, self.sde, desc, self.device, frozen=True)
+        return GraphScore(self.model, self.sde, desc, self.device)
 
     # ---- sampling ------------------------------------------------------------------------------------------
     def sample(

@@ -2,8 +2,8 @@
 
 The network predicts the noise eps added by the VP SDE (:mod:`openmm_cgml.nn.sde`) to dimensionless coordinates
 y = x / length_scale; the score is ``-eps / sigma(t)``. Inputs to the shared :class:`GraphBackbone` are all
-invariant (bead embeddings from each type's atom graph, sinusoidal features of t, Gaussian RBFs of distances in nm, edge type), and the
-output comes from :class:`EdgeVectorHead`, so the score is rotation equivariant and translation invariant.
+invariant (bead embeddings from each type's atom graph, sinusoidal features of t, Gaussian RBFs of distances in
+nm, edge type), and the output comes from :class:`EdgeVectorHead`, so the score is rotation equivariant and translation invariant.
 
 Bead types: the model embeds each type from its atom graph with the same :class:`BeadEmbedding` the dynamics
 and score models use (``BeadMap.type_graphs``), so it has no fixed table of types and can sample systems whose
@@ -74,14 +74,13 @@ class Descriptor:
     def periodic(self) -> bool:
         return self.box is not None
 
-    def batched(self, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``n`` copies as one disconnected graph: (bead_types (nN,), bonds (nM, 2), batch (nN,))."""
+    def batched(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``n`` copies as one disconnected graph: (bonds (nM, 2), batch (nN,))."""
         nb = self.n_beads
-        types = self.bead_types.repeat(n)
         offs = (torch.arange(n) * nb).repeat_interleave(self.bonds.shape[0]).unsqueeze(1)
         bonds = self.bonds.repeat(n, 1) + offs
         batch = torch.arange(n).repeat_interleave(nb)
-        return types, bonds, batch
+        return bonds, batch
 
 
 def helmert_basis(n: int, dtype=torch.float64) -> torch.Tensor:
@@ -291,27 +290,26 @@ class DiGScoreModel(nn.Module):
 class GraphScore:
     """score(y (B, N, 3), t (B,)) = -eps(y, t) / sigma(t) of ``model`` on B copies of one system.
 
-    The bead embeddings and the batched graph of each batch size are computed once per instance: make one per
-    loss evaluation in training (gradients reach the embedding GNN), or one with ``frozen`` (no gradients) for
-    sampling and densities.
+    The bead embeddings (without gradients: sampling, densities and PIDP keep the embedding GNN fixed) and the
+    batched graph of each batch size are computed once per instance.
     """
 
-    def __init__(self, model: "DiGScoreModel", sde: VPSDE, descriptor: Descriptor, device=None, frozen: bool = False):
-        self.model, self.sde, self.descriptor, self.frozen = model, sde, descriptor, bool(frozen)
+    def __init__(self, model: "DiGScoreModel", sde: VPSDE, descriptor: Descriptor, device=None):
+        self.model, self.sde, self.descriptor = model, sde, descriptor
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self._graphs = {}
         self._embed = None
 
     def _bead_embeddings(self) -> torch.Tensor:
         if self._embed is None:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            with torch.no_grad():
                 self._embed = self.model.embed(self.descriptor)
         return self._embed
 
     def __call__(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b, n = y.shape[0], y.shape[1]
         if b not in self._graphs:
-            _, bonds, batch = self.descriptor.batched(b)
+            bonds, batch = self.descriptor.batched(b)
             box = None if self.descriptor.box is None else self.descriptor.box.to(self.device)
             self._graphs[b] = (bonds.to(self.device), batch.to(self.device), box)
         bonds, batch, box = self._graphs[b]

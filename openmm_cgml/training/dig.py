@@ -131,7 +131,7 @@ def denoising_loss(
         eps = remove_centroid(eps)
     tt = t.view(b, 1, 1)
     y_t = sde.marginal_mean_coef(tt) * y0 + sde.marginal_std(tt) * eps
-    _, bonds, batch = descriptor.batched(b)
+    bonds, batch = descriptor.batched(b)
     embed = model.embed(descriptor).repeat(b, 1)
     pred = model(y_t.reshape(b * n, 3), t, embed, bonds.to(device), batch.to(device),
                  None if boxes is None else boxes.to(device))

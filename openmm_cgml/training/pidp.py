@@ -183,7 +183,7 @@ def pidp_loss(
     # The bead-type embedding stays as initialised (or pre-trained): one system's energy says nothing about types,
     # and its gradient through the Fokker-Planck residual made training unstable (harmonic dimer <r^2>: 0.049-0.079
     # nm^2 learned, 0.021-0.029 frozen; exact 0.030).
-    score = GraphScore(model, sde, descriptor, device, frozen=True)
+    score = GraphScore(model, sde, descriptor, device)
     n = descriptor.n_beads
     parts = {}
     total = torch.zeros((), device=device)
