@@ -43,10 +43,13 @@ BENCHMARKS = [
     ("plugin_step", [], ["plugin_step.json"]),
     # The polymer ground truth (class-II chains): baselines and learned models against 100x longer MD.
     ("polymer", [], ["polymer.json"]),
-    # DiG trained on class I, sampled on the unseen class-II chains; DiG-seeded rollouts (after polymer: its model).
+    # DiG trained on class I, sampled on the unseen class-II chains (DPM-Solver, 20 steps); DiG-seeded rollouts
+    # (after polymer: its model).
     ("polymer.dig", [], ["polymer_dig.json"]),
-    # The same model with 12 ODE steps (speed), and seeded rollouts over the first 1 % (equilibration).
-    ("polymer.dig", ["--steps", "12", "--samples", "200", "--seed-fraction", "0.01", "--out",
+    # The same model sampled with 50 Heun steps of the same ODE (5x the evaluations).
+    ("polymer.dig", ["--method", "ode", "--out", result_path("polymer_dig_heun")], ["polymer_dig_heun.json"]),
+    # The same model with 12 Heun steps (speed), and seeded rollouts over the first 1 % (equilibration).
+    ("polymer.dig", ["--method", "ode", "--steps", "12", "--samples", "200", "--seed-fraction", "0.01", "--out",
                      result_path("polymer_dig_fast")], ["polymer_dig_fast.json"]),
     # Refinement scheme x evaluations x time step against both ground truths (after polymer: reuses its model).
     ("pareto", [], ["pareto.json"]),
@@ -121,8 +124,8 @@ def summary_markdown() -> str:
         lines += ["## DiG sampler (100-bead chain)",
                   f"- MD: {_fmt(md.get('independent_samples_per_s'))} independent samples/s "
                   f"(Rg² integrated autocorrelation time {_fmt(md.get('rg2_tau_int_ps'))} ps)",
-                  f"- DiG: {_fmt(dig.get('independent_samples_per_s'))} samples/s "
-                  f"({_fmt(dg.get('speedup_independent_samples'))}x MD) after {dig.get('train_iterations')} training "
+                  f"- DiG: {_fmt(dig.get('independent_samples_per_s'))} samples/s with {dig.get('steps')} "
+                  f"{dig.get('method', 'ode')} steps ({_fmt(dg.get('speedup_independent_samples'))}x MD) after {dig.get('train_iterations')} training "
                   f"iterations; Rg² {_fmt(dig.get('rg2_mean_nm2'))} nm² vs MD {_fmt(md.get('rg2_mean_nm2'))} nm², "
                   f"JS divergence {_fmt(dig.get('rg2_js_vs_md'))}", ""]
     st = _load("stability.json")
@@ -194,8 +197,8 @@ def summary_markdown() -> str:
                          f"{100 * ens['scaling_efficiency']:.0f} %)")
         lines.append("")
     lines += _polymer_lines(_load("polymer.json"))
-    lines += _dig_lines(_load("polymer_dig.json"), _load("polymer_dig_fast.json"), _load("dig_density.json"),
-                        _load("pidp_scale.json"))
+    lines += _dig_lines([_load(f"{name}.json") for name in ("polymer_dig", "polymer_dig_heun", "polymer_dig_fast")],
+                        _load("dig_density.json"), _load("pidp_scale.json"))
     return "\n".join(lines)
 
 
@@ -210,6 +213,13 @@ def _polymer_dig_lines(pd) -> list:
              f"- independent samples/s: DiG {_fmt(d['independent_samples_per_s'])}, fine MD "
              f"{_fmt(md['independent_samples_per_s'])} (one per 2 τ_int, τ_int {md['tau_int_ps_mean']:.0f} ps): "
              f"{_fmt(pd['samples_per_s_vs_md'])}× (goal ≥ 100×)"]
+    cov = pd.get("by_training_coverage")
+    if cov:
+        lo, hi = cov["training_solvophobic_fraction"]
+        lines.append(f"- by composition (class I's solvophobic fraction spans {lo:.2f}–{hi:.2f}): " + "; ".join(
+            f"{name} it, {cov[name]['n_chains']} chains, Rg² JS {_fmt(cov[name]['rg2_js_mean'])}, ⟨Rg²⟩ |error| "
+            f"{100 * cov[name]['rg2_rel_error_mean_abs']:.1f} %" for name in ("inside", "outside")
+            if cov[name]["n_chains"]))
     se = pd.get("seeding")
     if se:
         lines.append(f"- learned rollouts, first {100 * se['fraction_of_truth']:g} % of the ground-truth length "
@@ -219,10 +229,10 @@ def _polymer_dig_lines(pd) -> list:
     return lines + [""]
 
 
-def _dig_lines(pd, fast, dd, ps) -> list:
+def _dig_lines(polymer_runs, dd, ps) -> list:
     """DiG on unseen polymer chains, its densities against exact ones, and what PIDP pre-training saves."""
     lines = []
-    for result in (pd, fast):
+    for result in polymer_runs:
         if result:
             lines += _polymer_dig_lines(result)
     if dd:

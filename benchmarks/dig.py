@@ -10,7 +10,9 @@ Graph: fully connected by default (``--cutoff`` sets a radius graph instead). Th
 half as large as MD's (<Rg^2> 12.0 vs 22.6 nm^2, JS 0.59). The Gaussian skip (``gaussian_skip``) starts the
 model at the Gaussian with the data's RMS coordinate, which already has about the right size.
 
-    python -m benchmarks.dig [--md-ps 2000] [--train-iterations 1500] [--cutoff NM] [--threads 1]
+Sampling: the probability-flow ODE by DPM-Solver++(2M), 20 steps (``--method ode``: Heun, 50 steps).
+
+    python -m benchmarks.dig [--md-ps 2000] [--train-iterations 1500] [--cutoff NM] [--method dpm] [--threads 1]
 """
 import numpy as np
 import openmm
@@ -18,6 +20,7 @@ from openmm import unit
 
 from openmm_cgml.analysis import autocorrelation, integrated_time, js_divergence
 from openmm_cgml.dig import DiGSampler
+from openmm_cgml.dig.sampler import DEFAULT_STEPS
 from openmm_cgml.nn.dig_model import Descriptor
 from openmm_cgml.systems import build_bead_spring
 from openmm_cgml.training.dig import DiGConfig, FrameSet, fit_dig
@@ -55,11 +58,13 @@ def main(argv=None):
     parser.add_argument("--report-steps", type=int, default=50)
     parser.add_argument("--train-iterations", type=int, default=1500)
     parser.add_argument("--n-samples", type=int, default=512)
-    parser.add_argument("--ode-steps", type=int, default=50)
+    parser.add_argument("--method", default="dpm", choices=("dpm", "ode"), help="ODE integrator")
+    parser.add_argument("--steps", type=int, default=None, help="integrator steps (default: dpm 20, ode 50)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cutoff", type=float, default=None, help="radius-graph cutoff (nm); default: full graph")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    steps = args.steps or DEFAULT_STEPS[args.method]
 
     built = build_bead_spring("chain", chain_length=args.beads, seed=1)
     frames, md_wall = run_md(built, args.md_ps, args.dt, args.report_steps, args.threads, seed=1)
@@ -82,15 +87,15 @@ def main(argv=None):
         model, sde = fit_dig([FrameSet(frames, desc)], config, device=args.device, progress=False)
     train_wall = clock.seconds
     sampler = DiGSampler(model, sde, device=args.device)
-    sampler.sample(8, desc, method="ode", steps=2, batch_size=8)  # warm-up
+    sampler.sample(8, desc, method=args.method, steps=2, batch_size=8)  # warm-up
     with Stopwatch() as clock:
-        samples = sampler.sample(args.n_samples, desc, method="ode", steps=args.ode_steps, seed=0,
+        samples = sampler.sample(args.n_samples, desc, method=args.method, steps=steps, seed=0,
                                  batch_size=64).numpy()
     sample_wall = clock.seconds
     dig_per_s = args.n_samples / sample_wall
     dig_rg2 = rg2(samples)
     print(f"DiG: trained {args.train_iterations} iterations in {train_wall:.0f} s; {args.n_samples} samples "
-          f"({args.ode_steps} Heun steps) in {sample_wall:.1f} s -> {dig_per_s:.2f} independent samples/s "
+          f"({steps} {args.method} steps) in {sample_wall:.1f} s -> {dig_per_s:.2f} independent samples/s "
           f"({dig_per_s / md_independent_per_s:.1f}x MD)")
     print(f"Rg^2 (nm^2): MD {series.mean():.3f} +- {series.std():.3f}, DiG {dig_rg2.mean():.3f} +- {dig_rg2.std():.3f},"
           f" JS divergence {js_divergence(dig_rg2, series, bins_from='pooled'):.3f} nats")
@@ -103,7 +108,7 @@ def main(argv=None):
                "independent_samples_per_s": md_independent_per_s,
                "rg2_mean_nm2": float(series.mean()), "rg2_std_nm2": float(series.std())},
         "dig": {"train_iterations": args.train_iterations, "train_wall_s": train_wall,
-                "config": {k: v for k, v in config.__dict__.items()}, "ode_steps": args.ode_steps,
+                "config": {k: v for k, v in config.__dict__.items()}, "method": args.method, "steps": steps,
                 "n_samples": args.n_samples, "sample_wall_s": sample_wall, "independent_samples_per_s": dig_per_s,
                 "rg2_mean_nm2": float(dig_rg2.mean()), "rg2_std_nm2": float(dig_rg2.std()),
                 "rg2_js_vs_md": js_divergence(dig_rg2, series, bins_from='pooled')},

@@ -331,8 +331,10 @@ def test_train_dig_dataset_checkpoint_resume_is_exact(tmp_path):
     from openmm_cgml.data.dataset import CGDataset
     from openmm_cgml.dig import initial_states, sample_main
 
-    sample_main(full, 4, str(tmp_path / "s.npz"), steps=4)
+    sample_main(full, 4, str(tmp_path / "s.npz"), steps=4)  # dpm
     assert np.load(str(tmp_path / "s.npz"))["positions"].shape == (4, n, 3)
+    sample_main(full, 4, str(tmp_path / "heun.npz"), method="ode", steps=4)
+    assert np.load(str(tmp_path / "heun.npz"))["positions"].shape == (4, n, 3)
     sample_main(full, 4, str(tmp_path / "s.h5"), steps=4)
     with CGDataset(str(tmp_path / "s.h5")) as ds:
         assert ds.n_frames == 4 and ds.provenance["independent_samples"]
@@ -365,8 +367,8 @@ def mixture_score(means: np.ndarray, var: float, weights: np.ndarray, sde: VPSDE
 
 
 def test_sampler_gaussian_mixture_histograms_and_free_energy():
-    """Ancestral and probability-flow sampling of a two-component mixture with its exact score reproduce the
-    exact histogram (JS < 0.01 nats on 30 bins) and the mode populations (dF = -ln(0.7/0.3) kT)."""
+    """Ancestral, probability-flow (Heun) and DPM-Solver sampling of a two-component mixture with its exact score
+    reproduce the exact histogram (JS < 0.01 nats on 30 bins) and the mode populations (dF = -ln(0.7/0.3) kT)."""
     sde = VPSDE("sigmoid", 0.1, 20.0, n_steps=200)
     means, var, weights = np.array([[-1.5, 0.0, 0.0], [1.5, 0.0, 0.0]]), 0.25, np.array([0.3, 0.7])
     sampler = DiGSampler(mixture_score(means, var, weights, sde), sde, length_scale=0.5, remove_com=False)
@@ -374,7 +376,7 @@ def test_sampler_gaussian_mixture_histograms_and_free_energy():
     comp = rng.random(50000) < weights[1]
     exact = 0.5 * (np.where(comp, 1.5, -1.5) + rng.normal(0, math.sqrt(var), 50000))  # x coordinate, nm
     bins = np.linspace(-1.5, 1.5, 31)
-    for method, steps in (("ancestral", 200), ("ode", 40)):
+    for method, steps in (("ancestral", 200), ("ode", 40), ("dpm", 20)):
         x = sampler.sample(3000, 1, method=method, steps=steps, seed=1, batch_size=3000)[:, 0, 0].numpy()
         assert js_divergence(x, exact, bins) < 0.01, method
         assert np.mean(x > 0) == pytest.approx(0.7, abs=0.03), method
@@ -626,3 +628,25 @@ def test_pidp_only_training_reaches_harmonic_dimer_distribution():
     x = DiGSampler(model, sde).sample(500, desc, method="ode", steps=20, seed=1).numpy()
     r2 = ((x[:, 1] - x[:, 0]) ** 2).sum(-1)
     assert r2.mean() == pytest.approx(3.0 / k, rel=0.35)
+
+
+def test_dpm_solver_converges_to_the_ode_solution_with_fewer_evaluations():
+    """DPM-Solver++(2M) integrates the same probability-flow ODE: on a Gaussian chain with its exact score it
+    approaches a 400-step Heun solution as steps grow, and at 20 evaluations it is 5x closer than Heun's 10 steps
+    (also 20 evaluations; measured 0.0015 against 0.025)."""
+    from openmm_cgml.dig.flow import ProbabilityFlow, centre, dpm_solver_sample
+
+    sde = VPSDE("sigmoid", 0.1, 20.0)
+    score = gaussian_score(chain_covariance(6, 0.01), sde, True)
+    y = centre(torch.randn((500, 6, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64), True)
+    flow = ProbabilityFlow(score, sde, True)
+    ref = flow.integrate(y, 1.0, 1e-3, 400, "heun")
+
+    def rms(x):
+        return float(((x - ref) ** 2).sum(-1).mean().sqrt())
+
+    errors = [rms(dpm_solver_sample(score, sde, y, k, 1e-3, True)) for k in (5, 10, 20, 40)]
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert 5 * errors[2] < rms(flow.integrate(y, 1.0, 1e-3, 10, "heun")), errors
+    with pytest.raises(ValueError, match="steps"):
+        dpm_solver_sample(score, sde, y, 0, 1e-3, True)

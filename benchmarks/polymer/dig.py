@@ -3,6 +3,10 @@ trained on the class-I short trajectories, against the class-II ground truth.
 
     python -m benchmarks.polymer.dig                   # train (or reuse) <data>/dig, sample, seed rollouts
     python -m benchmarks.polymer.dig --retrain --iterations 6000 --samples 500
+    python -m benchmarks.polymer.dig --method ode --out benchmarks/results/polymer_dig_heun.json  # 50 Heun steps
+
+Sampling: the probability-flow ODE by DPM-Solver++(2M) in 20 steps (20 score evaluations), by default; ``--method
+ode`` integrates the same ODE with 50 Heun steps (100 evaluations).
 
 Training: denoising score matching on every class-I CG frame (60 sequences, 14 beads each). The model is
 conditioned on the chain's descriptor only: each bead's type is embedded from its atom graph (the fine beads
@@ -29,6 +33,8 @@ import math
 import os
 
 import numpy as np
+
+from openmm_cgml.dig.sampler import DEFAULT_STEPS
 
 from ..common import Stopwatch, benchmark_parser, figure_path, machine, set_threads, write_json
 from .learn import DISCARD_STEPS, rollout_engine, rollout_steps, start_frames, train_model
@@ -83,13 +89,33 @@ def summary(rows) -> dict:
             mean_abs(rows, k) for k in keys}
 
 
-def train_dig_model(data_root: str, iterations: int, retrain: bool, progress: bool):
-    """The DiG model in ``<data_root>/dig``: trained on every class-I chain unless it is already there."""
+def by_training_coverage(config: dict, rows) -> dict:
+    """The class-II scores split by whether a chain's solvophobic fraction lies within the range of the class-I
+    training sequences: inside it DiG interpolates between compositions it saw, outside it extrapolates. Adds each
+    chain's realised sequence statistics to its row."""
+    from openmm_cgml.systems.sequences import sequence_statistics
+
+    from .make_datasets import dataset_sequences
+
+    train = [sequence_statistics(q)["solvophobic_fraction"] for q in dataset_sequences(config, "class_I")]
+    lo, hi = min(train), max(train)
+    for row, q in zip(rows, dataset_sequences(config, "class_II")):
+        row.update(sequence_statistics(q))
+    out = {"training_solvophobic_fraction": [lo, hi]}
+    for name, part in (("inside", [r for r in rows if lo <= r["solvophobic_fraction"] <= hi]),
+                       ("outside", [r for r in rows if not lo <= r["solvophobic_fraction"] <= hi])):
+        out[name] = {"n_chains": len(part), **(summary(part) if part else {})}
+    return out
+
+
+def train_dig_model(data_root: str, iterations: int, retrain: bool, progress: bool, cutoff=None):
+    """The DiG model in ``<data_root>/dig`` (``dig_cutoff<nm>`` with a radius graph): trained on every class-I
+    chain unless it is already there."""
     from openmm_cgml.training.dig import DiGConfig, train_dig
 
-    out = os.path.join(data_root, "dig")
+    out = os.path.join(data_root, "dig" if cutoff is None else f"dig_cutoff{cutoff:g}")
     if retrain or not os.path.exists(os.path.join(out, "cgml_model.json")):
-        config = DiGConfig(n_iterations=int(iterations), **DIG_CONFIG)
+        config = DiGConfig(n_iterations=int(iterations), **{**DIG_CONFIG, "cutoff": cutoff})
         with Stopwatch() as clock:
             train_dig(dataset_chains(data_root, "class_I"), out, config, resume=not retrain, progress=progress)
         return out, clock.seconds
@@ -137,7 +163,7 @@ def sample_chains(dig_dir: str, beadmaps, n: int, method: str, steps: int | None
 
 
 def seeding(config: dict, data_root: str, dig_dir: str, beadmaps, truth, discard_steps: int, fraction: float,
-            seed: int, progress: bool) -> dict:
+            seed: int, method: str, steps, progress: bool) -> dict:
     """Rg^2 over the first ``fraction`` of a rollout of every class-II chain, started three ways, against the
     ground truth: DiG samples, the equilibrated ground-truth frame at ``discard_steps``, and the first frame
     (after only the dataset's short equilibration)."""
@@ -151,7 +177,8 @@ def seeding(config: dict, data_root: str, dig_dir: str, beadmaps, truth, discard
     for path in dataset_chains(data_root, "class_II"):
         with CGDataset(path) as ds:
             first.append(np.asarray(ds.positions[0], np.float32))
-    dig_starts = [initial_states(1, bm, dig_dir, seed=seed + k, allow_unseen_types=True)[0]
+    dig_starts = [initial_states(1, bm, dig_dir, seed=seed + k, method=method, steps=steps,
+                                 allow_unseen_types=True)[0]
                   for k, bm in enumerate(beadmaps)]
     out = {"model_steps": n_steps, "fraction_of_truth": fraction,
            "model_time_ps": n_steps * model.timestep_ps}
@@ -206,8 +233,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=None, help="dataset root (default: the config's output)")
     parser.add_argument("--iterations", type=int, default=6000, help="DSM training iterations")
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--cutoff", type=float, default=None,
+                        help="radius-graph cutoff (nm) instead of the full graph; its own model directory")
     parser.add_argument("--samples", type=int, default=500, help="DiG samples per class-II chain")
-    parser.add_argument("--method", default="ode", choices=("ode", "ancestral"))
+    parser.add_argument("--method", default="dpm", choices=("dpm", "ode", "ancestral"))
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the method's)")
     parser.add_argument("--discard-steps", type=int, default=DISCARD_STEPS)
     parser.add_argument("--seed-fraction", type=float, default=0.1,
@@ -220,7 +249,7 @@ def main(argv=None) -> int:
     data_root = args.data or os.path.join(REPO, config["output"])
     progress = not args.quiet
 
-    dig_dir, train_s = train_dig_model(data_root, args.iterations, args.retrain, progress)
+    dig_dir, train_s = train_dig_model(data_root, args.iterations, args.retrain, progress, args.cutoff)
     beadmaps, truth = truth_frames(config, data_root, args.discard_steps)
     samples, sample_s = sample_chains(dig_dir, beadmaps, args.samples, args.method, args.steps, args.seed)
     rows = [compare(s, t, bm) for s, t, bm in zip(samples, truth, beadmaps)]
@@ -229,11 +258,14 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "polymer_dig", "machine": machine(threads),
         "dig_model": os.path.relpath(dig_dir, REPO), "train_wall_s": train_s,
-        "graph": "fully connected (14 CG beads per chain)",
+        "graph": ("fully connected (14 CG beads per chain)" if args.cutoff is None
+                  else f"radius graph, cutoff {args.cutoff:g} nm"),
         "truth": {"dataset": "class_II", "n_chains": len(beadmaps), "discard_steps": args.discard_steps,
                   "frames_per_chain": int(truth[0].shape[0])},
-        "dig": {"method": args.method, "steps": args.steps, "samples_per_chain": args.samples,
+        "dig": {"method": args.method, "steps": args.steps or DEFAULT_STEPS.get(args.method),
+                "samples_per_chain": args.samples,
                 "wall_s": sample_s, "independent_samples_per_s": dig_rate, **summary(rows), "per_chain": rows},
+        "by_training_coverage": by_training_coverage(config, rows),
         "md": md,
         "samples_per_s_vs_md": dig_rate / md["independent_samples_per_s"],
         "goals": GOALS,
@@ -244,13 +276,18 @@ def main(argv=None) -> int:
                            "samples_per_s_vs_md": result["samples_per_s_vs_md"] >= GOALS["samples_per_s_vs_md"]}
     if args.seed_fraction > 0:
         result["seeding"] = seeding(config, data_root, dig_dir, beadmaps, truth, args.discard_steps,
-                                    args.seed_fraction, args.seed, progress)
+                                    args.seed_fraction, args.seed, args.method, args.steps, progress)
     write_json(result, args.out)
     plot(result, samples, truth, beadmaps, figure_path(args.out))
     print(f"DiG on {len(beadmaps)} unseen class-II chains ({args.samples} samples each, {args.method}): "
           f"Rg² JS {d['rg2_js_mean']:.3f} (goal ≤ {GOALS['rg2_js_mean']}), |<Rg²> error| "
           f"{100 * d['rg2_rel_error_mean_abs']:.1f} % (goal ≤ 5 %), end-to-end JS {d['end_to_end_js_mean']:.3f}, "
           f"bond-length JS {d['bond_length_js_mean']:.3f}")
+    cov = result["by_training_coverage"]
+    print(f"within class I's solvophobic-fraction range {cov['training_solvophobic_fraction']}: "
+          + "; ".join(f"{name} ({cov[name]['n_chains']} chains) Rg² JS {cov[name]['rg2_js_mean']:.3f}, |<Rg²> error| "
+                      f"{100 * cov[name]['rg2_rel_error_mean_abs']:.1f} %" for name in ("inside", "outside")
+                      if cov[name]["n_chains"]))
     print(f"independent samples/s: DiG {dig_rate:.3g}, fine MD {md['independent_samples_per_s']:.3g} "
           f"(tau_int {md['tau_int_ps_mean']:.0f} ps): {result['samples_per_s_vs_md']:.3g}x (goal ≥ 100x)")
     for name, s in (result.get("seeding") or {}).items():

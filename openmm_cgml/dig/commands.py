@@ -23,14 +23,14 @@ def sample_main(
     n: int,
     out: str,
     seed: int = 0,
-    method: str = "ode",
+    method: str = "dpm",
     steps: Optional[int] = None,
     system: int = 0,
     batch_size: int = 256,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> str:
-    """``cgml sample DIG_DIR -n N -o OUT [--seed S] [--method ode|ancestral] [--steps K] [--system I]``.
+    """``cgml sample DIG_DIR -n N -o OUT [--seed S] [--method dpm|ode|ancestral] [--steps K] [--system I]``.
 
     Draws ``n`` independent structures of training system ``system`` and writes them to ``out``: ``.npz``
     (``positions`` (n, N, 3) nm, ``box`` if periodic), ``.h5``/``.hdf5`` (a CG dataset, frames = samples, time =

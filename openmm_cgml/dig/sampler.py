@@ -13,9 +13,11 @@ from ..nn.dig_model import Descriptor, DiGScoreModel, GraphScore, wrap_positions
 from ..nn.embedding import BeadVocabulary
 from ..nn.sde import VPSDE
 from ..units import strip_units
-from .flow import ProbabilityFlow, ancestral_sample, centre, subspace_dim
+from .flow import ProbabilityFlow, ancestral_sample, centre, dpm_solver_sample, subspace_dim
 
-SAMPLE_METHODS = ("ancestral", "ode")
+SAMPLE_METHODS = ("ancestral", "ode", "dpm")
+#: Default steps of the deterministic samplers (score evaluations: 2 per Heun step, 1 per DPM step).
+DEFAULT_STEPS = {"ode": 50, "dpm": 20}
 DEFAULT_T_EPS = 1e-3
 
 
@@ -134,7 +136,8 @@ class DiGSampler:
         Args:
             system: BeadMap, Descriptor, or bead count (score callables).
             method: "ancestral" (reverse SDE, DDPM; default ``sde.n_steps`` steps) or "ode" (probability-flow
-                ODE from the prior, default 50 Heun steps; deterministic given the prior draw).
+                ODE from the prior, default 50 Heun steps; deterministic given the prior draw) or "dpm" (the same
+                ODE by DPM-Solver++(2M), default 20 steps of one evaluation each: about 5x faster than "ode").
             guidance: ``log q(c | x)`` for x (B, N, 3) nm -> (B,) (differentiable); its gradient (times
                 ``scale``) is added to the score at every step, so samples follow p(x) q(c|x)^scale approximately:
                 q is evaluated on the denoised estimate of the current noisy structure (see ``_guided_score``).
@@ -163,9 +166,11 @@ class DiGSampler:
             y = centre(torch.randn((b, desc.n_beads, 3), generator=gen), remove_com).to(self.device)
             if method == "ancestral":
                 y = ancestral_sample(score, self.sde, y, int(steps or self.sde.n_steps), gen, remove_com)
+            elif method == "dpm":
+                y = dpm_solver_sample(score, self.sde, y, int(steps or DEFAULT_STEPS["dpm"]), t_eps, remove_com)
             else:
                 flow = ProbabilityFlow(score, self.sde, remove_com)
-                y = flow.integrate(y, 1.0, t_eps, int(steps or 50), ode_method)
+                y = flow.integrate(y, 1.0, t_eps, int(steps or DEFAULT_STEPS["ode"]), ode_method)
             x = (y * self.length_scale).float().cpu()
             out.append(wrap_positions(x, desc.box))
         return torch.cat(out)

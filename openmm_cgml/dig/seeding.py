@@ -26,7 +26,7 @@ def initial_states(
     dig: Union[str, DiGSampler, DiGScoreModel],
     box=None,
     seed: int = 0,
-    method: str = "ode",
+    method: str = "dpm",
     steps: Optional[int] = None,
     min_distance: Optional[float] = None,
     max_rounds: int = 10,
@@ -42,7 +42,8 @@ def initial_states(
         dig: a DiG model directory (``cgml train-dig`` output), a :class:`DiGSampler` or a :class:`DiGScoreModel`.
         box: (3,) nm (or a Quantity) for periodic systems; structures are then wrapped into [0, box).
             Non-periodic structures are returned with their centroid at the origin.
-        method, steps: DiG sampling method ("ode": probability-flow ODE, default 50 steps; "ancestral").
+        method, steps: DiG sampling method ("dpm": probability-flow ODE by DPM-Solver, default 20 steps; "ode":
+            the same ODE by Heun, 50 steps; "ancestral").
         min_distance: nm; structures with two beads closer than this are redrawn (up to ``max_rounds`` rounds),
             so a simulation never starts from an overlap. Raises ValueError if not enough structures pass.
         seed: seeds the draws (same seed, same structures).
