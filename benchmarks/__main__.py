@@ -128,8 +128,8 @@ def summary_markdown() -> str:
                   f"- MD: {_fmt(md.get('independent_samples_per_s'))} independent samples/s "
                   f"(Rg² integrated autocorrelation time {_fmt(md.get('rg2_tau_int_ps'))} ps)",
                   f"- DiG: {_fmt(dig.get('independent_samples_per_s'))} samples/s with {dig.get('steps')} "
-                  f"{dig.get('method', 'ode')} steps ({_fmt(dg.get('speedup_independent_samples'))}x MD) after {dig.get('train_iterations')} training "
-                  f"iterations; Rg² {_fmt(dig.get('rg2_mean_nm2'))} nm² vs MD {_fmt(md.get('rg2_mean_nm2'))} nm², "
+                  f"{dig.get('method', 'ode')} steps ({_fmt(dg.get('speedup_independent_samples'))}x MD) after "
+                  f"{dig.get('train_iterations')} training iterations; Rg² {_fmt(dig.get('rg2_mean_nm2'))} nm² vs MD {_fmt(md.get('rg2_mean_nm2'))} nm², "
                   f"JS divergence {_fmt(dig.get('rg2_js_vs_md'))}", ""]
     st = _load("stability.json")
     if st:

@@ -67,17 +67,11 @@ def ancestral_sample(
     return y.detach()
 
 
-def half_log_snr(sde: VPSDE, t) -> torch.Tensor:
-    """lambda(t) = log(alpha(t) / sigma(t)), decreasing in t (float64)."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    return torch.log(sde.marginal_mean_coef(t)) - torch.log(sde.marginal_std(t))
-
-
 def log_snr_grid(sde: VPSDE, t_start: float, t_end: float, steps: int) -> torch.Tensor:
     """``steps + 1`` diffusion times from ``t_start`` down to ``t_end``, equally spaced in lambda (float64;
     lambda is inverted by linear interpolation on a fine grid of t)."""
     fine = torch.linspace(t_start, t_end, 20001, dtype=torch.float64)  # lambda increases along it
-    lam = half_log_snr(sde, fine)
+    lam = sde.half_log_snr(fine)
     targets = torch.linspace(float(lam[0]), float(lam[-1]), int(steps) + 1, dtype=torch.float64)
     idx = torch.searchsorted(lam, targets).clamp(1, len(lam) - 1)
     w = (targets - lam[idx - 1]) / (lam[idx] - lam[idx - 1])
@@ -101,7 +95,7 @@ def dpm_solver_sample(
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     t = log_snr_grid(sde, 1.0, float(t_end), int(steps))
-    alpha, sigma, lam = sde.marginal_mean_coef(t), sde.marginal_std(t), half_log_snr(sde, t)
+    alpha, sigma, lam = sde.marginal_mean_coef(t), sde.marginal_std(t), sde.half_log_snr(t)
     y = centre(y_init.detach(), remove_com)
     previous = None  # (x0, h) of the step before
     for i in range(1, len(t)):

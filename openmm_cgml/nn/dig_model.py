@@ -3,7 +3,8 @@
 The network predicts the noise eps added by the VP SDE (:mod:`openmm_cgml.nn.sde`) to dimensionless coordinates
 y = x / length_scale; the score is ``-eps / sigma(t)``. Inputs to the shared :class:`GraphBackbone` are all
 invariant (bead embeddings from each type's atom graph, sinusoidal features of t, Gaussian RBFs of distances in
-nm, edge type), and the output comes from :class:`EdgeVectorHead`, so the score is rotation equivariant and translation invariant.
+nm, edge type), and the output comes from :class:`EdgeVectorHead`, so the score is rotation equivariant and
+translation invariant.
 
 Bead types: the model embeds each type from its atom graph with the same :class:`BeadEmbedding` the dynamics
 and score models use (``BeadMap.type_graphs``), so it has no fixed table of types and can sample systems whose

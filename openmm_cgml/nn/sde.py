@@ -100,6 +100,10 @@ class VPSDE:
         """sqrt(1 - alpha_bar(t)): the standard deviation of y_t given y_0."""
         return torch.sqrt(-torch.expm1(-self.integrated_beta(t)))
 
+    def half_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = log(sqrt(alpha_bar) / sqrt(1 - alpha_bar)), decreasing in t (DPM-Solver's time variable)."""
+        return torch.log(self.marginal_mean_coef(t)) - torch.log(self.marginal_std(t))
+
     def perturb(self, y0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sample y_t from y_0 with the given standard-normal ``noise``; ``t`` broadcasts against y0's rows."""
         return self.marginal_mean_coef(t) * y0 + self.marginal_std(t) * noise
