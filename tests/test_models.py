@@ -184,18 +184,29 @@ def _pair_beadmap(n_pairs: int, periodic: bool, element: str = "C", mass: float 
     })
 
 
-def test_interaction_block_in_edge_blocks_is_bit_identical():
-    """A graph with more edges than one block (16,384) gives exactly the unblocked edge and node update."""
-    from openmm_cgml.nn.backbone import InteractionBlock, scatter_sum
+def test_edge_blocked_passes_are_bit_identical_to_whole_graph_ones():
+    """Graphs with more edges than one block give exactly the whole-graph edge/node update and vector head, with
+    and without autograd; with autograd the caller's edge latent is left intact."""
+    from openmm_cgml.nn.backbone import EDGE_BLOCK, EdgeVectorHead, InteractionBlock, scatter_sum
 
     torch.manual_seed(0)
-    block = InteractionBlock(16).eval()
-    n, n_edges = 2000, 40000
+    block, head = InteractionBlock(16).eval(), EdgeVectorHead(16, 2).eval()
+    n, n_edges = 2000, 5 * EDGE_BLOCK + 123
     h, e = torch.randn(n, 16), torch.randn(n_edges, 16)
     edge_index = torch.randint(0, n, (2, n_edges))
+    edge_vec = torch.randn(n_edges, 3)
+    src, dst = edge_index
     with torch.no_grad():
-        h_got, e_got = block(h, e, edge_index)
-        src, dst = edge_index
         e_want = e + block.edge_mlp(torch.cat([h[dst], h[src], e], dim=1))
         h_want = h + block.node_mlp(torch.cat([h, scatter_sum(e_want, dst, n)], dim=1))
-    assert torch.equal(e_got, e_want) and torch.equal(h_got, h_want)
+        unit = edge_vec / torch.linalg.norm(edge_vec, dim=1, keepdim=True)
+        vec_want = scatter_sum(head.weight_mlp(e).unsqueeze(-1) * unit.unsqueeze(1), dst, n)
+        h_got, e_got = block(h, e.clone(), edge_index)
+        vec_got = head(e, edge_vec, edge_index, n)
+    assert torch.equal(e_got, e_want) and torch.equal(h_got, h_want) and torch.equal(vec_got, vec_want)
+    e_leaf = e.clone().requires_grad_(True)
+    h_grad, e_grad = block(h, e_leaf, edge_index)
+    assert torch.equal(e_leaf.detach(), e)  # not overwritten: autograd needs it
+    assert torch.equal(e_grad.detach(), e_want) and torch.equal(h_grad.detach(), h_want)
+    (h_grad.sum() + e_grad.sum()).backward()
+    assert e_leaf.grad is not None and bool(torch.isfinite(e_leaf.grad).all())
