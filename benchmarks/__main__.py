@@ -265,10 +265,11 @@ def _model_step_lines(ms) -> list:
     """One learned step (benchmarks/model_step.py): time, share of matmul peak, cost per bead."""
     if not ms:
         return []
-    lines = [f"## One learned step ({_machine(ms).get('threads')} thread(s), matmul peak "
-             f"{_fmt(ms.get('matmul_peak_gflop_per_s'))} GFLOP/s; {ms.get('note', '')})",
+    lines = [f"## One learned step ({_machine(ms).get('cpu_model')}, {_machine(ms).get('threads')} thread(s), "
+             f"matmul peak {_fmt(ms.get('matmul_peak_gflop_per_s'))} GFLOP/s; {ms.get('note', '')})",
              "| beads | mode | evaluations | s per step | µs per bead | fraction of matmul peak |",
              "|---|---|---|---|---|---|"]
+    compilers = []  # after the table: a list line inside it would end the table
     for case in ms.get("cases", []):
         for mode in ("full", "pc", "dynamics_only"):
             if mode in case:
@@ -277,10 +278,10 @@ def _model_step_lines(ms) -> list:
                              f"{_fmt(c['seconds_per_step'])} | {_fmt(c.get('seconds_per_bead', c['seconds_per_step'] / case['n_beads']) * 1e6)} | "
                              f"{_fmt(c['fraction_of_matmul_peak'], '.2f')} |")
         if "compilers_dynamics_only" in case:
-            lines.append("")
-            lines.append(f"- {case['n_beads']} beads, dynamics only: " + ", ".join(
+            compilers.append(f"- {case['n_beads']} beads, dynamics only: " + ", ".join(
                 f"{k} {v['seconds_per_step'] * 1e3:.0f} ms (first call {v['first_call_s']:.1f} s)"
                 for k, v in case["compilers_dynamics_only"].items()))
+    lines += [""] + compilers
     spread = ms.get("per_bead_cost_spread_from_1000_beads")
     if spread:
         lines.append("- cost per bead, max / min over 10³ beads and up: " +
