@@ -14,8 +14,8 @@ import tempfile
 
 import numpy as np
 
-from openmm_cgml.analysis import (collision_thresholds, count_collisions, diffusivity_comparison, first_peak,
-                                  format_diffusivity_table, radius_of_gyration_squared, rdf)
+from openmm_cgml.analysis import (collision_thresholds, coordination_number, count_collisions, diffusivity_comparison,
+                                  first_peak, format_diffusivity_table, radius_of_gyration_squared, rdf)
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
@@ -23,19 +23,25 @@ from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 from .common import benchmark_parser, machine, set_threads, write_json
 
 
+#: Contact distance of the close-contact check, nm (issue #12: no Li–Li weight below 0.5 nm).
+CONTACT_NM = 0.5
+
+
 def structure(positions, box, beadmap, r_max: float):
-    """First RDF peak (position nm, height) per species pair and mean Rg² (nm²) of multi-bead molecules."""
+    """First RDF peak (position nm, height) and neighbours within ``CONTACT_NM`` per species pair, and mean Rg²
+    (nm²) of multi-bead molecules."""
     species = np.asarray(beadmap.bead_species())
     names = sorted(set(species.tolist()))
-    peaks = {}
+    peaks, contacts = {}, {}
     for i, a in enumerate(names):
         for b in names[i:]:
             r, g = rdf(positions, box, species == a, species == b, r_max, n_bins=60)
             peaks[f"{a}-{b}"] = first_peak(r, g)
+            contacts[f"{a}-{b}"] = coordination_number(positions, box, species == a, species == b, CONTACT_NM)
     counts = np.bincount(beadmap.bead_molecule)
     chains = counts[beadmap.bead_molecule] > 2
     rg2 = radius_of_gyration_squared(positions[:, chains], beadmap.bead_masses[chains], beadmap.bead_molecule[chains])
-    return peaks, float(rg2.mean())
+    return peaks, contacts, float(rg2.mean())
 
 
 def main(argv=None) -> None:
@@ -77,8 +83,8 @@ def main(argv=None) -> None:
                 cg_x.append(np.asarray(ds.positions[:]))
         cg_x = np.concatenate(cg_x)
     r_max = 0.45 * float(np.min(box)) if box is not None else 1.5
-    ref_peaks, ref_rg2 = structure(ref_x[::max(1, stride // 2)], ref_box[::max(1, stride // 2)], beadmap, r_max)
-    cg_peaks, cg_rg2 = structure(cg_x, np.tile(box, (cg_x.shape[0], 1)), beadmap, r_max)
+    ref_peaks, ref_contacts, ref_rg2 = structure(ref_x[::max(1, stride // 2)], ref_box[::max(1, stride // 2)], beadmap, r_max)
+    cg_peaks, cg_contacts, cg_rg2 = structure(cg_x, np.tile(box, (cg_x.shape[0], 1)), beadmap, r_max)
     thresholds = collision_thresholds(args.model, beadmap)
     result = {
         "machine": machine(),
@@ -91,13 +97,17 @@ def main(argv=None) -> None:
         "rdf_first_peak": {k: {"allatom": ref_peaks[k], "cg": cg_peaks[k],
                                "position_error_nm": cg_peaks[k][0] - ref_peaks[k][0],
                                "height_error": cg_peaks[k][1] - ref_peaks[k][1]} for k in ref_peaks},
+        # mean number of B beads within CONTACT_NM of an A bead ("A-B"), e.g. LI-LI: 0 in all-atom PEO/LiTFSI
+        f"neighbours_within_{CONTACT_NM}nm": {k: {"allatom": ref_contacts[k], "cg": cg_contacts[k]}
+                                              for k in ref_contacts},
         "rg2_nm2": {"allatom": ref_rg2, "cg": cg_rg2, "relative_error": (cg_rg2 - ref_rg2) / ref_rg2},
         "collisions_per_bead_per_frame": (float(count_collisions(cg_x, box, beadmap, thresholds).mean()
                                                 / beadmap.n_beads) if thresholds is not None else None),
     }
     write_json(result, args.out)
     print(format_diffusivity_table(table))
-    print(json.dumps({k: result[k] for k in ("rdf_first_peak", "rg2_nm2", "collisions_per_bead_per_frame")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("rdf_first_peak", f"neighbours_within_{CONTACT_NM}nm", "rg2_nm2",
+                                                    "collisions_per_bead_per_frame")}, indent=1))
 
 
 def load_model_extra(path: str):

@@ -13,6 +13,7 @@ from openmm_cgml.analysis import (
     autocorrelation,
     collision_count,
     collision_rate,
+    coordination_number,
     diffusion_by_species,
     diffusion_coefficient,
     first_peak,
@@ -147,6 +148,23 @@ def test_rdf_ideal_gas_and_mdtraj_agreement():
     assert first_peak(r, g)[0] < 0.5  # the cluster partners give the first peak
     with pytest.raises(ValueError, match="half the smallest box edge"):
         rdf(x, box, first, first, 1.6, 10)
+
+
+def test_coordination_number_counts_periodic_neighbours_and_matches_the_ideal_gas():
+    # Two beads 0.3 nm apart through the periodic boundary, a third far away: each of the pair has one neighbour.
+    box = np.array([2.0, 2.0, 2.0])
+    x = np.array([[[0.1, 1.0, 1.0], [1.8, 1.0, 1.0], [1.0, 0.1, 0.2]]])
+    everyone = np.ones(3, dtype=bool)
+    assert coordination_number(x, box, everyone, everyone, 0.35) == pytest.approx(2.0 / 3.0)
+    assert coordination_number(x, box, np.array([True, False, False]), everyone, 0.25) == 0.0
+    # Ideal gas: (N - 1) / V * 4/3 pi r^3 neighbours.
+    rng = np.random.default_rng(0)
+    gas = rng.uniform(0.0, 3.0, size=(20, 500, 3))
+    want = 499 / 27.0 * 4.0 / 3.0 * np.pi * 0.5 ** 3
+    got = coordination_number(gas, np.full(3, 3.0), np.ones(500, bool), np.ones(500, bool), 0.5)
+    assert got == pytest.approx(want, rel=0.03)
+    with pytest.raises(ValueError, match="half the smallest box edge"):
+        coordination_number(gas, np.full(3, 3.0), np.ones(500, bool), np.ones(500, bool), 1.6)
 
 
 def test_first_peak_ignores_noise_before_the_shell():

@@ -26,6 +26,7 @@ from .regime import (
 from .report import analyze_trajectory, format_table
 from .structure import (
     bond_lengths,
+    coordination_number,
     first_peak,
     make_molecules_whole,
     radius_of_gyration_squared,
@@ -56,6 +57,7 @@ __all__ = [
     "analyze_trajectory",
     "autocorrelation",
     "bond_lengths",
+    "coordination_number",
     "collision_count",
     "collision_rate",
     "collision_thresholds",
