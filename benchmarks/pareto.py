@@ -121,18 +121,6 @@ def _reference_copy(root: str, tmp: str):
     return best[0], best[1], os.path.join(root, best[0], "system")
 
 
-def _li_li_close_weight(positions, box, species) -> float:
-    """Li-Li pairs closer than 0.5 nm per Li per frame (all-atom: none)."""
-    from openmm_cgml.pbc import minimum_image
-
-    li = np.flatnonzero(species == "LI")
-    d = positions[:, li, None, :] - positions[:, None, li, :]
-    d = minimum_image(d, box[:, None, None, :])
-    r = np.linalg.norm(d, axis=-1)
-    iu = np.triu_indices(len(li), 1)
-    return float((r[:, iu[0], iu[1]] < LI_LI_CLOSE_NM).sum() / (len(li) * len(positions)))
-
-
 def _bond_lengths(positions, box, bonds) -> np.ndarray:
     """Minimum-image CG bond lengths (frames, bonds), nm."""
     from openmm_cgml.pbc import minimum_image
@@ -141,10 +129,11 @@ def _bond_lengths(positions, box, bonds) -> np.ndarray:
     return np.linalg.norm(minimum_image(d, box[:, None, :]), axis=-1)
 
 
-def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool = True) -> dict:
-    """PEO/LiTFSI rows: the shipped model per setting against the longest held-out all-atom reference."""
-    from openmm_cgml.analysis import (collision_thresholds, count_collisions, diffusivity_comparison, first_peak,
-                                      rdf)
+def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool = True, model_dir=None) -> dict:
+    """PEO/LiTFSI rows: a model (default: the shipped one) per setting against the longest held-out all-atom
+    reference."""
+    from openmm_cgml.analysis import (collision_thresholds, coordination_number, count_collisions,
+                                      diffusivity_comparison, first_peak, rdf)
     from openmm_cgml.data import CGDataset
     from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
     from openmm_cgml.simulate.step import refine_settings
@@ -154,7 +143,8 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
     from .allatom_throughput import throughput
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "data")
-    model = load_model(DEFAULT_MODEL)
+    model_dir = model_dir or DEFAULT_MODEL
+    model = load_model(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         name, ref_path, system_dir = _reference_copy(root, tmp)
         with CGDataset(ref_path) as ds:
@@ -179,7 +169,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
         ref_peaks = peaks(ref_x, ref_box)
         bonds = np.asarray(beadmap.bonds, dtype=int).reshape(-1, 2)
         longest_bond = float(_bond_lengths(ref_x, ref_box, bonds).max())
-        thresholds = collision_thresholds(DEFAULT_MODEL, beadmap)
+        thresholds = collision_thresholds(model_dir, beadmap)
         n_steps = int(np.ceil(ns * 1000.0 / model.timestep_ps))
         rows, seen = [], set()
         for spec in settings:
@@ -202,7 +192,8 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
             boxes = np.tile(box, (cg_x.shape[0], 1))
             cg_peaks = peaks(cg_x, boxes)
             collisions = float(count_collisions(cg_x, box, beadmap, thresholds).mean() / beadmap.n_beads)
-            li_close = _li_li_close_weight(cg_x, boxes, species)
+            # unordered Li-Li pairs below 0.5 nm per Li: half the Li-Li coordination number
+            li_close = 0.5 * coordination_number(cg_x, boxes, species == "LI", species == "LI", LI_LI_CLOSE_NM)
             # a CG bond stretched past 1.5x the longest all-atom one counts as broken (chains falling apart)
             broken = float((_bond_lengths(cg_x, boxes, bonds) > 1.5 * longest_bond).mean())
             ns_per_s = replicas * n_steps * model.timestep_ps / 1000.0 / clock.seconds
@@ -214,7 +205,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
                          "li_peo_peak_height_rel_error": height_error, "li_li_pairs_below_0.5nm_per_li": li_close,
                          "collisions_per_bead_per_frame": collisions, "bond_break_fraction": broken,
                          "error": abs(height_error) + li_close + 100.0 * collisions + 10.0 * broken})
-    return {"model": DEFAULT_MODEL, "reference": name, "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
+    return {"model": model_dir, "reference": name, "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
             "n_beads": beadmap.n_beads, "replicas": replicas, "cg_ns_per_replica": n_steps * model.timestep_ps / 1e3,
             "allatom": aa, "rows": rows}
 
@@ -260,6 +251,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peo-ns", type=float, default=10.0, help="CG ns per PEO/LiTFSI replica")
     parser.add_argument("--replicas", type=int, default=2, help="PEO/LiTFSI replicas per setting")
     parser.add_argument("--aa-steps", type=int, default=1000, help="all-atom steps timed for the ratio")
+    parser.add_argument("--model", default=None, help="PEO/LiTFSI model directory (default: the shipped model)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -271,7 +263,7 @@ def main(argv=None) -> int:
                                               timestep_settings=args.timestep_settings)
         if args.only in (None, "peo_litfsi"):
             result["peo_litfsi"] = peo_front(args.settings, args.peo_ns, args.replicas, args.aa_steps,
-                                             progress=not args.quiet)
+                                             progress=not args.quiet, model_dir=args.model)
     for name, speed in (("polymer", "speedup_vs_fine_md"), ("peo_litfsi", "speedup_vs_allatom")):
         if result.get(name):
             rows = result[name]["rows"]
