@@ -16,7 +16,7 @@ Conventions
   result is always a valid input to periodic k-d trees (``scipy.spatial.cKDTree(boxsize=L)``).
 * Unwrapping assumes every particle moves less than half of each box edge between consecutive frames.
 """
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ __all__ = [
     "unwrap",
     "remove_centroid",
     "remove_centroids_by_graph",
+    "bond_forest",
+    "make_whole_torch",
 ]
 
 
@@ -180,3 +182,60 @@ def remove_centroids_by_graph(y: torch.Tensor, batch: torch.Tensor, n_graphs: in
     counts = torch.bincount(batch, minlength=n_graphs).clamp(min=1).to(y.dtype).unsqueeze(1)
     sums = torch.zeros((n_graphs,) + y.shape[1:], dtype=y.dtype, device=y.device).index_add_(0, batch, y)
     return y - (sums / counts)[batch]
+
+
+def bond_forest(bonds, n_beads: int) -> Tuple[np.ndarray, np.ndarray, List[int], np.ndarray]:
+    """A breadth-first spanning forest of a bond graph, for :func:`make_whole_torch`.
+
+    Parameters
+    ----------
+    bonds : (B, 2) int array
+        Bonded bead pairs.
+    n_beads : int
+
+    Returns
+    -------
+    parent, child : (E,) int64 arrays
+        Tree edges in breadth-first order: every parent is a root or the child of an earlier edge.
+    depth_sizes : list of int
+        Number of edges at depth 1, 2, ... (edges of one depth can be applied together).
+    molecule : (n_beads,) int64 array
+        Connected-component label of each bead, 0 .. n_molecules - 1.
+    """
+    import scipy.sparse
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+    b = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    graph = scipy.sparse.coo_matrix((np.ones(len(b)), (b[:, 0], b[:, 1])), shape=(n_beads, n_beads)).tocsr()
+    n_mol, molecule = connected_components(graph, directed=False)
+    depth = np.zeros(n_beads, dtype=np.int64)
+    parents, children = [], []
+    for root in np.unique(molecule[b[:, 0]]) if len(b) else []:
+        start = int(np.flatnonzero(molecule == root)[0])
+        order, pred = breadth_first_order(graph, start, directed=False)
+        for node in order[1:]:
+            depth[node] = depth[pred[node]] + 1
+        parents.append(pred[order[1:]])
+        children.append(order[1:])
+    parent = np.concatenate(parents).astype(np.int64) if parents else np.zeros(0, np.int64)
+    child = np.concatenate(children).astype(np.int64) if children else np.zeros(0, np.int64)
+    by_depth = np.argsort(depth[child], kind="stable")
+    parent, child = parent[by_depth], child[by_depth]
+    sizes = np.bincount(depth[child])[1:].tolist() if len(child) else []
+    return parent, child, [int(k) for k in sizes], molecule.astype(np.int64)
+
+
+def make_whole_torch(pos: torch.Tensor, box: torch.Tensor, parent: torch.Tensor, child: torch.Tensor,
+                     depth_sizes: List[int]) -> torch.Tensor:
+    """Positions (N, 3) nm with every molecule whole: each tree child moved by whole box vectors to the minimum
+    image of its parent, depth by depth (:func:`bond_forest`); roots keep their positions, and a bead already at
+    its parent's minimum image keeps its exact value. ``box`` (3,) or (N, 3) nm, one row per bead.
+    TorchScript-compatible."""
+    out = pos.clone()
+    start = 0
+    for size in depth_sizes:
+        p, c = parent[start:start + size], child[start:start + size]
+        b = box if box.dim() == 1 else box[c]
+        out[c] = out[c] - b * torch.round((out[c] - out[p]) / b)
+        start += size
+    return out

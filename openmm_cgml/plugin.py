@@ -28,6 +28,7 @@ from openmm import unit
 
 from .simulate import coarse_grain_simulation as python_simulation
 from .simulate.step import LearnedStep
+from .simulate.integrator import displacement_bound
 from .simulate.system import box_vectors_nm, create_bead_system
 
 MODULE_NAME = "openmm_cgml_native"
@@ -170,7 +171,7 @@ def _cached_export(step) -> Path:
     return path
 
 
-def CGMLIntegrator(step, seed: int = 0, max_displacement=2.0, model_file=None):
+def CGMLIntegrator(step, seed: int = 0, max_displacement=None, model_file=None):
     """The compiled learned integrator: a genuine ``openmm.Integrator`` for ``app.Simulation``.
 
     Args:
@@ -178,21 +179,28 @@ def CGMLIntegrator(step, seed: int = 0, max_displacement=2.0, model_file=None):
             file written by :func:`export_step`.
         seed: seed of the random stream; the same seed gives the Python integrator's trajectory.
         max_displacement : length
-            largest bead displacement in one step (nm or a Quantity); a larger one, or a NaN, raises
-            ``SimulationBlowUp`` from ``step()`` and the Context keeps the last good state.
+            largest bead displacement in one step (nm or a Quantity; default ``displacement_bound``, scaled to
+            the model's training data); a larger one, or a NaN, raises ``SimulationBlowUp`` from ``step()`` and
+            the Context keeps the last good state.
         model_file: where to export ``step`` (default: a content-named file in :func:`step_cache_dir`).
 
     The System must have one particle per bead (:func:`create_cg_system`); use the Reference or CPU platform.
     """
     module = native()
+    scripted = step
     if isinstance(step, (str, os.PathLike)):
         path = Path(step)
+        scripted = None
+        if max_displacement is None and path.is_file():  # the default bound needs the model's velocity scale
+            try:
+                scripted = torch.jit.load(str(path))
+            except RuntimeError:
+                pass  # not a TorchScript archive: the plugin's own check says so in one line
     elif model_file is not None:
         path = export_step(step, model_file)
     else:
         path = _cached_export(step)
-    if unit.is_quantity(max_displacement):
-        max_displacement = max_displacement.value_in_unit(unit.nanometer)
+    max_displacement = displacement_bound(scripted, max_displacement)
     if not 0 <= int(seed) < 2**53:
         raise ValueError(f"seed must be an integer in [0, 2**53), got {seed}")
     try:
@@ -237,7 +245,7 @@ def create_cg_system(beadmap, box_vectors=None) -> openmm.System:
 
 
 def coarse_grain_simulation(topology, system, positions, model, box_vectors=None, seed: int = 0,
-                            kernel: str = "auto", max_displacement=2.0, **options):
+                            kernel: str = "auto", max_displacement=None, **options):
     """:func:`openmm_cgml.simulate.coarse_grain_simulation` with the choice of integrator.
 
     Parameters

@@ -139,6 +139,22 @@ def test_blow_up_stops_within_one_step_and_keeps_last_state(setup):
     assert sim.integrator.getGlobalVariableByName("step_index") == 1
 
 
+def test_default_blow_up_bound_follows_the_models_velocity_scale(setup):
+    """A mobile system must not trip a fixed 2 nm bound: the default is 20 x the training data's velocity scale."""
+    from openmm_cgml.simulate.integrator import BLOW_UP_VELOCITY_SCALES, MIN_BLOW_UP_NM, displacement_bound
+
+    built, beadmap, model = setup
+    step = LearnedStep.from_model(model, beadmap)
+    assert displacement_bound(step) == MIN_BLOW_UP_NM == 2.0  # 20 x 0.05 nm is below the floor
+    step.dynamics.velocity_scale = 0.25  # a fast system's training data
+    assert displacement_bound(step) == pytest.approx(BLOW_UP_VELOCITY_SCALES * 0.25) == 5.0
+    assert displacement_bound(torch.jit.script(step)) == pytest.approx(5.0)
+    assert CGMLIntegrator(step).max_displacement_nm == pytest.approx(5.0)
+    assert displacement_bound(step, 1.5 * unit.angstrom) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="positive length"):
+        displacement_bound(step, 0.0)
+
+
 def test_engine_blow_up_saves_last_good_state(setup, tmp_path):
     """A NaN in step 4 stops the engine; the files end with step 3 (not a report step) and its full state is saved."""
     from openmm_cgml.data import CGDataset
@@ -246,6 +262,30 @@ def test_step_noise_deterministic():
     assert abs(float(torch.cat([a[0].flatten(), a[1].flatten()]).std()) - 1.0) < 0.4
 
 
+def test_step_returns_molecules_whole_at_their_predicted_image(small_model):
+    """A bead pulled to its partner's next periodic image (or a whole molecule) is put back; whole input is
+    returned bit for bit."""
+    from openmm_cgml.simulate.step import LearnedStep
+
+    model, bm = small_model
+    step = LearnedStep.from_model(model, bm)
+    box = torch.tensor([1.5, 1.5, 1.5])
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(bm.n_beads, 3, generator=gen) * box
+    for p, c in zip(step.tree_parent.tolist(), step.tree_child.tolist()):  # a whole state: bonds of 0.3 nm
+        x[c] = x[p] + 0.3 * torch.nn.functional.normalize(torch.randn(3, generator=gen), dim=0)
+    assert torch.equal(step._whole(x, x, box), x)
+    root, child = int(step.tree_parent[0]), int(step.tree_child[0])
+    for moved in (child, root):  # a split bond, whichever end crossed
+        split = x.clone()
+        split[moved] += torch.tensor([1.5, 0.0, -1.5])
+        torch.testing.assert_close(step._whole(split, x, box), x, rtol=0, atol=1e-6)
+    whole_shift = x + box * (step.molecule == step.molecule[root]).unsqueeze(1)
+    torch.testing.assert_close(step._whole(whole_shift, x, box), x, rtol=0, atol=1e-6)
+    scripted = torch.jit.script(step)
+    torch.testing.assert_close(scripted._whole(split, x, box), x, rtol=0, atol=1e-6)
+
+
 def test_step_scripted_equals_eager_and_batched(small_model):
     from openmm_cgml.simulate.step import LearnedStep, rollout, step_noise
 
@@ -277,7 +317,10 @@ def test_step_scripted_equals_eager_and_batched(small_model):
         x3, _ = bare(x, h, box, dyn, ref[:0])
         mean, std = model.dynamics(x, h, bare.embed, bare.masses, bare.bonds, box, None)
     assert bare.n_refine == 0 and (x3 - x1).abs().max() > 1e-6
-    torch.testing.assert_close(x3, x + h[-1] + mean + std.unsqueeze(1) * dyn)
+    # The random start splits molecules across the box; the step returns them whole, so only whole box vectors
+    # separate it from the bare prediction.
+    shift = (x3 - (x + h[-1] + mean + std.unsqueeze(1) * dyn)) / box
+    torch.testing.assert_close(shift, torch.round(shift), rtol=0, atol=1e-5)
     # Two replicas in one batch (second one translated) give the single-replica results.
     two = torch.jit.script(step.batched(2))
     shift = torch.tensor([0.3, -0.2, 0.5])

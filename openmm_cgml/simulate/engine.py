@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..data import CGDatasetWriter
-from .integrator import SimulationBlowUp, check_step
+from .integrator import SimulationBlowUp, check_step, displacement_bound
 from .step import LearnedStep, step_noise
 
 #: Written into a run's output directory when it stops on a blow-up.
@@ -83,12 +83,12 @@ class ReplicaEngine:
         Starting velocity histories, (R, H, N, 3) / (H, N, 3), or a list of (H, N_r, 3) arrays (default zeros).
     device : str
         Torch device for the model and state ("cpu", "cuda").
-    max_displacement : length (nm)
-        Largest physical bead displacement in one step (blow-up bound).
+    max_displacement : length (nm), optional
+        Largest physical bead displacement in one step (blow-up bound; default ``integrator.displacement_bound``).
     """
 
     def __init__(self, step, positions, seeds: Optional[Sequence[int]] = None, box=None, history=None,
-                 device: str = "cpu", max_displacement: float = 2.0):
+                 device: str = "cpu", max_displacement=None):
         if isinstance(step, (list, tuple)):
             steps, xs = list(step), [np.asarray(p, dtype=np.float32) for p in positions]
             if len(xs) != len(steps):
@@ -115,7 +115,7 @@ class ReplicaEngine:
         self.n_refine = int(first.n_refine)
         self.timestep_ps = float(first.timestep_ps)
         self.periodic = bool(first.periodic)
-        self.max_displacement_nm = float(max_displacement)
+        self.max_displacement_nm = displacement_bound(first, max_displacement)
         self.seeds = list(range(self.n_replicas)) if seeds is None else [int(s) for s in seeds]
         if len(self.seeds) != self.n_replicas:
             raise ValueError(f"got {len(self.seeds)} seeds for {self.n_replicas} replicas")

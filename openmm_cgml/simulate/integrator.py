@@ -119,9 +119,10 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         The learned step (eager or TorchScript) of this bead system.
     seed : int
         Seed of the step's random stream; with the same seed every wrapper gives the same trajectory.
-    max_displacement : length
-        Largest physical bead displacement in one step (a Quantity, or a number in nm); a larger one, or a NaN,
-        stops the run with :class:`SimulationBlowUp` and the Context keeps the last good state.
+    max_displacement : length, optional
+        Largest physical bead displacement in one step (a Quantity, or a number in nm; default
+        :func:`displacement_bound`); a larger one, or a NaN, stops the run with :class:`SimulationBlowUp` and the
+        Context keeps the last good state.
     force_groups : (int, int)
         Force groups (0..31) of the System's CG forces (:func:`create_cg_forces` / ``create_cg_system`` with the
         same groups).
@@ -130,10 +131,8 @@ class CGMLIntegrator(openmm.CustomIntegrator):
     energies and ``minimizeEnergy`` mean with this integrator.
     """
 
-    def __init__(self, step: LearnedStep, seed: int = 0, max_displacement=2.0, force_groups=DEFAULT_FORCE_GROUPS):
-        self.max_displacement_nm = (
-            max_displacement.value_in_unit(unit.nanometer) if unit.is_quantity(max_displacement) else float(max_displacement)
-        )
+    def __init__(self, step: LearnedStep, seed: int = 0, max_displacement=None, force_groups=DEFAULT_FORCE_GROUPS):
+        self.max_displacement_nm = displacement_bound(step, max_displacement)
         if not 0 <= int(seed) < 2**53:  # stored exactly in a double-precision per-DOF variable
             raise ValueError(f"seed must be an integer in [0, 2**53), got {seed}")
         self.force_groups = check_force_groups(force_groups)
@@ -300,6 +299,30 @@ def run_step(step, x: np.ndarray, history: np.ndarray, box: np.ndarray, seed: in
             raise SimulationBlowUp(f"learned step {step_index}: the model failed inside the step "
                                    f"({str(err).splitlines()[0]}); last good state kept") from None
     return x_new.numpy(), h_new.numpy()
+
+
+#: Default blow-up bound in units of the model's ``velocity_scale`` (per-coordinate RMS one-step displacement of
+#: its training data), and never below :data:`MIN_BLOW_UP_NM`. All-atom data themselves move a bead up to 7-9
+#: velocity scales in one 100-ps step (largest moves in the PEO/LiTFSI campaign references), more on a hotter or
+#: shorter-chain system than the model was trained on; a runaway step grows geometrically, so a generous bound
+#: still stops it within a step or two.
+BLOW_UP_VELOCITY_SCALES = 20.0
+MIN_BLOW_UP_NM = 2.0
+
+
+def displacement_bound(step, max_displacement=None) -> float:
+    """Blow-up bound of one step, nm: ``max_displacement`` (a Quantity or nm) or, when None, the larger of
+    :data:`MIN_BLOW_UP_NM` and :data:`BLOW_UP_VELOCITY_SCALES` times the velocity scale of ``step`` (a
+    :class:`LearnedStep` or its script; without one, the floor)."""
+    if max_displacement is None:
+        scale = getattr(getattr(step, "dynamics", None), "velocity_scale", None)
+        return MIN_BLOW_UP_NM if scale is None else max(MIN_BLOW_UP_NM, BLOW_UP_VELOCITY_SCALES * float(scale))
+    if unit.is_quantity(max_displacement):
+        max_displacement = max_displacement.value_in_unit(unit.nanometer)
+    bound = float(max_displacement)
+    if not bound > 0:
+        raise ValueError(f"max_displacement must be a positive length in nm, got {max_displacement}")
+    return bound
 
 
 def check_step(x_old: np.ndarray, x_new: np.ndarray, step_index: int, max_displacement_nm: float):

@@ -6,6 +6,7 @@
     x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
+    x_new  = whole(x_new)                  periodic: every molecule whole, at its predicted image
     h_new  = cat(h[1:], x_new - x)
 
 Positions are unwrapped nm; ``h`` (H, N, 3) holds displacements per model step (``h[-1]`` most recent); ``box`` is
@@ -14,13 +15,14 @@ as arguments; :func:`step_noise` derives it from (seed, step index), so every wr
 engine, scripted module) produces the same trajectory for the same seed.
 """
 import copy
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..nn.score import SCHEMES, refine_evaluations
+from ..pbc import bond_forest, make_whole_torch
 
 _MASK64 = (1 << 64) - 1
 #: Verlet skin (nm) of the neighbour list the refinement's score evaluations share; it changes no result.
@@ -153,6 +155,8 @@ class LearnedStep(nn.Module):
     step_size: float
     n_beads: int
     n_replicas: int
+    tree_sizes: List[int]
+    n_molecules: int
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
@@ -165,6 +169,11 @@ class LearnedStep(nn.Module):
         self.register_buffer("embed", embed.detach().to(torch.float32).clone())
         self.register_buffer("masses", torch.as_tensor(masses, dtype=torch.float32).reshape(n).clone())
         self.register_buffer("bonds", torch.as_tensor(bonds, dtype=torch.long).reshape(-1, 2).clone())
+        parent, child, self.tree_sizes, molecule = bond_forest(self.bonds.cpu().numpy(), n)
+        self.register_buffer("tree_parent", torch.as_tensor(parent))
+        self.register_buffer("tree_child", torch.as_tensor(child))
+        self.register_buffer("molecule", torch.as_tensor(molecule))
+        self.n_molecules = int(molecule.max()) + 1 if n else 0
         self.register_buffer("levels", torch.tensor([float(s) for s in levels], dtype=torch.float32))
         batch = torch.zeros(n, dtype=torch.long) if batch is None else torch.as_tensor(batch, dtype=torch.long)
         self.register_buffer("batch", batch.reshape(n).clone())
@@ -265,6 +274,23 @@ class LearnedStep(nn.Module):
             torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps), first.scheme,
         ).to(first.embed.device)
 
+    def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        """``x`` with every molecule whole and at the periodic image of its predicted centre of mass.
+
+        The networks see bonds by minimum image, so when a predicted bond stretches past half a box the refinement
+        can pull a bead to its partner's next image: the state is right modulo the box, but the unwrapped chain
+        would straddle it, corrupting Rg², MSDs and the next velocity history. Rebuilding each molecule along its
+        bond tree fixes that; the refinement moves a centre of mass far less than half a box, so the whole-box
+        shift back to the predicted centre is unambiguous."""
+        bead_box = box if box.dim() == 1 else box[self.batch]
+        whole = make_whole_torch(x, bead_box, self.tree_parent, self.tree_child, self.tree_sizes)
+        w = self.masses.unsqueeze(1)
+        com = torch.zeros((self.n_molecules, 3), dtype=x.dtype, device=x.device)
+        d = com.index_add(0, self.molecule, (whole - x_pred) * w)
+        d = d / torch.zeros((self.n_molecules, 1), dtype=x.dtype, device=x.device).index_add(0, self.molecule, w)
+        d = d[self.molecule]
+        return whole - bead_box * torch.round(d / bead_box)
+
     def forward(self, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, dyn_noise: torch.Tensor,
                 refine_noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One step: x (N, 3) nm, h (H, N, 3) nm/step, box (3,) / (B, 3) nm or empty -> (x_new, h_new)."""
@@ -280,13 +306,17 @@ class LearnedStep(nn.Module):
         elif self.periodic:
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
         mean, std = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
-        x_new = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
+        x_pred = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
+        x_new = x_pred
         # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
         # as it is, so every wrapper reports it as a blow-up of this step.
-        if self.n_refine > 0 and bool(torch.isfinite(x_new).all()):
-            x_new = self.score.refine(x_new, self.levels, self.steps_per_level, self.step_size, refine_noise,
-                                      self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme,
-                                      self.skin)
+        if bool(torch.isfinite(x_pred).all()):
+            if self.n_refine > 0:
+                x_new = self.score.refine(x_pred, self.levels, self.steps_per_level, self.step_size, refine_noise,
+                                          self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme,
+                                          self.skin)
+            if box_opt is not None and self.tree_child.numel() > 0:
+                x_new = self._whole(x_new, x_pred, box_opt)
         h_new = torch.cat([h[1:], (x_new - x).unsqueeze(0)], dim=0)
         return x_new, h_new
 

@@ -92,7 +92,7 @@ def coarse_grain_simulation(
     seed: int = 0,
     allow_unseen_types: bool = False,
     force_groups=DEFAULT_FORCE_GROUPS,
-    max_displacement=2.0,
+    max_displacement=None,
     **step_options,
 ) -> CGSimulationSetup:
     """Everything an OpenMM script needs to run the learned CG model instead of all-atom MD.
@@ -116,8 +116,9 @@ def coarse_grain_simulation(
         Run bead types the model was not trained on (see ``LearnedStep.from_model``).
     force_groups : (int, int)
         Force groups (0..31) of the CG System's two forces and of the integrator.
-    max_displacement : length
-        Blow-up bound of one step (Quantity or nm).
+    max_displacement : length, optional
+        Blow-up bound of one step (Quantity or nm; default: ``integrator.displacement_bound``, scaled to the
+        model's training data).
     **step_options
         Passed to ``LearnedStep.from_model`` (e.g. ``refine``).
 
