@@ -109,6 +109,11 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
     assert all(row[f"{side}_msd_exponent"] == pytest.approx(1.0, abs=0.25) for row in table.values()
                for side in ("allatom", "cg"))
     assert "log10 err" in format_diffusivity_table(table)
+    # The fixed-lag MSD (reported even where D is withheld) is 6 D t at the 1-ns lag: 6 and 12 nm² here.
+    peo = table["PEO"]
+    assert peo["msd_lag_ps"] == 1000.0
+    assert peo["allatom_msd_nm2_at_lag"] == pytest.approx(6.0, rel=0.25)
+    assert peo["cg_msd_nm2_at_lag"] == pytest.approx(12.0, rel=0.2)
     # A caged reference (beads bound to fixed sites: the MSD plateaus) is not diffusive: no D, no error.
     caged = rng.normal(scale=0.05, size=(n_frames, beadmap.n_beads, 3)) + rng.normal(size=(1, beadmap.n_beads, 3))
     write_dataset(str(tmp_path / "caged.h5"), beadmap, caged, None, np.arange(n_frames) * dt)

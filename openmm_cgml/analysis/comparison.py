@@ -30,6 +30,7 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
                               fit_range=fit_range)
     regime = {"allatom": _regime_by_species(ref_x[None], ref_dt, species, fit_range),
               "cg": _regime_by_species(cg_x, runs[0][1], species, fit_range)}
+    lag = min(MSD_LAG_PS, regime["allatom"][LAGS][-1], regime["cg"][LAGS][-1])
     out = {}
     for name in reference:
         row = {}
@@ -39,6 +40,10 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
             row[f"{side}_err_cm2_per_s"] = e * NM2_PER_PS_IN_CM2_PER_S if rule["diffusive"] else None
             row[f"{side}_msd_exponent"] = rule["msd_exponent"]
             row[f"{side}_withheld"] = rule["withheld"]
+        # Mobility at a fixed lag, reported whether or not either side is diffusive yet: not a diffusivity.
+        for side in ("allatom", "cg"):
+            row[f"{side}_msd_nm2_at_lag"] = float(np.interp(lag, regime[side][LAGS], regime[side][MSD][name]))
+        row["msd_lag_ps"] = float(lag)
         both = row["allatom_D_cm2_per_s"] is not None and row["cg_D_cm2_per_s"] is not None
         row["log10_error"] = (float(np.log10(row["cg_D_cm2_per_s"] / row["allatom_D_cm2_per_s"]))
                               if both and row["cg_D_cm2_per_s"] > 0 and row["allatom_D_cm2_per_s"] > 0 else None)
@@ -46,16 +51,26 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
     return out
 
 
+#: Lag (ps) of the fixed-lag MSD that :func:`diffusivity_comparison` reports beside D (shortened to the shorter
+#: run's longest lag).
+MSD_LAG_PS = 1000.0
+LAGS, MSD = "lag_times_ps", "msd_nm2"
+
+
 def _regime_by_species(x, dt, species, fit_range) -> dict:
-    """:func:`reported_diffusivity` of each species' MSD averaged over its beads and the runs in (R, T, N, 3)."""
+    """:func:`reported_diffusivity` of each species' MSD averaged over its beads and the runs in (R, T, N, 3),
+    and those MSD curves (under ``MSD``, with their lags under ``LAGS``)."""
     labels = np.asarray(species)
     curves = []
     for run in x:
         lag_times, per_particle = msd_per_particle(run, dt)
         curves.append(per_particle)
     mean = np.mean(curves, axis=0)
-    return {name: reported_diffusivity(lag_times, mean[:, labels == name].mean(axis=1), fit_range)
-            for name in dict.fromkeys(labels.tolist())}
+    names = list(dict.fromkeys(labels.tolist()))
+    out = {name: reported_diffusivity(lag_times, mean[:, labels == name].mean(axis=1), fit_range) for name in names}
+    out[LAGS] = lag_times
+    out[MSD] = {name: mean[:, labels == name].mean(axis=1) for name in names}
+    return out
 
 
 def format_diffusivity_table(table: dict) -> str:
