@@ -56,6 +56,11 @@ BENCHMARKS = [
                      result_path("polymer_dig_cutoff3")], ["polymer_dig_cutoff3.json"]),
     # Refinement scheme x evaluations x time step against both ground truths (after polymer: reuses its model).
     ("pareto", [], ["pareto.json"]),
+    # The campaign's held-out references (never trained on; stop the campaign first: it appends to them).
+    ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_eo4_li9_450K", "reference", "cg.h5"), "--replicas",
+                  "2", "--ns", "20", "--out", result_path("accuracy_eo4_li9")], ["accuracy_eo4_li9.json"]),
+    ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li8_450K", "reference", "cg.h5"), "--replicas",
+                  "2", "--ns", "20", "--out", result_path("accuracy_eo6_li8")], ["accuracy_eo6_li8.json"]),
     # The shipped model's own training system (in distribution; not a held-out test).
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_400K.h5"), "--replicas", "4", "--ns", "10",
                   "--out", result_path("accuracy_training_system")], ["accuracy_training_system.json"]),
@@ -140,14 +145,26 @@ def summary_markdown() -> str:
                   f"- blow-ups (a bead moving > {st['bound_nm']:g} nm in one step): {st['blow_ups']} of "
                   f"{len(st['boxes'])}; largest one-step move {st['largest_move_nm']:.2f} nm; mean CG bond "
                   f"{st['mean_cg_bond_nm']:.3f} nm", ""]
-    for name, title in (("accuracy.json", "held-out system"), ("accuracy_training_system.json", "training system")):
+    for name, title in (("accuracy_eo4_li9.json", "held-out campaign system"),
+                        ("accuracy_eo6_li8.json", "held-out campaign system"), ("accuracy.json", "held-out system"),
+                        ("accuracy_training_system.json", "training system")):
         acc = _load(name)
         if not acc:
             continue
-        lines += [f"## Accuracy vs all-atom: {title} ({acc['replicas']} replicas x {acc['cg_ns_per_replica']:g} ns "
-                  f"CG; reference {acc['reference_ns']:.2f} ns)",
-                  "| species | all-atom D (cm²/s) | CG D (cm²/s) | log10 error | MSD exponent all-atom / CG |",
-                  "|---|---|---|---|---|"]
+        built = (acc.get("reference_system") or {}).get("args", {})
+        box = (f"{built['n_chains']} × EO{built['eo_per_chain']} + {built['n_salt']} LiTFSI, "
+               f"{built['temperature_K']:g} K; " if {"n_chains", "eo_per_chain", "n_salt"} <= set(built) else "")
+        lines += [f"## Accuracy vs all-atom: {title} ({box}{acc['replicas']} replicas x "
+                  f"{acc['cg_ns_per_replica']:g} ns CG; reference {acc['reference_ns']:.2f} ns)",
+                  "| species | all-atom D (cm²/s) | CG D (cm²/s) | log10 error | MSD exponent all-atom / CG | "
+                  "MSD at 1 ns, CG / all-atom |",
+                  "|---|---|---|---|---|---|"]
+
+        def msd_ratio(row):  # mobility at a fixed lag, also where D is withheld; older files lack it
+            if row.get("cg_msd_nm2_at_lag") is None:
+                return "n/a"
+            return f"{row['cg_msd_nm2_at_lag'] / row['allatom_msd_nm2_at_lag']:.2f}"
+
 
         def cell(row, side):  # D only from the diffusive regime (MSD exponent >= 0.9); older files lack it
             d, e = row[f"{side}_D_cm2_per_s"], row[f"{side}_err_cm2_per_s"]
@@ -156,7 +173,7 @@ def summary_markdown() -> str:
         for species, row in acc["diffusivity"].items():
             lines.append(f"| {species} | {cell(row, 'allatom')} | {cell(row, 'cg')} | "
                          f"{_fmt(row['log10_error'], '+.2f')} | {_fmt(row.get('allatom_msd_exponent'), '.2f')} / "
-                         f"{_fmt(row.get('cg_msd_exponent'), '.2f')} |")
+                         f"{_fmt(row.get('cg_msd_exponent'), '.2f')} | {msd_ratio(row)} |")
         lines.append("")
         lines.append("| RDF pair | first peak all-atom (nm, g) | CG (nm, g) |")
         lines.append("|---|---|---|")
@@ -165,7 +182,12 @@ def summary_markdown() -> str:
                          f"{row['cg'][1]:.2f} |")
         lines += ["", f"- chain Rg²: all-atom {acc['rg2_nm2']['allatom']:.3f} nm², CG {acc['rg2_nm2']['cg']:.3f} nm² "
                   f"({100 * acc['rg2_nm2']['relative_error']:+.1f} %); collisions per bead per frame "
-                  f"{_fmt(acc['collisions_per_bead_per_frame'])}", ""]
+                  f"{_fmt(acc['collisions_per_bead_per_frame'])}"]
+        contacts = acc.get("neighbours_within_0.5nm", {}).get("LI-LI")
+        if contacts:
+            lines.append(f"- Li⁺ neighbours within 0.5 nm of a Li⁺: all-atom {contacts['allatom']:.3g}, CG "
+                         f"{contacts['cg']:.3g}")
+        lines.append("")
     fa = _load("faults.json")
     if fa:
         summary = fa["summary"]
@@ -309,22 +331,36 @@ def _pareto_lines(pa) -> list:
                          f"{'yes' if i in po.get('front', []) else ''} |")
         lines.append("")
     if pa.get("peo_litfsi"):
-        pe = pa["peo_litfsi"]
-        lines += [f"## Pareto front, PEO/LiTFSI ({pe['reference']}: {pe['n_beads']} beads, all-atom reference "
-                  f"{pe['reference_ns']:.2f} ns; {pe['replicas']} × {pe['cg_ns_per_replica']:g} ns CG per setting; "
-                  f"all-atom OpenMM {pe['allatom']['ns_per_day']:.1f} ns/day on 1 thread, same run)",
-                  "| setting | evaluations | Li–PEO peak height error | Li–Li pairs < 0.5 nm per Li | collisions per "
-                  "bead | broken CG bonds | MSD exponent CG (Li, TFSI, PEO) | speed-up vs all-atom | on front |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for i, r in enumerate(pe["rows"]):
-            alphas = ", ".join(_fmt(r["diffusivity"][k]["cg_msd_exponent"], ".2f") for k in ("LI", "TFS", "PEO")
-                               if k in r["diffusivity"])
-            lines.append(f"| {r['setting']} | {r['score_evaluations_per_step']} | "
-                         f"{100 * r['li_peo_peak_height_rel_error']:+.0f} % | "
-                         f"{_fmt(r['li_li_pairs_below_0.5nm_per_li'])} | {_fmt(r['collisions_per_bead_per_frame'])} | "
-                         f"{_fmt(r.get('bond_break_fraction'))} | {alphas} | {_fmt(r['speedup_vs_allatom'])} | {'yes' if i in pe.get('front', []) else ''} |")
-        lines.append("")
+        lines += _peo_pareto_lines(pa["peo_litfsi"])
+    for name in sorted(os.listdir(RESULTS)):  # fronts of other PEO/LiTFSI models (pareto.py --model --only)
+        if name.startswith("pareto_peo_") and name.endswith(".json"):
+            lines += _peo_pareto_lines(_load(name)["peo_litfsi"])
     return lines
+
+
+def _peo_pareto_lines(pe) -> list:
+    """One PEO/LiTFSI Pareto table (benchmarks/pareto.py) with its model, reference and blown-up settings."""
+    model = os.path.basename(os.path.normpath(pe["model"]))
+    lines = [f"## Pareto front, PEO/LiTFSI, model `{model}` ({pe['reference']}: {pe['n_beads']} beads, all-atom "
+             f"reference {pe['reference_ns']:.2f} ns; {pe['replicas']} × {pe['cg_ns_per_replica']:g} ns CG per "
+             f"setting; all-atom OpenMM {pe['allatom']['ns_per_day']:.1f} ns/day on 1 thread, same run)",
+             "| setting | evaluations | step (ps) | Li–PEO peak height error | Li–Li pairs < 0.5 nm per Li | collisions "
+             "per bead | broken CG bonds | MSD exponent CG (Li, TFSI, PEO) | MSD at 1 ns, CG / all-atom (Li, TFSI, "
+             "PEO) | speed-up vs all-atom | on front |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(pe["rows"]):
+        species = [k for k in ("LI", "TFS", "PEO") if k in r["diffusivity"]]
+        alphas = ", ".join(_fmt(r["diffusivity"][k]["cg_msd_exponent"], ".2f") for k in species)
+        ratios = ", ".join(_fmt(r["diffusivity"][k]["cg_msd_nm2_at_lag"] / r["diffusivity"][k]["allatom_msd_nm2_at_lag"],
+                                ".2f") if r["diffusivity"][k].get("cg_msd_nm2_at_lag") else "n/a" for k in species)
+        lines.append(f"| {r['setting']} | {r['score_evaluations_per_step']} | {r['timestep_ps']:g} | "
+                     f"{100 * r['li_peo_peak_height_rel_error']:+.0f} % | "
+                     f"{_fmt(r['li_li_pairs_below_0.5nm_per_li'])} | {_fmt(r['collisions_per_bead_per_frame'])} | "
+                     f"{_fmt(r.get('bond_break_fraction'))} | {alphas} | {ratios} | {_fmt(r['speedup_vs_allatom'])} | "
+                     f"{'yes' if i in pe.get('front', []) else ''} |")
+    for r in pe.get("blown_up", []):
+        lines.append(f"- `{r['setting']}` ({r['score_evaluations_per_step']} evaluations) did not run: {r['message']}")
+    return lines + [""]
 
 
 def _polymer_lines(po) -> list:

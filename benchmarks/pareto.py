@@ -135,7 +135,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
     from openmm_cgml.analysis import (collision_thresholds, coordination_number, count_collisions,
                                       diffusivity_comparison, first_peak, rdf)
     from openmm_cgml.data import CGDataset
-    from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
+    from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp, parse_refine
     from openmm_cgml.simulate.step import refine_settings
     from openmm_cgml.systems import BuiltSystem
     from openmm_cgml.training.model import DEFAULT_MODEL, load_model
@@ -171,7 +171,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
         longest_bond = float(_bond_lengths(ref_x, ref_box, bonds).max())
         thresholds = collision_thresholds(model_dir, beadmap)
         n_steps = int(np.ceil(ns * 1000.0 / model.timestep_ps))
-        rows, seen = [], set()
+        rows, blown_up, seen = [], [], set()
         for spec in settings:
             resolved = json.dumps(refine_settings(model.config, parse_refine(spec)), sort_keys=True)
             if resolved in seen:  # e.g. "model" and "langevin:8x5" on the shipped model: run once
@@ -180,8 +180,13 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
             step = LearnedStep.from_model(model, beadmap, refine=parse_refine(spec))
             engine = ReplicaEngine(step, ref_x[starts], seeds=list(range(replicas)), box=box, history=history)
             out = os.path.join(tmp, spec.replace(":", "-"))
-            with Stopwatch() as clock:
-                engine.run(n_steps, out_dir=out, beadmap=beadmap, progress=progress)
+            try:
+                with Stopwatch() as clock:
+                    engine.run(n_steps, out_dir=out, beadmap=beadmap, progress=progress)
+            except SimulationBlowUp as err:  # a setting that cannot run is reported, not scored
+                blown_up.append({"setting": spec, "score_evaluations_per_step": int(step.n_refine),
+                                 "message": str(err)})
+                continue
             paths = [os.path.join(out, f"replica_{r}.h5") for r in range(replicas)]
             table = diffusivity_comparison(ref_path, paths)
             cg_x = []
@@ -207,7 +212,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
                          "error": abs(height_error) + li_close + 100.0 * collisions + 10.0 * broken})
     return {"model": model_dir, "reference": name, "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
             "n_beads": beadmap.n_beads, "replicas": replicas, "cg_ns_per_replica": n_steps * model.timestep_ps / 1e3,
-            "allatom": aa, "rows": rows}
+            "allatom": aa, "rows": rows, "blown_up": blown_up}
 
 
 def _plot(result: dict, path: str) -> None:
