@@ -145,12 +145,15 @@ def summary_markdown() -> str:
                   f"- blow-ups (a bead moving > {st['bound_nm']:g} nm in one step): {st['blow_ups']} of "
                   f"{len(st['boxes'])}; largest one-step move {st['largest_move_nm']:.2f} nm; mean CG bond "
                   f"{st['mean_cg_bond_nm']:.3f} nm", ""]
-    for name, title in (("accuracy_eo4_li9.json", "held-out campaign system"),
-                        ("accuracy_eo6_li8.json", "held-out campaign system"), ("accuracy.json", "held-out system"),
-                        ("accuracy_training_system.json", "training system")):
+    campaign = [(name, "held-out campaign system") for name in sorted(os.listdir(RESULTS))
+                if name.startswith("accuracy_eo") and name.endswith(".json")]
+    for name, title in campaign + [("accuracy.json", "held-out system"),
+                                   ("accuracy_training_system.json", "training system")]:
         acc = _load(name)
         if not acc:
             continue
+        model = acc.get("model", "")
+        title += f", model `{os.path.basename(os.path.normpath(model))}`" if os.sep in model else f" ({model})"
         built = (acc.get("reference_system") or {}).get("args", {})
         box = (f"{built['n_chains']} × EO{built['eo_per_chain']} + {built['n_salt']} LiTFSI, "
                f"{built['temperature_K']:g} K; " if {"n_chains", "eo_per_chain", "n_salt"} <= set(built) else "")

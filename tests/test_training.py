@@ -257,9 +257,22 @@ def test_load_model_by_name():
         assert model.vocab.type_names == shipped["extra"]["vocab"]["type_names"]
         for name, value in model.state_dict().items():
             assert torch.equal(value, by_path.state_dict()[name]), name
-    with pytest.raises(ValueError, match=r"unknown model 'peo-litfsi-xl'.*\['peo-litfsi'\]") as err:
+    with pytest.raises(ValueError, match=r"unknown model 'peo-litfsi-xl'.*'peo-litfsi'.*'peo-litfsi-multi'") as err:
         load_model("peo-litfsi-xl")
     assert "\n" not in str(err.value)
+
+
+def test_every_shipped_model_loads_and_names_committed_training_data():
+    """Each registered model loads without unpickling, and its provenance points at datasets in this repository."""
+    from openmm_cgml.training import PRETRAINED_MODELS
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, path in PRETRAINED_MODELS.items():
+        model = load_model(name)
+        assert model.config.timestep_ps > 0 and os.path.isfile(os.path.join(path, "PROVENANCE.md")), name
+        with open(os.path.join(path, "cgml_model.json")) as f:
+            trained_on = json.load(f)["extra"]["trained_on"]
+        assert trained_on and all(os.path.isfile(os.path.join(root, p)) for p in trained_on), (name, trained_on)
 
 
 def test_saved_model_round_trip(small_run):
