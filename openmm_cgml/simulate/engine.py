@@ -176,9 +176,10 @@ class ReplicaEngine:
                 blow_up.state = self._state_arrays()
                 raise blow_up from None
         x_new = x_new.cpu().numpy().astype(np.float32)
+        moved = h_new[-1].cpu().numpy()
         for k, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             try:
-                check_step(self._x[a:b], x_new[a:b], self.step_index, self.max_displacement_nm)
+                check_step(x_new[a:b], moved[a:b], self.step_index, self.max_displacement_nm)
             except SimulationBlowUp as err:
                 blow_up = SimulationBlowUp(f"replica {k}: {err}")
                 blow_up.state = self._state_arrays()

@@ -261,7 +261,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         if key != self._cache_key:
             try:
                 x_new, h_new = run_step(self.step_module, x, history, box, seed, step_index)
-                check_step(x, x_new, step_index, self.max_displacement_nm)
+                check_step(x_new, h_new[-1], step_index, self.max_displacement_nm)
             except SimulationBlowUp as err:
                 err.state = {"positions": x, "history": history, "step_index": step_index, "seeds": np.asarray([seed]),
                              "boxes": box.reshape(-1, 3), "timestep_ps": self.timestep_ps}
@@ -325,12 +325,13 @@ def displacement_bound(step, max_displacement=None) -> float:
     return bound
 
 
-def check_step(x_old: np.ndarray, x_new: np.ndarray, step_index: int, max_displacement_nm: float):
-    """Raise :class:`SimulationBlowUp` if a bead position is NaN/inf or moved more than ``max_displacement_nm``."""
+def check_step(x_new: np.ndarray, moved: np.ndarray, step_index: int, max_displacement_nm: float):
+    """Raise :class:`SimulationBlowUp` if a bead position is NaN/inf or its displacement this step ``moved`` (the
+    newest history row: it leaves out whole-box relabelling of molecules) is longer than ``max_displacement_nm``."""
     if not np.isfinite(x_new).all():
         bad = int(np.argwhere(~np.isfinite(x_new).all(axis=1))[0, 0])
         raise SimulationBlowUp(f"learned step {step_index}: bead {bad} position is not finite; last good state kept")
-    moved = np.linalg.norm(x_new - x_old, axis=1)
+    moved = np.linalg.norm(moved, axis=1)
     worst = int(np.argmax(moved))
     if moved[worst] > max_displacement_nm:
         raise SimulationBlowUp(

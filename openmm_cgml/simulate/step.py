@@ -7,7 +7,7 @@
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
     x_new  = whole(x_new)                  periodic: every molecule whole, at its predicted image
-    h_new  = cat(h[1:], x_new - x)
+    h_new  = cat(h[1:], x_new - x)        (minimum image for a bead ``whole`` relabelled by box vectors)
 
 Positions are unwrapped nm; ``h`` (H, N, 3) holds displacements per model step (``h[-1]`` most recent); ``box`` is
 (3,) nm, (B, 3) nm for a batch of B replicas, or an empty tensor for a non-periodic system. All randomness comes in
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..nn.score import SCHEMES, refine_evaluations
-from ..pbc import bond_forest, make_whole_torch
+from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
 
 _MASK64 = (1 << 64) - 1
 #: Verlet skin (nm) of the neighbour list the refinement's score evaluations share; it changes no result.
@@ -310,14 +310,20 @@ class LearnedStep(nn.Module):
         x_new = x_pred
         # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
         # as it is, so every wrapper reports it as a blow-up of this step.
-        if bool(torch.isfinite(x_pred).all()):
-            if self.n_refine > 0:
-                x_new = self.score.refine(x_pred, self.levels, self.steps_per_level, self.step_size, refine_noise,
-                                          self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme,
-                                          self.skin)
-            if box_opt is not None and self.tree_child.numel() > 0:
-                x_new = self._whole(x_new, x_pred, box_opt)
-        h_new = torch.cat([h[1:], (x_new - x).unsqueeze(0)], dim=0)
+        finite = bool(torch.isfinite(x_pred).all())
+        if self.n_refine > 0 and finite:
+            x_new = self.score.refine(x_pred, self.levels, self.steps_per_level, self.step_size, refine_noise,
+                                      self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme, self.skin)
+        moved = x_new - x
+        if box_opt is not None and self.tree_child.numel() > 0 and finite:
+            whole = self._whole(x_new, x_pred, box_opt)
+            # A bead relabelled by whole box vectors did not travel them: its history gets the minimum-image
+            # displacement (else a chain broken past half the box would feed a box-length velocity to the next step).
+            relabelled = (whole != x_new).any(dim=1, keepdim=True)
+            bead_box = box_opt if box_opt.dim() == 1 else box_opt[self.batch]
+            moved = torch.where(relabelled, minimum_image_torch(whole - x, bead_box), whole - x)
+            x_new = whole
+        h_new = torch.cat([h[1:], moved.unsqueeze(0)], dim=0)
         return x_new, h_new
 
 

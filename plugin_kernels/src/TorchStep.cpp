@@ -153,9 +153,9 @@ public:
                         "the step (" + firstLine(err.what_without_backtrace()) + "); last good state kept");
             }
         }
-        checkStep(xp, xNew.data_ptr<float>(), n, integrator.getMaxDisplacement());
         const float* xn = xNew.data_ptr<float>();
         const float* dn = hNew[info.historyLength - 1].contiguous().data_ptr<float>();
+        checkStep(xn, dn, n, integrator.getMaxDisplacement());
         const double dt = integrator.getStepSize();
         std::vector<Vec3> velocities(n);
         for (int i = 0; i < n; ++i) {
@@ -243,8 +243,9 @@ public:
     }
 
 private:
-    /* The bound of the Python integrator's check_step: NaN/inf, or a bead moving more than maxDisplacement nm. */
-    void checkStep(const float* xOld, const float* xNew, int n, double maxDisplacement) const {
+    /* The bound of the Python integrator's check_step: a NaN/inf position, or a bead whose displacement this step
+       (the newest history row, which leaves out whole-box relabelling) is longer than maxDisplacement nm. */
+    void checkStep(const float* xNew, const float* moved, int n, double maxDisplacement) const {
         int worst = -1;
         double worstMoved = -1.0;
         for (int i = 0; i < n; ++i) {
@@ -256,7 +257,7 @@ private:
                         << " position is not finite; last good state kept";
                     throw OpenMMException(msg.str());
                 }
-                double d = (double) xNew[3 * i + k] - (double) xOld[3 * i + k];
+                double d = (double) moved[3 * i + k];
                 d2 += d * d;
             }
             if (std::sqrt(d2) > worstMoved) {
