@@ -163,12 +163,6 @@ def summary_markdown() -> str:
                   "MSD at 1 ns, CG / all-atom |",
                   "|---|---|---|---|---|---|"]
 
-        def msd_ratio(row):  # mobility at a fixed lag, also where D is withheld; older files lack it
-            if row.get("cg_msd_nm2_at_lag") is None:
-                return "n/a"
-            return f"{row['cg_msd_nm2_at_lag'] / row['allatom_msd_nm2_at_lag']:.2f}"
-
-
         def cell(row, side):  # D only from the diffusive regime (MSD exponent >= 0.9); older files lack it
             d, e = row[f"{side}_D_cm2_per_s"], row[f"{side}_err_cm2_per_s"]
             return "withheld (sub-diffusive)" if d is None else f"{d:.2e} ± {e:.1e}"
@@ -176,7 +170,7 @@ def summary_markdown() -> str:
         for species, row in acc["diffusivity"].items():
             lines.append(f"| {species} | {cell(row, 'allatom')} | {cell(row, 'cg')} | "
                          f"{_fmt(row['log10_error'], '+.2f')} | {_fmt(row.get('allatom_msd_exponent'), '.2f')} / "
-                         f"{_fmt(row.get('cg_msd_exponent'), '.2f')} | {msd_ratio(row)} |")
+                         f"{_fmt(row.get('cg_msd_exponent'), '.2f')} | {_msd_ratio(row)} |")
         lines.append("")
         lines.append("| RDF pair | first peak all-atom (nm, g) | CG (nm, g) |")
         lines.append("|---|---|---|")
@@ -341,6 +335,14 @@ def _pareto_lines(pa) -> list:
     return lines
 
 
+def _msd_ratio(row) -> str:
+    """CG / all-atom MSD at the fixed lag of a ``diffusivity_comparison`` row (mobility, also where D is withheld);
+    "n/a" for files written before it was reported."""
+    if row.get("cg_msd_nm2_at_lag") is None:
+        return "n/a"
+    return f"{row['cg_msd_nm2_at_lag'] / row['allatom_msd_nm2_at_lag']:.2f}"
+
+
 def _peo_pareto_lines(pe) -> list:
     """One PEO/LiTFSI Pareto table (benchmarks/pareto.py) with its model, reference and blown-up settings."""
     model = os.path.basename(os.path.normpath(pe["model"]))
@@ -354,8 +356,7 @@ def _peo_pareto_lines(pe) -> list:
     for i, r in enumerate(pe["rows"]):
         species = [k for k in ("LI", "TFS", "PEO") if k in r["diffusivity"]]
         alphas = ", ".join(_fmt(r["diffusivity"][k]["cg_msd_exponent"], ".2f") for k in species)
-        ratios = ", ".join(_fmt(r["diffusivity"][k]["cg_msd_nm2_at_lag"] / r["diffusivity"][k]["allatom_msd_nm2_at_lag"],
-                                ".2f") if r["diffusivity"][k].get("cg_msd_nm2_at_lag") else "n/a" for k in species)
+        ratios = ", ".join(_msd_ratio(r["diffusivity"][k]) for k in species)
         lines.append(f"| {r['setting']} | {r['score_evaluations_per_step']} | {r['timestep_ps']:g} | "
                      f"{100 * r['li_peo_peak_height_rel_error']:+.0f} % | "
                      f"{_fmt(r['li_li_pairs_below_0.5nm_per_li'])} | {_fmt(r['collisions_per_bead_per_frame'])} | "

@@ -207,7 +207,7 @@ def bond_forest(bonds, n_beads: int) -> Tuple[np.ndarray, np.ndarray, List[int],
 
     b = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
     graph = scipy.sparse.coo_matrix((np.ones(len(b)), (b[:, 0], b[:, 1])), shape=(n_beads, n_beads)).tocsr()
-    n_mol, molecule = connected_components(graph, directed=False)
+    _, molecule = connected_components(graph, directed=False)
     depth = np.zeros(n_beads, dtype=np.int64)
     parents, children = [], []
     for root in np.unique(molecule[b[:, 0]]) if len(b) else []:

@@ -5,6 +5,12 @@ from .regime import reported_diffusivity
 from .transport import NM2_PER_PS_IN_CM2_PER_S, diffusion_by_species, msd_per_particle
 
 
+#: Lag (ps) of the fixed-lag MSD that :func:`diffusivity_comparison` reports beside D (shortened to the shorter
+#: run's longest lag).
+MSD_LAG_PS = 1000.0
+LAGS, MSD = "lag_times_ps", "msd_nm2"
+
+
 def _species_positions(path: str):
     from ..data import CGDataset
 
@@ -51,12 +57,6 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
     return out
 
 
-#: Lag (ps) of the fixed-lag MSD that :func:`diffusivity_comparison` reports beside D (shortened to the shorter
-#: run's longest lag).
-MSD_LAG_PS = 1000.0
-LAGS, MSD = "lag_times_ps", "msd_nm2"
-
-
 def _regime_by_species(x, dt, species, fit_range) -> dict:
     """:func:`reported_diffusivity` of each species' MSD averaged over its beads and the runs in (R, T, N, 3),
     and those MSD curves (under ``MSD``, with their lags under ``LAGS``)."""
@@ -66,10 +66,9 @@ def _regime_by_species(x, dt, species, fit_range) -> dict:
         lag_times, per_particle = msd_per_particle(run, dt)
         curves.append(per_particle)
     mean = np.mean(curves, axis=0)
-    names = list(dict.fromkeys(labels.tolist()))
-    out = {name: reported_diffusivity(lag_times, mean[:, labels == name].mean(axis=1), fit_range) for name in names}
-    out[LAGS] = lag_times
-    out[MSD] = {name: mean[:, labels == name].mean(axis=1) for name in names}
+    by_species = {name: mean[:, labels == name].mean(axis=1) for name in dict.fromkeys(labels.tolist())}
+    out = {name: reported_diffusivity(lag_times, curve, fit_range) for name, curve in by_species.items()}
+    out[LAGS], out[MSD] = lag_times, by_species
     return out
 
 

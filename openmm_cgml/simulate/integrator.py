@@ -331,10 +331,10 @@ def check_step(x_new: np.ndarray, moved: np.ndarray, step_index: int, max_displa
     if not np.isfinite(x_new).all():
         bad = int(np.argwhere(~np.isfinite(x_new).all(axis=1))[0, 0])
         raise SimulationBlowUp(f"learned step {step_index}: bead {bad} position is not finite; last good state kept")
-    moved = np.linalg.norm(moved, axis=1)
-    worst = int(np.argmax(moved))
-    if moved[worst] > max_displacement_nm:
+    distance = np.linalg.norm(moved, axis=1)
+    worst = int(np.argmax(distance))
+    if distance[worst] > max_displacement_nm:
         raise SimulationBlowUp(
-            f"learned step {step_index}: bead {worst} moved {moved[worst]:.2f} nm (> {max_displacement_nm} nm bound);"
+            f"learned step {step_index}: bead {worst} moved {distance[worst]:.2f} nm (> {max_displacement_nm} nm bound);"
             " last good state kept"
         )

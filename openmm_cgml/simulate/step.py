@@ -274,15 +274,15 @@ class LearnedStep(nn.Module):
             torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps), first.scheme,
         ).to(first.embed.device)
 
-    def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        """``x`` with every molecule whole and at the periodic image of its predicted centre of mass.
+    def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
+        """``x`` with every molecule whole and at the periodic image of its predicted centre of mass; ``bead_box``
+        (3,) or (N, 3) nm, one row per bead.
 
         The networks see bonds by minimum image, so when a predicted bond stretches past half a box the refinement
         can pull a bead to its partner's next image: the state is right modulo the box, but the unwrapped chain
         would straddle it, corrupting Rg², MSDs and the next velocity history. Rebuilding each molecule along its
         bond tree fixes that; the refinement moves a centre of mass far less than half a box, so the whole-box
         shift back to the predicted centre is unambiguous."""
-        bead_box = box if box.dim() == 1 else box[self.batch]
         whole = make_whole_torch(x, bead_box, self.tree_parent, self.tree_child, self.tree_sizes)
         w = self.masses.unsqueeze(1)
         com = torch.zeros((self.n_molecules, 3), dtype=x.dtype, device=x.device)
@@ -316,11 +316,11 @@ class LearnedStep(nn.Module):
                                       self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme, self.skin)
         moved = x_new - x
         if box_opt is not None and self.tree_child.numel() > 0 and finite:
-            whole = self._whole(x_new, x_pred, box_opt)
+            bead_box = box_opt if box_opt.dim() == 1 else box_opt[self.batch]
+            whole = self._whole(x_new, x_pred, bead_box)
             # A bead relabelled by whole box vectors did not travel them: its history gets the minimum-image
             # displacement (else a chain broken past half the box would feed a box-length velocity to the next step).
             relabelled = (whole != x_new).any(dim=1, keepdim=True)
-            bead_box = box_opt if box_opt.dim() == 1 else box_opt[self.batch]
             moved = torch.where(relabelled, minimum_image_torch(whole - x, bead_box), whole - x)
             x_new = whole
         h_new = torch.cat([h[1:], moved.unsqueeze(0)], dim=0)
