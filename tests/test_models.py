@@ -3,7 +3,7 @@ determinism of the bead embeddings, refinement bookkeeping. (The learned step's 
 import pytest
 import torch
 
-from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll
+from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll, sample_acceleration
 from openmm_cgml.nn.embedding import BeadEmbedding, TypeGraphs
 from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels
 
@@ -58,7 +58,7 @@ def system():
 def _outputs(s, pos, hist, embed, masses, bonds, box):
     sigma = torch.full((pos.shape[0],), 0.05)
     with torch.no_grad():
-        mean, std = s["dyn"](pos, hist, embed, masses, bonds, box)
+        mean, std, _ = s["dyn"](pos, hist, embed, masses, bonds, box)
         sc = s["score"](pos, sigma, embed, masses, bonds, box)
     return mean, std, sc
 
@@ -148,6 +148,31 @@ def test_losses_and_levels():
     z = torch.randn(10, 3, generator=gen)
     sigma = torch.full((10,), 0.2)
     assert float(denoising_loss(-z / 0.2, z, sigma)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_molecule_noise_samples_and_scores_its_covariance():
+    """Molecule noise: the draws have covariance diag(std²) + s sᵀ within each molecule and none across, and
+    the NLL equals torch's multivariate normal log density under that covariance."""
+    gen = torch.Generator().manual_seed(3)
+    molecule = torch.tensor([0, 0, 0, 1, 2, 2])
+    std = torch.tensor([0.2, 0.3, 0.25, 0.4, 0.1, 0.15])
+    shared = torch.tensor([0.3, 0.1, 0.2, 0.5, 0.0, 0.2])
+    cov = torch.diag(std ** 2) + (molecule[:, None] == molecule[None, :]) * torch.outer(shared, shared)
+    mean = torch.randn(6, 3, generator=gen)
+    z = torch.randn(200000, 6, 3, generator=gen)
+    a = torch.vmap(lambda zz: sample_acceleration(mean, std, shared, molecule, 3, zz))(z)
+    d = (a - mean).permute(0, 2, 1).reshape(-1, 6)
+    torch.testing.assert_close((d.t() @ d) / d.shape[0], cov, atol=3e-3, rtol=0)
+    target = torch.randn(6, 3, generator=gen)
+    law = torch.distributions.MultivariateNormal(torch.zeros(6), cov.double())
+    exact = -law.log_prob((target - mean).t().double()).sum() / target.numel()
+    nll = gaussian_nll(target, mean, std, 1.0, shared, molecule, 3)
+    assert float(nll) == pytest.approx(float(exact), rel=1e-5)
+    # No loading is the independent Gaussian, bit for bit in the draw.
+    zero = torch.zeros(6)
+    assert torch.equal(sample_acceleration(mean, std, zero, molecule, 3, z[0]), mean + std.unsqueeze(1) * z[0])
+    assert float(gaussian_nll(target, mean, std, 1.0, zero, molecule, 3)) == pytest.approx(
+        float(gaussian_nll(target, mean, std)), rel=1e-6)
 
 
 def test_refine_uses_noise_and_levels(system):

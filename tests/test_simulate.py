@@ -236,8 +236,8 @@ def test_engine_batches_several_systems(setup, tmp_path):
 
 
 # ---------------------------------------------------------------- the learned step (moved from test_models.py)
-@pytest.fixture(scope="module")
-def small_model():
+@pytest.fixture(scope="module", params=[False, True], ids=["bead_noise", "molecule_noise"])
+def small_model(request):
     from test_models import _pair_beadmap
 
     torch.manual_seed(1)
@@ -245,7 +245,8 @@ def small_model():
     config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, n_rbf=8, cutoff=0.5,
                          history_length=2, score_hidden=16, score_layers=1, n_sigmas=6, sigma_max=0.2,
                          sigma_min=0.005, refine_levels=2, refine_steps_per_level=2, refine_step_size=1e-6,
-                         timestep_ps=100.0, periodic=True, velocity_scale=0.05, accel_scale=0.05)
+                         timestep_ps=100.0, periodic=True, velocity_scale=0.05, accel_scale=0.05,
+                         molecule_noise=request.param)
     return CGModel(config, BeadVocabulary(bm.type_names, bm.type_graphs)).eval(), bm
 
 
@@ -287,6 +288,7 @@ def test_step_returns_molecules_whole_at_their_predicted_image(small_model):
 
 
 def test_step_scripted_equals_eager_and_batched(small_model):
+    from openmm_cgml.nn.dynamics import sample_acceleration
     from openmm_cgml.simulate.step import LearnedStep, rollout, step_noise
 
     model, bm = small_model
@@ -318,11 +320,13 @@ def test_step_scripted_equals_eager_and_batched(small_model):
     bare = LearnedStep.from_model(model, bm, refine=False)
     with torch.no_grad():
         x3, _ = bare(x, h, box, dyn, ref[:0])
-        mean, std = model.dynamics(x, h, bare.embed, bare.masses, bare.bonds, box, None)
+        mean, std, shared = model.dynamics(x, h, bare.embed, bare.masses, bare.bonds, box, None)
     assert bare.n_refine == 0 and (x3 - x1).abs().max() > 1e-6
+    assert bool((shared > 0).all()) == model.config.molecule_noise
+    a = sample_acceleration(mean, std, shared, bare.molecule, bare.n_molecules, dyn)
     # The random start splits molecules across the box; the step returns them whole, so only whole box vectors
     # separate it from the bare prediction.
-    shift = (x3 - (x + h[-1] + mean + std.unsqueeze(1) * dyn)) / box
+    shift = (x3 - (x + h[-1] + a)) / box
     torch.testing.assert_close(shift, torch.round(shift), rtol=0, atol=1e-5)
     # Two replicas in one batch (second one translated) give the single-replica results.
     two = torch.jit.script(step.batched(2))

@@ -52,20 +52,24 @@ def _ou_pairs(n_pairs: int, n_frames: int, seed: int) -> np.ndarray:
     return np.array(frames)
 
 
-def test_ou_dynamics_matches_analytic_gaussian(tmp_path):
+@pytest.mark.parametrize("molecule_noise", [False, True])
+def test_ou_dynamics_matches_analytic_gaussian(tmp_path, molecule_noise):
     """The learned acceleration distribution equals the exact one.
 
     Bead 1 moves by dx1 = dc + dr/2, Gaussian with mean (e^{-THETA} - 1) r/2 and per-component variance
     S0² (THETA/2 + (1 - e^{-2 THETA})/4), given the current state only (the process is Markov). The model's target
     is a = dx1 - h[-1], so its exact conditional law is N((e^{-THETA} - 1) r/2 - h[-1], that variance): the mean
     needs the partner's separation (an edge vector) and the history velocity, the std is a constant 0.064 nm.
+    The two beads share the centre's step dc: their covariance is S0² (THETA/2 - (1 - e^{-2 THETA})/4), which a
+    model with molecule noise learns as the shared loading (0.030 nm), leaving an own std of
+    S0 sqrt((1 - e^{-2 THETA})/2) = 0.056 nm.
     """
     bm = _pair_beadmap(32, periodic=False)
     path = str(tmp_path / "ou.h5")
     write_dataset(path, bm, _ou_pairs(32, 200, seed=0), None, np.arange(200) * 10.0, {})
     config = TrainConfig(embed_dim=4, embed_hidden=8, embed_layers=1, hidden=32, n_layers=2, n_rbf=8, cutoff=0.6,
                          history_length=1, score_weight=0.0, batch_size=4, n_iterations=300, lr=3e-3, lr_final=3e-4,
-                         checkpoint_every=0, validation_fraction=0.0)
+                         checkpoint_every=0, validation_fraction=0.0, molecule_noise=molecule_noise)
     model = train(path, None, config, progress=False)
     assert model.timestep_ps == pytest.approx(10.0) and not model.periodic
 
@@ -74,7 +78,7 @@ def test_ou_dynamics_matches_analytic_gaussian(tmp_path):
     h = torch.tensor(test[1] - test[0], dtype=torch.float32).unsqueeze(0)
     with torch.no_grad():
         step = LearnedStep.from_model(model, bm, refine=False)
-        mean, std = model.dynamics(x, h, step.embed, step.masses, step.bonds, None, None)
+        mean, std, shared = model.dynamics(x, h, step.embed, step.masses, step.bonds, None, None)
     r = np.zeros((64, 3))
     r[0::2] = test[1][0::2] - test[1][1::2]
     r[1::2] = -r[0::2]
@@ -82,8 +86,16 @@ def test_ou_dynamics_matches_analytic_gaussian(tmp_path):
     true_std = S0 * math.sqrt(THETA / 2 + (1 - math.exp(-2 * THETA)) / 4)
     mean_error = float(np.sqrt(((mean.numpy() - true_mean) ** 2).mean()))
     assert mean_error < 0.06 * true_std, mean_error / true_std  # measured 0.02
-    assert float(std.mean()) == pytest.approx(true_std, rel=0.05)  # measured 1.006 x true
-    assert float(std.std()) < 0.05 * true_std
+    if molecule_noise:
+        own = S0 * math.sqrt((1 - math.exp(-2 * THETA)) / 2)
+        common = S0 * math.sqrt(THETA / 2 - (1 - math.exp(-2 * THETA)) / 4)
+        assert float(std.mean()) == pytest.approx(own, rel=0.05)
+        assert float(shared.mean()) == pytest.approx(common, rel=0.1)
+        assert float(torch.sqrt((std ** 2 + shared ** 2).mean())) == pytest.approx(true_std, rel=0.05)
+    else:
+        assert float(std.mean()) == pytest.approx(true_std, rel=0.05)  # measured 1.006 x true
+        assert float(std.std()) < 0.05 * true_std
+        assert not shared.any()
     # A model that ignored the partner (mean = -h[-1]) would be off by 0.3 std: the check has teeth.
     assert float(np.sqrt(((-h[0].numpy() - true_mean) ** 2).mean())) > 0.2 * true_std
 

@@ -5,6 +5,14 @@ finite-difference displacements per model step in nm (``h[-1] = x_t - x_{t-1}``)
 ``a = x_{t+1} - x_t - h[-1]`` (nm per step²) as a Gaussian with mean ``mu`` (N, 3) and isotropic std ``sigma``
 (N,) per bead.
 
+Molecule noise (``molecule_noise=True``): over a 100-ps step the beads of one chain move together (in the PEO
+references the centre of a 5- or 7-bead chain carries half of each bead's displacement variance, not 1/5 or 1/7),
+and independent per-bead noise loses that: once the refinement restores the bonds, each chain's centre has moved
+too little. The model then also predicts a per-bead loading ``s`` (N,) on one noise shared by the beads of a
+molecule, so that per Cartesian component the covariance of a molecule's accelerations is
+``diag(sigma²) + s sᵀ``. :func:`sample_acceleration` draws it exactly from the usual N standard normals and
+:func:`gaussian_nll` scores it in closed form (matrix determinant lemma), both in O(N).
+
 Equivariance by construction: the backbone sees only invariants (bead embedding, log mass, speeds |v_k|,
 Gaussian RBFs of edge lengths, edge type, projections of both ends' velocities on the edge's unit vector). The
 mean is ``EdgeVectorHead`` (invariant weights x edge unit vectors) plus invariant per-bead coefficients times the
@@ -34,6 +42,7 @@ class DynamicsGNN(nn.Module):
         hidden, n_layers, mlp_layers, n_rbf: backbone width/depth and number of distance RBFs.
         min_std: floor of the predicted std in units of ``accel_scale``.
         velocity_scale, accel_scale: normalisation, nm per step and nm per step².
+        molecule_noise: also predict each bead's loading on its molecule's shared noise (else it is zero).
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class DynamicsGNN(nn.Module):
         min_std: float = 1e-3,
         velocity_scale: float = 1.0,
         accel_scale: float = 1.0,
+        molecule_noise: bool = False,
     ):
         super().__init__()
         if history_length < 1:
@@ -61,12 +71,13 @@ class DynamicsGNN(nn.Module):
         self.min_std = float(min_std)
         self.velocity_scale = float(velocity_scale)
         self.accel_scale = float(accel_scale)
+        self.molecule_noise = bool(molecule_noise)
         h = self.history_length
         self.rbf = GaussianRBF(n_rbf, cutoff)
         self.backbone = GraphBackbone(embed_dim + 1 + h, n_rbf + 2 + 2 * h, hidden, n_layers, mlp_layers)
         self.vector_head = EdgeVectorHead(hidden, 1, mlp_layers)
-        # Per bead: H coefficients of the history velocities and the raw std.
-        self.node_head = MLP(hidden, hidden, h + 1, mlp_layers, layer_norm=False)
+        # Per bead: H coefficients of the history velocities, the raw std and (molecule noise) the raw loading.
+        self.node_head = MLP(hidden, hidden, h + 1 + int(self.molecule_noise), mlp_layers, layer_norm=False)
 
     def forward(
         self,
@@ -78,8 +89,9 @@ class DynamicsGNN(nn.Module):
         box: Optional[torch.Tensor] = None,
         batch: Optional[torch.Tensor] = None,
         candidates: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mean (N, 3) nm/step² and std (N,) nm/step² of each bead's acceleration.
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean (N, 3), std (N,) and molecule-noise loading (N,; zeros without molecule noise) of each bead's
+        acceleration, all nm/step².
 
         Args:
             pos: (N, 3) positions, nm. history: (H, N, 3) displacements per step, nm (last = most recent).
@@ -104,13 +116,51 @@ class DynamicsGNN(nn.Module):
         coef = out[:, : self.history_length].t().unsqueeze(2)  # (H, N, 1)
         mean = self.accel_scale * (vec + (coef * v).sum(dim=0))
         std = self.accel_scale * (self.min_std + F.softplus(out[:, self.history_length]))
-        return mean, std
+        if self.molecule_noise:
+            shared = self.accel_scale * F.softplus(out[:, self.history_length + 1])
+        else:
+            shared = torch.zeros_like(std)
+        return mean, std, shared
 
 
-def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Mean negative log-likelihood per coordinate of ``target`` (N, 3) under N(mean, std² I) (std (N,)).
+def _molecule_sums(values: torch.Tensor, molecule: torch.Tensor, n_molecules: int) -> torch.Tensor:
+    """Per-molecule sums of per-bead ``values`` (N, ...) -> (n_molecules, ...)."""
+    out = torch.zeros((n_molecules,) + values.shape[1:], dtype=values.dtype, device=values.device)
+    return out.index_add(0, molecule, values)
+
+
+def sample_acceleration(mean: torch.Tensor, std: torch.Tensor, shared: torch.Tensor, molecule: torch.Tensor,
+                        n_molecules: int, z: torch.Tensor) -> torch.Tensor:
+    """An acceleration (N, 3) with per-component covariance ``diag(std²) + shared sharedᵀ`` within each molecule,
+    from standard normals ``z`` (N, 3); ``molecule`` (N,) indexes the molecules 0 .. n_molecules - 1.
+
+    With ``w = shared / std``, ``q = |w|²`` per molecule and ``c = 1 / (1 + sqrt(1 + q))``, the factor
+    ``diag(std) (I + c w wᵀ)`` squares to the covariance, so no extra random numbers are needed (and the stream of
+    a model without molecule noise, ``shared = 0``, is unchanged)."""
+    w = (shared / std).unsqueeze(1)
+    q = _molecule_sums(w * w, molecule, n_molecules)
+    c = 1.0 / (1.0 + torch.sqrt(1.0 + q))
+    wz = _molecule_sums(w * z, molecule, n_molecules)
+    return mean + std.unsqueeze(1) * (z + w * (c * wz)[molecule])
+
+
+def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale: float = 1.0,
+                 shared: Optional[torch.Tensor] = None, molecule: Optional[torch.Tensor] = None,
+                 n_molecules: int = 0) -> torch.Tensor:
+    """Mean negative log-likelihood per coordinate of ``target`` (N, 3) under N(mean, std² I) (std (N,)), or with
+    ``shared`` (N,) and ``molecule`` (N,), under the molecule-noise covariance ``diag(std²) + shared sharedᵀ`` of
+    each molecule and Cartesian component (see :func:`sample_acceleration`).
 
     ``scale`` (e.g. the model's accel_scale) only shifts the value so it is of order one; gradients are unchanged.
     """
     z = (target - mean) / std.unsqueeze(1)
-    return (0.5 * z * z).mean() + torch.log(std / scale).mean() + 0.5 * math.log(2.0 * math.pi)
+    nll = (0.5 * z * z).mean() + torch.log(std / scale).mean() + 0.5 * math.log(2.0 * math.pi)
+    if shared is None or molecule is None:
+        return nll
+    # Matrix determinant lemma and Sherman-Morrison for diag(std²) + s sᵀ, per molecule and component:
+    # log det gains log(1 + q), the quadratic form loses (wᵀz)² / (1 + q), with w = s / std and q = |w|².
+    w = (shared / std).unsqueeze(1)
+    q = _molecule_sums(w * w, molecule, n_molecules)
+    wz = _molecule_sums(w * z, molecule, n_molecules)
+    n_coords = float(z.numel())
+    return nll + (1.5 * torch.log1p(q).sum() - 0.5 * (wz * wz / (1.0 + q)).sum()) / n_coords

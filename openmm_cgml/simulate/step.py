@@ -2,7 +2,8 @@
 
 ``LearnedStep.forward(x, h, box, dyn_noise, refine_noise) -> (x_new, h_new)``:
 
-    a      = mu + sigma * dyn_noise        dynamics GNN: Gaussian over the acceleration, nm/step²
+    a      = mu + sigma * dyn_noise        dynamics GNN: Gaussian over the acceleration, nm/step² (with molecule
+                                           noise, a noise shared within each molecule: ``sample_acceleration``)
     x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nn.dynamics import sample_acceleration
 from ..nn.score import SCHEMES, refine_evaluations
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
 
@@ -157,6 +159,7 @@ class LearnedStep(nn.Module):
     n_replicas: int
     tree_sizes: List[int]
     n_molecules: int
+    molecule_noise: bool
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
@@ -174,6 +177,7 @@ class LearnedStep(nn.Module):
         self.register_buffer("tree_child", torch.as_tensor(child))
         self.register_buffer("molecule", torch.as_tensor(molecule))
         self.n_molecules = int(molecule.max()) + 1 if n else 0
+        self.molecule_noise = bool(getattr(dynamics, "molecule_noise", False))
         self.register_buffer("levels", torch.tensor([float(s) for s in levels], dtype=torch.float32))
         batch = torch.zeros(n, dtype=torch.long) if batch is None else torch.as_tensor(batch, dtype=torch.long)
         self.register_buffer("batch", batch.reshape(n).clone())
@@ -305,8 +309,11 @@ class LearnedStep(nn.Module):
             box_opt = box
         elif self.periodic:
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
-        mean, std = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
-        x_pred = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
+        mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
+        if self.molecule_noise:
+            x_pred = x + h[-1] + sample_acceleration(mean, std, shared, self.molecule, self.n_molecules, dyn_noise)
+        else:
+            x_pred = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
         x_new = x_pred
         # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
         # as it is, so every wrapper reports it as a blow-up of this step.

@@ -68,6 +68,7 @@ class ArchitectureConfig(Config):
     cutoff: float = 0.8  # nm
     history_length: int = 4
     min_std: float = 1e-3  # in units of accel_scale
+    molecule_noise: bool = False  # a noise shared by each molecule's beads (DynamicsGNN)
     # score GNN and its noise ladder
     score_hidden: int = 64
     score_layers: int = 4
@@ -137,7 +138,7 @@ class CGModel(nn.Module):
         self.vocab = vocab
         self.embedding = BeadEmbedding(c.embed_dim, c.embed_hidden, c.embed_layers, c.mlp_layers)
         self.dynamics = DynamicsGNN(c.embed_dim, c.history_length, c.cutoff, c.hidden, c.n_layers, c.mlp_layers,
-                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale)
+                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise)
         self.score = ScoreGNN(c.embed_dim, c.score_cutoff or c.cutoff, c.score_hidden, c.score_layers, c.mlp_layers,
                               c.n_rbf)
 

@@ -29,6 +29,7 @@ from ..data import write_contacts
 from ..nn.dynamics import gaussian_nll
 from ..nn.embedding import TypeGraphs
 from ..nn.score import denoising_loss
+from ..pbc import bond_forest
 from . import distributed
 from .config import TrainConfig
 from .loop import TrainingLoop, array_digest, prepare_run_dir
@@ -39,7 +40,7 @@ MAPPING_KEYS = ("atoms_per_bead", "single_bead_residues", "whole_residues")
 
 class Trajectory:
     """One CG dataset held in memory: positions (T, N, 3) nm, boxes (T, 3) nm or None, bead types as indices into
-    the shared vocabulary, masses (N,) amu, CG bonds (M, 2)."""
+    the shared vocabulary, masses (N,) amu, CG bonds (M, 2), molecule index of each bead (N,)."""
 
     def __init__(self, path, positions, boxes, types, masses, bonds, frame_interval_ps):
         self.path = path
@@ -48,6 +49,7 @@ class Trajectory:
         self.types = torch.as_tensor(np.asarray(types, dtype=np.int64))
         self.masses = torch.as_tensor(np.asarray(masses, dtype=np.float32))
         self.bonds = torch.as_tensor(np.asarray(bonds, dtype=np.int64)).reshape(-1, 2)
+        self.molecule = torch.as_tensor(bond_forest(self.bonds.numpy(), self.n_beads)[3], dtype=torch.long)
         self.frame_interval_ps = frame_interval_ps
 
     @property
@@ -125,8 +127,8 @@ class WindowBatch:
     def __init__(self, trajectories: List[Trajectory], windows: torch.Tensor, config: TrainConfig, device):
         k, h = int(config.frames_per_step), int(config.history_length)
         offsets = torch.arange(-h, 2) * k
-        frames, types, masses, bonds, batch, boxes = [], [], [], [], [], []
-        start = 0
+        frames, types, masses, bonds, batch, boxes, molecule = [], [], [], [], [], [], []
+        start = n_molecules = 0
         for b, (i, t) in enumerate(windows.tolist()):
             traj = trajectories[i]
             frames.append(traj.positions[t + offsets])  # (H + 2, N, 3)
@@ -134,6 +136,8 @@ class WindowBatch:
             masses.append(traj.masses)
             bonds.append(traj.bonds + start)
             batch.append(torch.full((traj.n_beads,), b, dtype=torch.long))
+            molecule.append(traj.molecule + n_molecules)
+            n_molecules += int(traj.molecule.max()) + 1 if traj.n_beads else 0
             if traj.boxes is not None:
                 boxes.append(traj.boxes[t])
             start += traj.n_beads
@@ -144,6 +148,8 @@ class WindowBatch:
         self.masses = torch.cat(masses).to(device)
         self.bonds = torch.cat(bonds).to(device)
         self.batch = torch.cat(batch).to(device)
+        self.molecule = torch.cat(molecule).to(device)
+        self.n_molecules = n_molecules
         self.box = torch.stack(boxes).to(device) if boxes else None
         self.n_graphs = int(windows.shape[0])
 
@@ -218,8 +224,11 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
         hist = inputs[1:] - inputs[:-1]
         x = inputs[-1]
         target = wb.next - x - hist[-1]
-        mean, std = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch)
-        nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale)
+        mean, std, shared = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch)
+        if model.dynamics.molecule_noise:
+            nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale, shared, wb.molecule, wb.n_molecules)
+        else:
+            nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale)
     if config.score_weight > 0:
         sigma = levels[level[share.graphs]].to(device)[wb.batch]
         z = z[share.beads].to(device)
