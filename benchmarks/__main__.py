@@ -154,6 +154,10 @@ def summary_markdown() -> str:
             continue
         model = acc.get("model", "")
         title += f", model `{os.path.basename(os.path.normpath(model))}`" if os.sep in model else f" ({model})"
+        refine = acc.get("refine")  # older files ran the model's default refinement and do not say
+        if refine:
+            title += f", refinement {refine['scheme'] if refine['evaluations'] else 'none'} ({refine['evaluations']} " \
+                     "score evaluations per step)"
         built = (acc.get("reference_system") or {}).get("args", {})
         box = (f"{built['n_chains']} × EO{built['eo_per_chain']} + {built['n_salt']} LiTFSI, "
                f"{built['temperature_K']:g} K; " if {"n_chains", "eo_per_chain", "n_salt"} <= set(built) else "")

@@ -17,7 +17,8 @@ import numpy as np
 from openmm_cgml.analysis import (collision_thresholds, coordination_number, count_collisions, diffusivity_comparison,
                                   first_peak, format_diffusivity_table, radius_of_gyration_squared, rdf)
 from openmm_cgml.data import CGDataset
-from openmm_cgml.simulate import LearnedStep, ReplicaEngine
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
+from openmm_cgml.simulate.step import refine_settings
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
 from .common import benchmark_parser, machine, set_threads, write_json
@@ -51,6 +52,8 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--ns", type=float, default=20.0, help="CG time per replica")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine", default="model",
+                        help="refinement: model (its default), none, or SCHEME:LxK such as pc:5x0 or langevin:8x5")
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
@@ -70,7 +73,8 @@ def main(argv=None) -> None:
     history = np.stack([np.stack([ref_x[s - (h - k - 1) * stride] - ref_x[s - (h - k) * stride] for k in range(h)])
                         for s in starts])
     box = ref_box[0] if ref_box is not None else None
-    step = LearnedStep.from_model(model, beadmap)
+    refine = parse_refine(args.refine)
+    step = LearnedStep.from_model(model, beadmap, refine)
     engine = ReplicaEngine(step, x0, seeds=[args.seed + r for r in range(args.replicas)], box=box, history=history)
     n_steps = int(np.ceil(args.ns * 1000.0 / model.timestep_ps))
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,6 +95,7 @@ def main(argv=None) -> None:
         "reference": os.path.abspath(args.reference), "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
         "reference_system": provenance.get("system", provenance.get("builder_args")),
         "model": os.path.abspath(args.model), "model_trained_on": load_model_extra(args.model),
+        "refine": refine_settings(model.config, refine),
         "replicas": args.replicas, "cg_ns_per_replica": n_steps * model.timestep_ps / 1000.0,
         "engine": stats,
         "diffusivity": table,
