@@ -160,7 +160,10 @@ def test_molecule_noise_samples_and_scores_its_covariance():
     cov = torch.diag(std ** 2) + (molecule[:, None] == molecule[None, :]) * torch.outer(shared, shared)
     mean = torch.randn(6, 3, generator=gen)
     z = torch.randn(200000, 6, 3, generator=gen)
-    a = torch.vmap(lambda zz: sample_acceleration(mean, std, shared, molecule, 3, zz))(z)
+    # 200,000 independent copies of the three molecules in one call (molecule indices offset per copy).
+    copies = (molecule + 3 * torch.arange(200000).unsqueeze(1)).reshape(-1)
+    a = sample_acceleration(mean.repeat(200000, 1), std.repeat(200000), shared.repeat(200000), copies, 600000,
+                            z.reshape(-1, 3)).reshape(200000, 6, 3)
     d = (a - mean).permute(0, 2, 1).reshape(-1, 6)
     torch.testing.assert_close((d.t() @ d) / d.shape[0], cov, atol=3e-3, rtol=0)
     target = torch.randn(6, 3, generator=gen)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone
+from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone, scatter_sum
 from .graph import build_edges
 
 
@@ -123,10 +123,12 @@ class DynamicsGNN(nn.Module):
         return mean, std, shared
 
 
-def _molecule_sums(values: torch.Tensor, molecule: torch.Tensor, n_molecules: int) -> torch.Tensor:
-    """Per-molecule sums of per-bead ``values`` (N, ...) -> (n_molecules, ...)."""
-    out = torch.zeros((n_molecules,) + values.shape[1:], dtype=values.dtype, device=values.device)
-    return out.index_add(0, molecule, values)
+def _molecule_projection(std: torch.Tensor, shared: torch.Tensor, z: torch.Tensor, molecule: torch.Tensor,
+                         n_molecules: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``w = shared / std`` (N, 1), ``q = |w|²`` (M, 1) and ``wᵀz`` (M, 3) per molecule, for standardised ``z``
+    (N, 3): all the molecule-noise covariance needs, in sampling and in the likelihood."""
+    w = (shared / std).unsqueeze(1)
+    return w, scatter_sum(w * w, molecule, n_molecules), scatter_sum(w * z, molecule, n_molecules)
 
 
 def sample_acceleration(mean: torch.Tensor, std: torch.Tensor, shared: torch.Tensor, molecule: torch.Tensor,
@@ -137,10 +139,8 @@ def sample_acceleration(mean: torch.Tensor, std: torch.Tensor, shared: torch.Ten
     With ``w = shared / std``, ``q = |w|²`` per molecule and ``c = 1 / (1 + sqrt(1 + q))``, the factor
     ``diag(std) (I + c w wᵀ)`` squares to the covariance, so no extra random numbers are needed (and the stream of
     a model without molecule noise, ``shared = 0``, is unchanged)."""
-    w = (shared / std).unsqueeze(1)
-    q = _molecule_sums(w * w, molecule, n_molecules)
+    w, q, wz = _molecule_projection(std, shared, z, molecule, n_molecules)
     c = 1.0 / (1.0 + torch.sqrt(1.0 + q))
-    wz = _molecule_sums(w * z, molecule, n_molecules)
     return mean + std.unsqueeze(1) * (z + w * (c * wz)[molecule])
 
 
@@ -159,8 +159,6 @@ def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sc
         return nll
     # Matrix determinant lemma and Sherman-Morrison for diag(std²) + s sᵀ, per molecule and component:
     # log det gains log(1 + q), the quadratic form loses (wᵀz)² / (1 + q), with w = s / std and q = |w|².
-    w = (shared / std).unsqueeze(1)
-    q = _molecule_sums(w * w, molecule, n_molecules)
-    wz = _molecule_sums(w * z, molecule, n_molecules)
+    _, q, wz = _molecule_projection(std, shared, z, molecule, n_molecules)
     n_coords = float(z.numel())
     return nll + (1.5 * torch.log1p(q).sum() - 0.5 * (wz * wz / (1.0 + q)).sum()) / n_coords

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nn.backbone import scatter_sum
 from ..nn.dynamics import sample_acceleration
 from ..nn.score import SCHEMES, refine_evaluations
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
@@ -177,7 +178,7 @@ class LearnedStep(nn.Module):
         self.register_buffer("tree_child", torch.as_tensor(child))
         self.register_buffer("molecule", torch.as_tensor(molecule))
         self.n_molecules = int(molecule.max()) + 1 if n else 0
-        self.molecule_noise = bool(getattr(dynamics, "molecule_noise", False))
+        self.molecule_noise = bool(dynamics.molecule_noise)
         self.register_buffer("levels", torch.tensor([float(s) for s in levels], dtype=torch.float32))
         batch = torch.zeros(n, dtype=torch.long) if batch is None else torch.as_tensor(batch, dtype=torch.long)
         self.register_buffer("batch", batch.reshape(n).clone())
@@ -289,10 +290,8 @@ class LearnedStep(nn.Module):
         shift back to the predicted centre is unambiguous."""
         whole = make_whole_torch(x, bead_box, self.tree_parent, self.tree_child, self.tree_sizes)
         w = self.masses.unsqueeze(1)
-        com = torch.zeros((self.n_molecules, 3), dtype=x.dtype, device=x.device)
-        d = com.index_add(0, self.molecule, (whole - x_pred) * w)
-        d = d / torch.zeros((self.n_molecules, 1), dtype=x.dtype, device=x.device).index_add(0, self.molecule, w)
-        d = d[self.molecule]
+        d = scatter_sum((whole - x_pred) * w, self.molecule, self.n_molecules)
+        d = (d / scatter_sum(w, self.molecule, self.n_molecules))[self.molecule]
         return whole - bead_box * torch.round(d / bead_box)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, dyn_noise: torch.Tensor,
