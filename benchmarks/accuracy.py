@@ -53,7 +53,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ns", type=float, default=20.0, help="CG time per replica")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--refine", default="model",
-                        help="refinement: model (its default), none, or SCHEME:LxK such as pc:5x0 or langevin:8x5")
+                        help="refinement: model (its default), none, or SCHEME:LxK such as pc:5x0 or langevin:8x5, "
+                             "optionally with a hard core ,core=F (e.g. model,core=0.9)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
 

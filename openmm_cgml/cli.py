@@ -374,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", default="model",
                    help="score refinement: model (its default), none, or SCHEME:LxK over the model's last L noise "
                         "levels with K steps per level, SCHEME langevin (annealed Langevin, L*K evaluations) or pc "
-                        "(predictor-corrector, L*K + L-1 evaluations), e.g. pc:4x0")
+                        "(predictor-corrector, L*K + L-1 evaluations), e.g. pc:4x0; a suffix ,core=F pushes apart "
+                        "non-bonded beads closer than F times their closest approach in the training data, e.g. "
+                        "model,core=0.9")
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="learned steps between checkpoints (a killed run resumes from the last one)")
     p.add_argument("-o", "--output", required=True,

@@ -236,20 +236,6 @@ def test_engine_batches_several_systems(setup, tmp_path):
 
 
 # ---------------------------------------------------------------- the learned step (moved from test_models.py)
-@pytest.fixture(scope="module", params=[False, True], ids=["bead_noise", "molecule_noise"])
-def small_model(request):
-    from test_models import _pair_beadmap
-
-    torch.manual_seed(1)
-    bm = _pair_beadmap(6, periodic=True)
-    config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, n_rbf=8, cutoff=0.5,
-                         history_length=2, score_hidden=16, score_layers=1, n_sigmas=6, sigma_max=0.2,
-                         sigma_min=0.005, refine_levels=2, refine_steps_per_level=2, refine_step_size=1e-6,
-                         timestep_ps=100.0, periodic=True, velocity_scale=0.05, accel_scale=0.05,
-                         molecule_noise=request.param)
-    return CGModel(config, BeadVocabulary(bm.type_names, bm.type_graphs)).eval(), bm
-
-
 def test_step_noise_deterministic():
     from openmm_cgml.simulate.step import step_noise
 

@@ -4,15 +4,13 @@ The thresholds come from the collision yardstick written next to a model by trai
 bead-type pair in its data, :mod:`openmm_cgml.data.contacts`) times :data:`COLLISION_FRACTION`.
 Positions nm, orthorhombic boxes given as edge lengths nm.
 """
-import json
-import os
 from typing import Optional, Tuple
 
 import numpy as np
 from openmm import unit
 from scipy.spatial import cKDTree
 
-from ..data.contacts import CONTACTS_FILE
+from ..data.contacts import contact_table, read_contacts
 from ..pbc import minimum_image, wrap
 from ._arrays import as_box, as_float_array, as_trajectory
 
@@ -100,24 +98,9 @@ def collision_thresholds(model_path: str, beadmap) -> Optional[np.ndarray]:
     pairs the data never showed get the strictest (smallest) known distance. None when the model has no
     contacts file or it knows none of ``beadmap``'s type pairs.
     """
-    path = os.path.join(model_path, CONTACTS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        contacts = json.load(handle)
-    names, table = contacts["type_names"], contacts["min_distance_nm"]
-    k = len(beadmap.type_names)
-    out = np.full((k, k), np.inf)
-    for a, name_a in enumerate(beadmap.type_names):
-        for b, name_b in enumerate(beadmap.type_names):
-            if name_a in names and name_b in names:
-                value = table[names.index(name_a)][names.index(name_b)]
-                if value is not None:
-                    out[a, b] = COLLISION_FRACTION * value
-    finite = out[np.isfinite(out)]
-    if not finite.size:
-        return None
-    return np.where(np.isfinite(out), out, finite.min())  # unseen pairs: the strictest known distance
+    contacts = read_contacts(model_path)
+    table = None if contacts is None else contact_table(contacts, beadmap.type_names)
+    return None if table is None else COLLISION_FRACTION * table
 
 
 def count_collisions(positions, box, beadmap, thresholds) -> np.ndarray:

@@ -99,6 +99,36 @@ def contact_distances(paths, max_frames: int = 200) -> dict:
     return {"type_names": names, "min_distance_nm": matrix}
 
 
+def contact_table(contacts: dict, type_names) -> "np.ndarray | None":
+    """(K, K) closest approaches (nm) of the bead types ``type_names`` from a :func:`contact_distances` dict.
+
+    A type pair the data never showed gets the smallest known distance (the strictest yardstick); None when the
+    dict knows none of the pairs.
+    """
+    names, table = contacts["type_names"], contacts["min_distance_nm"]
+    k = len(type_names)
+    out = np.full((k, k), np.inf)
+    for a, name_a in enumerate(type_names):
+        for b, name_b in enumerate(type_names):
+            if name_a in names and name_b in names:
+                value = table[names.index(name_a)][names.index(name_b)]
+                if value is not None:
+                    out[a, b] = value
+    finite = out[np.isfinite(out)]
+    if not finite.size:
+        return None
+    return np.where(np.isfinite(out), out, finite.min())
+
+
+def read_contacts(model_dir: str) -> "dict | None":
+    """The :data:`CONTACTS_FILE` dict of a model directory, or None when it has none."""
+    path = os.path.join(model_dir, CONTACTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def write_contacts(model_dir: str, paths, max_frames: int = 200) -> str:
     """Write :func:`contact_distances` of the datasets ``paths`` to ``model_dir/contacts.json`` (atomically:
     a temporary file, then a rename, so an interrupted run never leaves a half-written file). Returns the path."""

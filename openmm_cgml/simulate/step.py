@@ -7,6 +7,8 @@
     x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
+    x_new  = push_apart(x_new)             hard core (if the model sets one): no non-bonded pair closer than a
+                                           fraction of its closest approach in the training data
     x_new  = whole(x_new)                  periodic: every molecule whole, at its predicted image
     h_new  = cat(h[1:], x_new - x)        (minimum image for a bead ``whole`` relabelled by box vectors)
 
@@ -22,10 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.contacts import contact_table
 from ..nn.backbone import scatter_sum
 from ..nn.dynamics import sample_acceleration
 from ..nn.score import SCHEMES, refine_evaluations
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
+from .excluded_volume import bond_keys, push_apart
 
 _MASK64 = (1 << 64) - 1
 #: Verlet skin (nm) of the neighbour list the refinement's score evaluations share; it changes no result.
@@ -68,6 +72,22 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
     return [ladder[i] for i in index]
 
 
+#: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
+REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "hard_core")
+
+
+def _hard_core(config, refine) -> float:
+    """The hard-core fraction (``ModelConfig.hard_core``) of ``refine``: none without refinement (False)."""
+    if refine is False or refine == 0:
+        return 0.0
+    value = float(getattr(config, "hard_core", 0.0))
+    if isinstance(refine, dict):
+        value = float(refine.get("hard_core", value))
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"hard_core must be a fraction of the closest approach in [0, 1], got {value}")
+    return value
+
+
 def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
     """(scheme, levels nm, steps per level, step size nm²) from the model defaults overridden by ``refine``."""
     ladder = config.levels()
@@ -80,10 +100,9 @@ def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
     if refine is not None and refine is not True:
         if not isinstance(refine, dict):
             raise TypeError("refine must be None (model defaults), False (no refinement) or a dict of settings")
-        unknown = sorted(set(refine) - {"scheme", "levels", "n_levels", "steps_per_level", "step_size"})
+        unknown = sorted(set(refine) - set(REFINE_KEYS))
         if unknown:
-            raise ValueError(f"unknown refinement settings {unknown}; use scheme, levels, n_levels, steps_per_level, "
-                             "step_size")
+            raise ValueError(f"unknown refinement settings {unknown}; use {', '.join(REFINE_KEYS)}")
         scheme = str(refine.get("scheme", scheme))
         if "levels" in refine:
             levels = [float(s) for s in refine["levels"]]
@@ -107,10 +126,10 @@ def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
 
 def refine_settings(config, refine=None) -> dict:
     """The refinement ``LearnedStep.from_model(model, ..., refine)`` runs: scheme, levels (nm), steps per level,
-    step size (nm²) and score evaluations per step (for run records)."""
+    step size (nm²), score evaluations per step and hard-core fraction (for run records)."""
     scheme, levels, steps, size = _refine_settings(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "evaluations": refine_evaluations(scheme, len(levels), steps)}
+            "evaluations": refine_evaluations(scheme, len(levels), steps), "hard_core": _hard_core(config, refine)}
 
 
 def parse_refine(spec: str):
@@ -119,9 +138,25 @@ def parse_refine(spec: str):
     ``"model"``: the model's default; ``"none"``: dynamics only; ``"SCHEME:LxK"`` (e.g. ``"pc:4x0"``,
     ``"langevin:8x5"``): L noise levels with K steps per level: for ``langevin`` the model's last L levels and K
     Langevin steps each; for ``pc`` L levels spread over the noise range of the model's default refinement
-    (``refine_span`` levels, else ``refine_levels``) and K corrector steps each.
+    (``refine_span`` levels, else ``refine_levels``) and K corrector steps each. A suffix ``,core=F`` sets the
+    hard-core fraction (``ModelConfig.hard_core``; e.g. ``"model,core=0.9"``, ``"none,core=0.9"``).
     """
-    text = str(spec).strip().lower()
+    text, _, core = str(spec).strip().lower().partition(",")
+    settings = _parse_refinement(text, spec)
+    if not core:
+        return settings
+    key, _, value = core.partition("=")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if key.strip() != "core" or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"refinement {spec!r}: the suffix must be ,core=F with F a fraction in [0, 1] (e.g. ,core=0.9)")
+    base = {"n_levels": 0} if settings is False else dict(settings or {})
+    return {**base, "hard_core": fraction}
+
+
+def _parse_refinement(text: str, spec: str):
     if text == "model":
         return None
     if text == "none":
@@ -130,7 +165,7 @@ def parse_refine(spec: str):
     levels, _, steps = shape.partition("x")
     if scheme not in SCHEMES or not levels.isdigit() or not steps.isdigit():
         raise ValueError(f"refinement {spec!r} is not model, none or SCHEME:LxK with SCHEME one of {list(SCHEMES)} "
-                         "(e.g. pc:4x0, langevin:8x5)")
+                         "(e.g. pc:4x0, langevin:8x5), optionally with ,core=F")
     return {"scheme": scheme, "n_levels": int(levels), "steps_per_level": int(steps)}
 
 
@@ -161,11 +196,13 @@ class LearnedStep(nn.Module):
     tree_sizes: List[int]
     n_molecules: int
     molecule_noise: bool
+    hard_core: float
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
                  step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1,
-                 scheme: str = "langevin"):
+                 scheme: str = "langevin", hard_core: float = 0.0, core: Optional[torch.Tensor] = None,
+                 bead_types: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -182,6 +219,13 @@ class LearnedStep(nn.Module):
         self.register_buffer("levels", torch.tensor([float(s) for s in levels], dtype=torch.float32))
         batch = torch.zeros(n, dtype=torch.long) if batch is None else torch.as_tensor(batch, dtype=torch.long)
         self.register_buffer("batch", batch.reshape(n).clone())
+        # hard core: (K, K) distances nm over bead_types (N,), all zero when off (see excluded_volume)
+        self.hard_core = float(hard_core)
+        core = torch.zeros((1, 1)) if core is None or self.hard_core <= 0 else torch.as_tensor(core)
+        self.register_buffer("core", core.to(torch.float32).clone())
+        types = torch.zeros(n, dtype=torch.long) if bead_types is None else torch.as_tensor(bead_types)
+        self.register_buffer("bead_types", types.to(torch.long).reshape(n).clone())
+        self.register_buffer("bonded", bond_keys(self.bonds.cpu(), n))
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
         self.scheme = str(scheme)
@@ -207,7 +251,9 @@ class LearnedStep(nn.Module):
             None for the model's default refinement, False for none (dynamics only), or a dict with any of
             ``scheme`` ("langevin" or "pc", see ``ScoreGNN.refine``), ``levels`` (list of noise levels, nm,
             decreasing), ``n_levels`` (use the model's last n levels), ``steps_per_level`` (Langevin steps per
-            level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level).
+            level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``hard_core``
+            (fraction of each bead-type pair's closest approach in the training data below which non-bonded
+            beads are pushed apart; 0: none; default ``ModelConfig.hard_core``).
         allow_unseen_types : bool
             Run bead types the model was not trained on (their embeddings are computed by the embedding GNN
             from their atom graphs) instead of refusing them.
@@ -225,6 +271,14 @@ class LearnedStep(nn.Module):
                 else "the model was trained without periodic boundaries but this system is periodic"
             )
         scheme, levels, steps, size = _refine_settings(model.config, refine)
+        hard_core = _hard_core(model.config, refine)
+        core = None
+        if hard_core > 0:
+            table = None if model.contacts is None else contact_table(model.contacts, beadmap.type_names)
+            if table is None:
+                raise ValueError("a hard core needs the closest approaches of the model's training data "
+                                 "(contacts.json in its directory); set hard_core to 0")
+            core = torch.as_tensor(hard_core * table, dtype=torch.float32)
         device = next(model.parameters()).device
         with torch.no_grad():
             table = model.embedding.embed_types(beadmap.type_graphs)
@@ -235,7 +289,8 @@ class LearnedStep(nn.Module):
             p.requires_grad_(False)
         return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
-                   levels, steps, size, scheme=scheme).to(device)
+                   levels, steps, size, scheme=scheme, hard_core=hard_core, core=core,
+                   bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64))).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -267,16 +322,20 @@ class LearnedStep(nn.Module):
                 (other.score is first.score or _same_weights(other.score, first.score))
             if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
-                    other.scheme != first.scheme or \
+                    other.scheme != first.scheme or other.hard_core != first.hard_core or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
         sizes = torch.tensor([int(s.n_beads) for s in steps], device=first.bonds.device)
         offsets = torch.cumsum(sizes, 0) - sizes
         bonds = torch.cat([s.bonds + int(o) for s, o in zip(steps, offsets.tolist())])
+        # each replica keeps its own type table: one block each (replicas never interact)
+        type_offsets = np.cumsum([0] + [int(s.core.shape[0]) for s in steps[:-1]])
         return LearnedStep(
             first.dynamics, first.score, torch.cat([s.embed for s in steps]), torch.cat([s.masses for s in steps]),
             bonds, first.timestep_ps, first.periodic, first.levels.tolist(), first.steps_per_level, first.step_size,
             torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps), first.scheme,
+            first.hard_core, torch.block_diag(*[s.core for s in steps]),
+            torch.cat([s.bead_types + int(o) for s, o in zip(steps, type_offsets)]),
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -320,6 +379,8 @@ class LearnedStep(nn.Module):
         if self.n_refine > 0 and finite:
             x_new = self.score.refine(x_pred, self.levels, self.steps_per_level, self.step_size, refine_noise,
                                       self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme, self.skin)
+        if self.hard_core > 0 and finite:
+            x_new = push_apart(x_new, self.bead_types, self.core, self.masses, self.bonded, box_opt, self.batch)
         moved = x_new - x
         if box_opt is not None and self.tree_child.numel() > 0 and finite:
             bead_box = box_opt if box_opt.dim() == 1 else box_opt[self.batch]

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from torch import nn
 
+from ..data.contacts import read_contacts
 from ..nn.dynamics import DynamicsGNN
 from ..nn.embedding import BeadEmbedding, BeadVocabulary  # noqa: F401 (re-exported)
 from ..nn.io import load_model_dir, save_model_dir
@@ -84,6 +85,9 @@ class ArchitectureConfig(Config):
     refine_span: int = 0  # "pc": the refine_levels levels are spread over the last refine_span (0: contiguous)
     refine_steps_per_level: int = 2
     refine_step_size: float = 5e-7  # nm², alpha at the last level
+    # excluded volume after the refinement: no non-bonded pair closer than this fraction of that bead-type pair's
+    # closest approach in the training data (contacts.json); 0 = off
+    hard_core: float = 0.0
 
     def validate(self):
         super().validate()
@@ -99,6 +103,7 @@ class ArchitectureConfig(Config):
         check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
         check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0,
               "refine_steps_per_level and refine_step_size must be >= 0")
+        check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
 
 
 @dataclass
@@ -128,7 +133,8 @@ class CGModel(nn.Module):
 
     Attributes: ``embedding`` (:class:`BeadEmbedding`), ``dynamics`` (:class:`DynamicsGNN`), ``score``
     (:class:`ScoreGNN`), ``config`` (:class:`ModelConfig`), ``vocab`` (:class:`BeadVocabulary`), and the shortcuts
-    ``mapping`` (dict of ``BeadMap.from_openmm`` settings), ``timestep_ps``, ``periodic``, ``history_length``.
+    ``mapping`` (dict of ``BeadMap.from_openmm`` settings), ``timestep_ps``, ``periodic``, ``history_length``;
+    ``contacts``: the closest approaches of its training data (``data.contact_distances``), or None if unknown.
     """
 
     def __init__(self, config: ModelConfig, vocab: BeadVocabulary):
@@ -136,6 +142,7 @@ class CGModel(nn.Module):
         c = config
         self.config = c
         self.vocab = vocab
+        self.contacts: Optional[dict] = None
         self.embedding = BeadEmbedding(c.embed_dim, c.embed_hidden, c.embed_layers, c.mlp_layers)
         self.dynamics = DynamicsGNN(c.embed_dim, c.history_length, c.cutoff, c.hidden, c.n_layers, c.mlp_layers,
                                     c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise)
@@ -188,4 +195,5 @@ def load_model(name_or_path: Optional[str] = None, device="cpu") -> CGModel:
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} does not hold a consistent CG model: {first}") from None
+    model.contacts = read_contacts(str(path))
     return model.to(device).eval()

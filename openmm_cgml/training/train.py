@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..data import write_contacts
+from ..data import contact_distances, read_contacts, write_contacts
 from ..nn.dynamics import gaussian_nll
 from ..nn.embedding import TypeGraphs
 from ..nn.score import denoising_loss
@@ -396,7 +396,10 @@ def train(
         }
         # contacts.json first: a directory with a model manifest always has its collision yardstick
         write_contacts(out_dir, [t.path for t in trajectories])
+        model.contacts = read_contacts(out_dir)
         model.save(out_dir, extra, overwrite=True)
+    elif config.hard_core > 0:  # in memory: the step's excluded volume still needs the closest approaches
+        model.contacts = contact_distances([t.path for t in trajectories])
     distributed.barrier()  # every rank returns once the model is on disk
     return model.eval()
 

@@ -1,0 +1,105 @@
+"""The hard core of the learned step: overlapping non-bonded beads are pushed apart (checked against brute-force
+minimum-image distances), bonded pairs are left alone, a pair's centre of mass stays, and the step with a core is
+the same eager, scripted and batched; a model without closest approaches is refused in one line."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from openmm_cgml.simulate.excluded_volume import SLACK, bond_keys, push_apart
+from openmm_cgml.simulate.step import LearnedStep, parse_refine, refine_settings, step_noise
+
+
+def _pair_distances(x: np.ndarray, box: np.ndarray):
+    """(N, N) minimum-image distances, nm (independent of the package's periodic geometry)."""
+    d = x[:, None, :] - x[None, :, :]
+    d -= box * np.round(d / box)
+    return np.linalg.norm(d, axis=2)
+
+
+def test_push_apart_separates_every_non_bonded_overlap_across_the_boundary():
+    g = torch.Generator().manual_seed(0)
+    box = torch.tensor([2.0, 2.2, 2.1])
+    n = 60
+    x = torch.rand(n, 3, generator=g) * box
+    x[1] = x[0] + torch.tensor([0.05, 0.0, 0.0])  # a bonded pair closer than any core: must stay as it is
+    x[3] = x[2] - box * torch.tensor([1.0, 0.0, 0.0]) + 0.02  # an overlap through the periodic boundary
+    types = torch.randint(0, 2, (n,), generator=g)
+    types[2], types[3] = 0, 1
+    core = torch.tensor([[0.30, 0.25], [0.25, 0.20]])
+    masses = 1.0 + 20.0 * torch.rand(n, generator=g)
+    bonds = torch.tensor([[0, 1]])
+    out = push_apart(x, types, core, masses, bond_keys(bonds, n), box, torch.zeros(n, dtype=torch.long))
+
+    before = _pair_distances(x.numpy(), box.numpy())
+    after = _pair_distances(out.numpy(), box.numpy())
+    need = core.numpy()[types.numpy()][:, types.numpy()]
+    non_bonded = ~np.eye(n, dtype=bool)
+    non_bonded[0, 1] = non_bonded[1, 0] = False
+    assert (before[non_bonded] < need[non_bonded]).sum() > 4  # the test has overlaps to remove
+    assert (after[non_bonded] >= need[non_bonded] - 1e-4).all()
+    assert after[0, 1] == pytest.approx(before[0, 1], abs=1e-6)
+    # beads with no overlap do not move
+    untouched = (before + np.where(non_bonded, 0.0, 9.0) >= need).all(axis=1)
+    assert untouched.sum() > 10
+    np.testing.assert_array_equal(out.numpy()[untouched], x.numpy()[untouched])
+
+
+def test_push_apart_keeps_an_isolated_pairs_centre_of_mass_and_moves_the_light_bead_more():
+    x = torch.tensor([[1.0, 1.0, 1.0], [1.1, 1.0, 1.0], [3.0, 3.0, 3.0]])
+    masses = torch.tensor([30.0, 10.0, 5.0])
+    core = torch.tensor([[0.4]])
+    out = push_apart(x, torch.zeros(3, dtype=torch.long), core, masses, torch.zeros(0, dtype=torch.long), None,
+                     torch.zeros(3, dtype=torch.long))
+    assert float(torch.linalg.norm(out[1] - out[0])) == pytest.approx(SLACK * 0.4, abs=1e-6)
+    com = (masses[:2, None] * x[:2]).sum(0) / masses[:2].sum()
+    torch.testing.assert_close((masses[:2, None] * out[:2]).sum(0) / masses[:2].sum(), com)
+    assert float(out[1, 0] - x[1, 0]) == pytest.approx(3 * float(x[0, 0] - out[0, 0]), rel=1e-5)
+    assert torch.equal(out[2], x[2])
+    # no core: the frame is returned as it is
+    assert torch.equal(push_apart(x, torch.zeros(3, dtype=torch.long), torch.zeros((1, 1)), masses,
+                                  torch.zeros(0, dtype=torch.long), None, torch.zeros(3, dtype=torch.long)), x)
+
+
+@pytest.mark.parametrize("small_model", [False], indirect=True)
+def test_step_with_a_hard_core_is_scripted_batched_and_overlap_free(small_model):
+    model, bm = small_model
+    model = copy.deepcopy(model)  # the fixture is shared by the module: give this copy closest approaches
+    with pytest.raises(ValueError, match="contacts.json"):
+        LearnedStep.from_model(model, bm, {"hard_core": 0.9})
+    model.contacts = {"type_names": list(bm.type_names), "min_distance_nm": [[0.4]]}
+    step = LearnedStep.from_model(model, bm, parse_refine("model,core=0.9"))
+    assert step.hard_core == 0.9 and refine_settings(model.config, parse_refine("model,core=0.9"))["hard_core"] == 0.9
+    assert LearnedStep.from_model(model, bm).hard_core == 0.0  # the model's default (ModelConfig.hard_core) is off
+    g = torch.Generator().manual_seed(5)
+    box = torch.tensor([1.3, 1.3, 1.3])
+    x = torch.rand(bm.n_beads, 3, generator=g) * box
+    h = 0.02 * torch.randn(2, bm.n_beads, 3, generator=g)
+    dyn, ref = step_noise(3, 0, bm.n_beads, step.n_refine)
+    plain = LearnedStep.from_model(model, bm)
+    with torch.no_grad():
+        x1, _ = step(x, h, box, dyn, ref)
+        x0, _ = plain(x, h, box, dyn, ref)
+        xs, _ = torch.jit.script(step)(x, h, box, dyn, ref)
+        xb, _ = step.batched(2)(torch.cat([x, x]), torch.cat([h, h], dim=1), torch.stack([box, box]),
+                                torch.cat([dyn, dyn]), torch.cat([ref, ref], dim=1))
+    assert torch.equal(x1, xs)
+    torch.testing.assert_close(xb[:bm.n_beads], x1)
+    torch.testing.assert_close(xb[bm.n_beads:], x1)
+    d = _pair_distances(x1.numpy(), box.numpy())
+    bonded = np.zeros_like(d, dtype=bool)
+    for a, b in np.asarray(bm.bonds):
+        bonded[a, b] = bonded[b, a] = True
+    mask = ~np.eye(bm.n_beads, dtype=bool) & ~bonded
+    assert (d[mask] >= 0.36 - 1e-4).all()
+    assert (_pair_distances(x0.numpy(), box.numpy())[mask] < 0.36).any()  # without the core there were overlaps
+
+
+def test_hard_core_spec_errors_are_one_line():
+    assert parse_refine("none,core=0.5") == {"n_levels": 0, "hard_core": 0.5}
+    assert parse_refine("pc:4x0,core=1") == {"scheme": "pc", "n_levels": 4, "steps_per_level": 0, "hard_core": 1.0}
+    for bad in ("model,core=1.5", "model,hard=0.9", "model,core=x"):
+        with pytest.raises(ValueError, match="core=F") as err:
+            parse_refine(bad)
+        assert "\n" not in str(err.value)
