@@ -160,6 +160,8 @@ def summary_markdown() -> str:
                      "score evaluations per step)"
             if refine.get("hard_core"):
                 title += f", hard core {refine['hard_core']:g} × closest approach"
+            if refine.get("bond_cap"):
+                title += f", bond cap {refine['bond_cap']:g} × longest bond"
         built = (acc.get("reference_system") or {}).get("args", {})
         box = (f"{built['n_chains']} × EO{built['eo_per_chain']} + {built['n_salt']} LiTFSI, "
                f"{built['temperature_K']:g} K; " if {"n_chains", "eo_per_chain", "n_salt"} <= set(built) else "")

@@ -113,7 +113,9 @@ def _analyze(args):
     from .data import CGDataset
 
     stride = args.stride
+    unwrapped = args.unwrapped
     if args.trajectory.endswith((".h5", ".hdf5")):
+        unwrapped = True  # CG datasets store unwrapped positions with whole molecules
         with CGDataset(args.trajectory) as ds:
             positions = ds.positions[::stride]
             box = ds.box[::stride] if ds.box is not None else None
@@ -123,7 +125,7 @@ def _analyze(args):
         positions, box, times, beadmap = _bead_trajectory(args, stride)
     result = analyze_trajectory(
         positions, box, times, beadmap.bead_species(), beadmap.bead_masses, beadmap.bead_molecule,
-        out_dir=args.output, n_blocks=args.n_blocks, fit_range=args.fit_range,
+        out_dir=args.output, n_blocks=args.n_blocks, fit_range=args.fit_range, unwrapped=unwrapped,
     )
     print(format_table(result))
     print(f"wrote {os.path.join(args.output, 'analysis.json')} and plots")
@@ -325,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-blocks", type=int, default=5, help="time blocks for the diffusivity error bars")
     p.add_argument("--fit-range", type=float, default=0.2, help="fit the MSD from this fraction of the longest lag")
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame")
+    p.add_argument("--unwrapped", action="store_true",
+                   help="the DCD/XTC positions are already unwrapped (the demo's and any CGMLIntegrator run's with "
+                        "enforcePeriodicBox=False): keep moves over half a box per frame instead of folding them back")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("train", help="train the dynamics + score GNNs on CG datasets (resumes an interrupted run)")
@@ -375,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score refinement: model (its default), none, or SCHEME:LxK over the model's last L noise "
                         "levels with K steps per level, SCHEME langevin (annealed Langevin, L*K evaluations) or pc "
                         "(predictor-corrector, L*K + L-1 evaluations), e.g. pc:4x0; a suffix ,core=F pushes apart "
-                        "non-bonded beads closer than F times their closest approach in the training data, e.g. "
-                        "model,core=0.9")
+                        "non-bonded beads closer than F times their closest approach in the training data and ,cap=G "
+                        "pulls bonds longer than G times the longest training bond back, e.g. model,core=0.9,cap=1.2")
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="learned steps between checkpoints (a killed run resumes from the last one)")
     p.add_argument("-o", "--output", required=True,

@@ -143,8 +143,8 @@ def simulate_main(model_path: str, system_dir: str, ns: float, out_dir: str, rep
             raise ValueError(f"{out_dir} already holds {done} steps, more than the {n_total} of --ns {ns:g}")
     os.makedirs(out_dir, exist_ok=True)
     summary = {"n_beads": beadmap.n_beads, "timestep_ps": engine.timestep_ps, "cg_ns": n_total * engine.timestep_ps / 1e3,
-               "refine_scheme": step.scheme, "score_evaluations_per_step": step.n_refine, "hard_core": step.hard_core,
-               "device": device, "steps_total": n_total, "resumed_from_step": done}
+               "refine_scheme": step.scheme, "score_evaluations_per_step": step.n_refine,
+               "hard_core": step.hard_core, "bond_cap": step.bond_cap, "device": device, "steps_total": n_total, "resumed_from_step": done}
     try:
         stats = engine.run(n_total - done, out_dir=out_dir, beadmap=beadmap, report_every=every, progress=progress,
                            provenance={"model": os.path.abspath(model_path), "system": os.path.abspath(system_dir)},

@@ -370,3 +370,19 @@ def test_js_divergence_limits_and_symmetry_of_bins():
     assert js_divergence(a + 1.0, b, n_bins=40, bins_from="pooled") == pytest.approx(0.1114, abs=0.01)
     with pytest.raises(ValueError, match="bins_from"):
         js_divergence(a, b, bins_from="left")
+
+
+def test_analyze_keeps_unwrapped_moves_longer_than_half_a_box():
+    """A bead that really moves 0.7 L per frame: with ``unwrapped=True`` its MSD is (0.7 L)² at one lag; unwrapping
+    again would fold each move back to -0.3 L."""
+    from openmm_cgml.analysis import analyze_trajectory
+
+    box = np.array([2.0, 2.0, 2.0])
+    n_frames = 60
+    x = np.zeros((n_frames, 2, 3))
+    x[:, 0, 0] = 1.4 * np.arange(n_frames)  # 0.7 L per frame along x
+    x[:, 1] = 0.5 + 0.01 * np.cumsum(np.random.default_rng(0).normal(size=(n_frames, 3)), axis=0)
+    kept = analyze_trajectory(x, box, np.arange(n_frames) * 10.0, ["A", "B"], unwrapped=True)
+    folded = analyze_trajectory(x, box, np.arange(n_frames) * 10.0, ["A", "B"])
+    assert kept["msd"]["A"]["msd_nm2"][1] == pytest.approx(1.4 ** 2)
+    assert folded["msd"]["A"]["msd_nm2"][1] == pytest.approx(0.6 ** 2)

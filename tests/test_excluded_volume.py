@@ -30,7 +30,8 @@ def test_push_apart_separates_every_non_bonded_overlap_across_the_boundary():
     core = torch.tensor([[0.30, 0.25], [0.25, 0.20]])
     masses = 1.0 + 20.0 * torch.rand(n, generator=g)
     bonds = torch.tensor([[0, 1]])
-    out = push_apart(x, types, core, masses, bond_keys(bonds, n), box, torch.zeros(n, dtype=torch.long))
+    out = push_apart(x, types, core, masses, bond_keys(bonds, n), box, torch.zeros(n, dtype=torch.long), bonds,
+                     torch.zeros((2, 2)))
 
     before = _pair_distances(x.numpy(), box.numpy())
     after = _pair_distances(out.numpy(), box.numpy())
@@ -50,16 +51,40 @@ def test_push_apart_keeps_an_isolated_pairs_centre_of_mass_and_moves_the_light_b
     x = torch.tensor([[1.0, 1.0, 1.0], [1.1, 1.0, 1.0], [3.0, 3.0, 3.0]])
     masses = torch.tensor([30.0, 10.0, 5.0])
     core = torch.tensor([[0.4]])
+    none = torch.zeros((0, 2), dtype=torch.long)
     out = push_apart(x, torch.zeros(3, dtype=torch.long), core, masses, torch.zeros(0, dtype=torch.long), None,
-                     torch.zeros(3, dtype=torch.long))
+                     torch.zeros(3, dtype=torch.long), none, torch.zeros((1, 1)))
     assert float(torch.linalg.norm(out[1] - out[0])) == pytest.approx(SLACK * 0.4, abs=1e-6)
     com = (masses[:2, None] * x[:2]).sum(0) / masses[:2].sum()
     torch.testing.assert_close((masses[:2, None] * out[:2]).sum(0) / masses[:2].sum(), com)
     assert float(out[1, 0] - x[1, 0]) == pytest.approx(3 * float(x[0, 0] - out[0, 0]), rel=1e-5)
     assert torch.equal(out[2], x[2])
-    # no core: the frame is returned as it is
+    # no core and no cap: the frame is returned as it is
     assert torch.equal(push_apart(x, torch.zeros(3, dtype=torch.long), torch.zeros((1, 1)), masses,
-                                  torch.zeros(0, dtype=torch.long), None, torch.zeros(3, dtype=torch.long)), x)
+                                  torch.zeros(0, dtype=torch.long), None, torch.zeros(3, dtype=torch.long), none,
+                                  torch.zeros((1, 1))), x)
+
+
+def test_bond_cap_pulls_stretched_bonds_back_across_the_boundary_and_keeps_the_centre_of_mass():
+    box = torch.tensor([2.0, 2.0, 2.0])
+    # a 3-bead chain whose second bond (0.9 nm) crosses the boundary, and a far-away dimer at a normal length
+    x = torch.tensor([[1.0, 1.0, 1.0], [1.3, 1.0, 1.0], [1.3 + 0.9 - 2.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.8, 0.5, 0.5]])
+    bonds = torch.tensor([[0, 1], [1, 2], [3, 4]])
+    types = torch.tensor([0, 1, 1, 0, 1])
+    masses = torch.tensor([12.0, 16.0, 16.0, 12.0, 16.0])
+    cap = torch.tensor([[0.0, 0.45], [0.45, 0.5]])
+    out = push_apart(x, types, torch.zeros((2, 2)), masses, bond_keys(bonds, 5), box, torch.zeros(5, dtype=torch.long),
+                     bonds, cap)
+    lengths = _pair_distances(out.numpy(), box.numpy())
+    assert lengths[1, 2] <= 0.5 + 1e-5 and lengths[1, 2] == pytest.approx(0.5 / SLACK, abs=0.02)
+    assert lengths[0, 1] <= 0.45 + 1e-5
+    np.testing.assert_array_equal(out[3:].numpy(), x[3:].numpy())  # bonds within their cap are left alone
+    # each pull keeps its pair's centre of mass, so the (unwrapped) chain's centre does not move
+    shift = torch.tensor([2.0, 0.0, 0.0])
+    before, after = x[:3].clone(), out[:3].clone()
+    before[2] += shift
+    after[2] += shift
+    torch.testing.assert_close((masses[:3, None] * after).sum(0), (masses[:3, None] * before).sum(0))
 
 
 @pytest.mark.parametrize("small_model", [False], indirect=True)
@@ -69,8 +94,14 @@ def test_step_with_a_hard_core_is_scripted_batched_and_overlap_free(small_model)
     with pytest.raises(ValueError, match="contacts.json"):
         LearnedStep.from_model(model, bm, {"hard_core": 0.9})
     model.contacts = {"type_names": list(bm.type_names), "min_distance_nm": [[0.4]]}
-    step = LearnedStep.from_model(model, bm, parse_refine("model,core=0.9"))
-    assert step.hard_core == 0.9 and refine_settings(model.config, parse_refine("model,core=0.9"))["hard_core"] == 0.9
+    with pytest.raises(ValueError, match="max_bond_nm"):  # an older contacts file has no bond lengths
+        LearnedStep.from_model(model, bm, {"bond_cap": 1.2})
+    model.contacts["max_bond_nm"] = [[0.25]]
+    spec = parse_refine("model,core=0.9,cap=1.2")
+    step = LearnedStep.from_model(model, bm, spec)
+    assert step.hard_core == 0.9 and step.bond_cap == 1.2
+    assert {k: refine_settings(model.config, spec)[k] for k in ("hard_core", "bond_cap")} == {"hard_core": 0.9,
+                                                                                              "bond_cap": 1.2}
     assert LearnedStep.from_model(model, bm).hard_core == 0.0  # the model's default (ModelConfig.hard_core) is off
     g = torch.Generator().manual_seed(5)
     box = torch.tensor([1.3, 1.3, 1.3])
@@ -92,14 +123,16 @@ def test_step_with_a_hard_core_is_scripted_batched_and_overlap_free(small_model)
     for a, b in np.asarray(bm.bonds):
         bonded[a, b] = bonded[b, a] = True
     mask = ~np.eye(bm.n_beads, dtype=bool) & ~bonded
-    assert (d[mask] >= 0.36 - 1e-4).all()
-    assert (_pair_distances(x0.numpy(), box.numpy())[mask] < 0.36).any()  # without the core there were overlaps
+    assert (d[mask] >= 0.36 - 1e-4).all() and (d[bonded] <= 0.3 + 1e-4).all()
+    plain_d = _pair_distances(x0.numpy(), box.numpy())
+    assert (plain_d[mask] < 0.36).any() and (plain_d[bonded] > 0.3).any()  # without them: overlaps, long bonds
 
 
 def test_hard_core_spec_errors_are_one_line():
     assert parse_refine("none,core=0.5") == {"n_levels": 0, "hard_core": 0.5}
     assert parse_refine("pc:4x0,core=1") == {"scheme": "pc", "n_levels": 4, "steps_per_level": 0, "hard_core": 1.0}
-    for bad in ("model,core=1.5", "model,hard=0.9", "model,core=x"):
+    assert parse_refine("model,cap=1.5,core=0.8") == {"bond_cap": 1.5, "hard_core": 0.8}
+    for bad in ("model,core=1.5", "model,hard=0.9", "model,core=x", "model,cap=0.5"):
         with pytest.raises(ValueError, match="core=F") as err:
             parse_refine(bad)
         assert "\n" not in str(err.value)

@@ -257,12 +257,17 @@ def test_resume_on_other_data_or_config_is_refused(small_run, tmp_path, capsys):
 
 
 def test_load_model_by_name():
-    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi") the same by name."""
+    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi-molecule") the same by
+    name; the single-box model keeps its name."""
     from openmm_cgml.training import DEFAULT_MODEL, PRETRAINED_MODELS
 
     assert "peo-litfsi" in PRETRAINED_MODELS and os.path.isdir(PRETRAINED_MODELS["peo-litfsi"])
-    by_default, by_name, by_path = load_model(), load_model("peo-litfsi"), load_model(DEFAULT_MODEL)
-    with open(os.path.join(PRETRAINED_MODELS["peo-litfsi"], "cgml_model.json")) as f:
+    assert PRETRAINED_MODELS["peo-litfsi-molecule"] == DEFAULT_MODEL != PRETRAINED_MODELS["peo-litfsi"]
+    by_default, by_name, by_path = load_model(), load_model("peo-litfsi-molecule"), load_model(DEFAULT_MODEL)
+    # its hard core and bond cap come from the training data's statistics, shipped next to the weights
+    assert (by_default.config.hard_core, by_default.config.bond_cap) == (0.9, 1.5)
+    assert {"min_distance_nm", "max_bond_nm"} <= set(by_default.contacts)
+    with open(os.path.join(DEFAULT_MODEL, "cgml_model.json")) as f:
         shipped = json.load(f)
     for model in (by_default, by_name, by_path):
         assert model.config.timestep_ps == shipped["config"]["timestep_ps"]

@@ -135,6 +135,7 @@ def analyze_trajectory(
     rdf_r_max=None,
     rdf_bins: int = 100,
     rdf_max_frames: int = 200,
+    unwrapped: bool = False,
 ) -> dict:
     """Diffusion coefficients, RDFs and Rg² of a CG trajectory; writes analysis.json and PNGs to ``out_dir``.
 
@@ -147,13 +148,15 @@ def analyze_trajectory(
 
     Args:
         positions: (T, N, 3) positions, nm; wrapped or unwrapped. With a box they are unwrapped (frame-to-frame
-            moves must be below L/2), starting from frame 0 with its molecules made whole.
+            moves must be below L/2), starting from frame 0 with its molecules made whole, unless ``unwrapped``.
         box: orthorhombic edge lengths (3,) or (T, 3) nm, or None for a non-periodic trajectory.
         times_ps: (T,) evenly spaced frame times, ps.
         species: (N,) species label per bead.
         masses: (N,) bead masses, amu, or None.
         molecule_index: (N,) molecule label per bead, or None.
         out_dir: directory for analysis.json, msd.png, rdf.png, rg2_hist.png, rg2_acf.png; None writes nothing.
+        unwrapped: the positions are already unwrapped with whole molecules (CG datasets, the DCD of a learned
+            run): used as they are, so moves longer than L/2 per frame are kept instead of folded back.
 
     Returns:
         JSON-serialisable dict with keys "n_frames", "n_beads", "dt_ps", "diffusion", "msd", "rdf", "rg2",
@@ -168,19 +171,20 @@ def analyze_trajectory(
     kinds = list(dict.fromkeys(labels.tolist()))
     if (masses is None) != (molecule_index is None):
         raise ValueError("give both masses and molecule_index (for Rg²) or neither")
-    unwrapped = x
-    if box is not None:
+    if box is not None and not unwrapped:
         if molecule_index is not None:
             # Unwrapping continues frame 0, so molecules whole in frame 0 stay whole in every frame.
             first = make_molecules_whole(x[0], as_box(box, n_frames)[0], molecule_index)
             x = np.concatenate([first[None], x[1:]])
-        unwrapped = unwrap(x, box)
+        x_unwrapped = unwrap(x, box)
+    else:
+        x_unwrapped = x
 
-    curves, diffusion = _diffusion(unwrapped, dt, labels, kinds, n_blocks, fit_range)
+    curves, diffusion = _diffusion(x_unwrapped, dt, labels, kinds, n_blocks, fit_range)
     rdfs = _rdfs(x, box, labels, kinds, rdf_r_max, rdf_bins, rdf_max_frames) if box is not None else {}
     rg2, rg2_samples = ({}, {})
     if masses is not None:
-        rg2, rg2_samples = _rg2(unwrapped, dt, labels, masses, molecule_index, n_blocks)
+        rg2, rg2_samples = _rg2(x_unwrapped, dt, labels, masses, molecule_index, n_blocks)
 
     result = _nan_to_none({"n_frames": n_frames, "n_beads": n_beads, "dt_ps": dt, "diffusion": diffusion,
                            "msd": curves, "rdf": rdfs, "rg2": rg2, "files": []})

@@ -74,38 +74,64 @@ def closest_approach(positions, box, types, n_types: int, exclude_pairs=None,
     return np.minimum(table, table.T)
 
 
-def contact_distances(paths, max_frames: int = 200) -> dict:
-    """Closest approach (nm) of non-bonded bead pairs per bead-type pair, over frames of CG datasets.
+def longest_bond(positions, box, types, n_types: int, bonds) -> np.ndarray:
+    """Longest CG bond (minimum image, nm) per bead-type pair over all frames: (K, K), 0 where no bond joins
+    the pair. Arguments as in :func:`closest_approach`; ``bonds`` (P, 2) the bonded bead pairs."""
+    table = np.zeros((n_types, n_types))
+    b = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    if not len(b):
+        return table
+    types = np.asarray(types, dtype=np.int64)
+    ti, tj = types[b[:, 0]], types[b[:, 1]]
+    for t in range(len(positions)):
+        x = np.asarray(positions[t], dtype=np.float64)
+        d = np.linalg.norm(minimum_image(x[b[:, 0]] - x[b[:, 1]], None if box is None else np.asarray(box[t])), axis=1)
+        np.maximum.at(table, (ti, tj), d)
+    return np.maximum(table, table.T)
 
-    Returns ``{"type_names": [...], "min_distance_nm": K x K list}`` with ``None`` for type pairs never seen
-    within 2 nm. Frames are taken evenly from each file (at most ``max_frames`` per file).
+
+def contact_distances(paths, max_frames: int = 200, frame_counts=None) -> dict:
+    """Closest approach (nm) of non-bonded bead pairs and longest CG bond per bead-type pair, over CG datasets.
+
+    Returns ``{"type_names": [...], "min_distance_nm": K x K list, "max_bond_nm": K x K list}`` with ``None``
+    for type pairs never seen within 2 nm (never bonded). Frames are taken evenly from each file (at most
+    ``max_frames`` per file), from its first ``frame_counts[i]`` frames if given (the part a model was trained on).
     """
     names: list = []
     tables = []
-    for path in [paths] if isinstance(paths, str) else paths:
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    for i, path in enumerate(paths):
         with CGDataset(path) as ds:
             bm = ds.beadmap
             names += [n for n in bm.type_names if n not in names]
             types = np.asarray([names.index(bm.type_names[t]) for t in bm.bead_types], dtype=np.int64)
-            frames = np.linspace(0, ds.n_frames - 1, min(max_frames, ds.n_frames)).astype(int)
+            n_frames = ds.n_frames if frame_counts is None else min(int(frame_counts[i]), ds.n_frames)
+            frames = np.linspace(0, n_frames - 1, min(max_frames, n_frames)).astype(int)
             positions = [ds.positions[t] for t in frames]
             box = None if ds.box is None else ds.box[frames]
-            tables.append((closest_approach(positions, box, types, len(names), bm.bonds), len(names)))
+            tables.append((closest_approach(positions, box, types, len(names), bm.bonds),
+                           longest_bond(positions, box, types, len(names), bm.bonds), len(names)))
     k = len(names)
-    best = np.full((k, k), np.inf)
-    for table, size in tables:
+    best, longest = np.full((k, k), np.inf), np.zeros((k, k))
+    for table, bonds, size in tables:
         best[:size, :size] = np.minimum(best[:size, :size], table)
+        longest[:size, :size] = np.maximum(longest[:size, :size], bonds)
     matrix = [[float(best[a, b]) if np.isfinite(best[a, b]) else None for b in range(k)] for a in range(k)]
-    return {"type_names": names, "min_distance_nm": matrix}
+    bond_matrix = [[float(longest[a, b]) if longest[a, b] > 0 else None for b in range(k)] for a in range(k)]
+    return {"type_names": names, "min_distance_nm": matrix, "max_bond_nm": bond_matrix}
 
 
-def contact_table(contacts: dict, type_names) -> "np.ndarray | None":
-    """(K, K) closest approaches (nm) of the bead types ``type_names`` from a :func:`contact_distances` dict.
+def contact_table(contacts: dict, type_names, key: str = "min_distance_nm",
+                  unseen: "float | None" = None) -> "np.ndarray | None":
+    """(K, K) table ``key`` (nm) of a :func:`contact_distances` dict for the bead types ``type_names``: the
+    closest approaches (``"min_distance_nm"``) or the longest bonds (``"max_bond_nm"``).
 
-    A type pair the data never showed gets the smallest known distance (the strictest yardstick); None when the
-    dict knows none of the pairs.
+    A type pair the data never showed gets ``unseen``, by default the smallest known distance (the strictest
+    collision yardstick); None when the dict has no such table or knows none of the pairs.
     """
-    names, table = contacts["type_names"], contacts["min_distance_nm"]
+    if key not in contacts:
+        return None
+    names, table = contacts["type_names"], contacts[key]
     k = len(type_names)
     out = np.full((k, k), np.inf)
     for a, name_a in enumerate(type_names):
@@ -117,7 +143,7 @@ def contact_table(contacts: dict, type_names) -> "np.ndarray | None":
     finite = out[np.isfinite(out)]
     if not finite.size:
         return None
-    return np.where(np.isfinite(out), out, finite.min())
+    return np.where(np.isfinite(out), out, finite.min() if unseen is None else unseen)
 
 
 def read_contacts(model_dir: str) -> "dict | None":

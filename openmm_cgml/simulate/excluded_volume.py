@@ -1,4 +1,5 @@
-"""Excluded volume of the learned step: non-bonded beads closer than a hard-core distance are pushed apart.
+"""Excluded volume and bond caps of the learned step: non-bonded beads closer than a hard-core distance are pushed
+apart, bonded beads farther than a cap are pulled together.
 
 Why it is needed: the score GNN learns a repulsion only where its training frames have density. A bead-type pair
 the all-atom data never brings close (Li⁺–Li⁺ in PEO/LiTFSI) gets no learned repulsion at all, so a prediction
@@ -7,15 +8,18 @@ that lands two such beads on top of each other is not repaired (held-out EO4/LiT
 al. 2020); here the prior is a hard core, applied as a projection, so it has no stiffness or step size to tune.
 
 The hard-core distance of a type pair is a fraction (``ModelConfig.hard_core``) of its closest approach in the
-training data (``contacts.json``, :mod:`openmm_cgml.data.contacts`). Everything is TorchScript-compatible: the
-projection is part of the exported step that the compiled plugin runs.
+training data (``contacts.json``, :mod:`openmm_cgml.data.contacts`), its bond cap a multiple
+(``ModelConfig.bond_cap``) of its longest bond there: a bond the refinement left stretched (a rare prediction far
+outside the score's training noise) is pulled back instead of being fed to the next step's velocity history.
+Everything is TorchScript-compatible: the projection is part of the exported step that the compiled plugin runs.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
 from ..nn.backbone import scatter_sum
 from ..nn.graph import radius_graph
+from ..pbc import minimum_image_torch
 
 #: Sweeps of :func:`push_apart` before it gives up on a crowded frame (each sweep removes every overlap it sees).
 MAX_SWEEPS = 10
@@ -32,40 +36,61 @@ def bond_keys(bonds: torch.Tensor, n_beads: int) -> torch.Tensor:
 
 
 def push_apart(x: torch.Tensor, types: torch.Tensor, core: torch.Tensor, masses: torch.Tensor,
-               bonded: torch.Tensor, box: Optional[torch.Tensor], batch: torch.Tensor,
-               max_sweeps: int = MAX_SWEEPS, slack: float = SLACK) -> torch.Tensor:
-    """``x`` (N, 3) nm with non-bonded beads i, j moved to at least ``core[types[i], types[j]]`` nm apart.
+               bonded: torch.Tensor, box: Optional[torch.Tensor], batch: torch.Tensor, bonds: torch.Tensor,
+               cap: torch.Tensor, max_sweeps: int = MAX_SWEEPS, slack: float = SLACK) -> torch.Tensor:
+    """``x`` (N, 3) nm with non-bonded beads i, j at least ``core[types[i], types[j]]`` nm apart and bonded ones at
+    most ``cap[types[i], types[j]]``.
 
     Each sweep finds the overlapping pairs (a radius graph within the largest core distance; minimum image
-    under PBC) and separates each along its line to ``slack`` times its core (:data:`SLACK`), the move split
-    inversely to mass so that the pair's centre of mass stays put. Pairs of one sweep move together, so a bead in
-    several overlaps can end slightly farther than needed; sweeps repeat until no overlap is left or
-    ``max_sweeps`` have run.
+    under PBC) and the over-long bonds, and moves each pair along its line: an overlap to ``slack`` times its
+    core (:data:`SLACK`), a bond to its cap over ``slack``; the move is split inversely to mass so that the
+    pair's centre of mass stays put. Pairs of one sweep move together, so a bead in several pairs can end
+    slightly past its target; sweeps repeat until nothing is left to fix or ``max_sweeps`` have run.
 
     Args:
-        x: (N, 3) positions, nm. types: (N,) index of each bead's row of ``core``.
-        core: (K, K) symmetric hard-core distances, nm (0: no core). masses: (N,) amu.
-        bonded: sorted pair keys from :func:`bond_keys` (never pushed). box: None or (3,) / (B, 3) nm.
-        batch: (N,) replica of each bead (no pair spans two replicas).
+        x: (N, 3) positions, nm. types: (N,) index of each bead's row of ``core`` and ``cap``.
+        core: (K, K) symmetric hard-core distances, nm (all 0: no core). masses: (N,) amu.
+        bonded: sorted pair keys from :func:`bond_keys` (never pushed apart). box: None or (3,) / (B, 3) nm.
+        batch: (N,) replica of each bead (no pair spans two replicas). bonds: (P, 2) bonded bead pairs.
+        cap: (K, K) longest allowed bond, nm (all 0: no cap).
     """
     n = x.shape[0]
     cutoff = float(core.max())
-    if cutoff <= 0.0 or n < 2:
+    use_cap = bool((cap > 0).any()) and bonds.shape[0] > 0
+    if (cutoff <= 0.0 and not use_cap) or n < 2:
         return x
+    bead_box: Optional[torch.Tensor] = None
+    if box is not None:
+        bead_box = box if box.dim() == 1 else box[batch[bonds[:, 0]]]
     for _ in range(max_sweeps):
-        edge_index, edge_vec = radius_graph(x, cutoff, box, batch)
-        j, i = edge_index[0], edge_index[1]
-        r = torch.linalg.norm(edge_vec, dim=1)
-        overlap = core[types[i], types[j]] - r
-        close = (overlap > 0) & (r > 0)  # coincident beads (r = 0) have no direction to separate along
-        if bonded.numel() > 0:
-            close = close & ~torch.isin(i * n + j, bonded)
-        if not bool(close.any()):
+        targets: List[torch.Tensor] = []
+        moves: List[torch.Tensor] = []
+        if cutoff > 0.0:
+            edge_index, edge_vec = radius_graph(x, cutoff, box, batch)
+            j, i = edge_index[0], edge_index[1]
+            r = torch.linalg.norm(edge_vec, dim=1)
+            close = (core[types[i], types[j]] > r) & (r > 0)  # coincident beads have no line to separate along
+            if bonded.numel() > 0:
+                close = close & ~torch.isin(i * n + j, bonded)
+            i, j, r, edge_vec = i[close], j[close], r[close], edge_vec[close]
+            # edge_vec = x_i - x_j: bead i moves away from j by its mass share of the overlap (j does so in the
+            # reverse edge, which the radius graph also lists), so the pair ends slack * core apart.
+            overlap = slack * core[types[i], types[j]] - r
+            targets.append(i)
+            moves.append((overlap * masses[j] / (masses[i] + masses[j]) / r).unsqueeze(1) * edge_vec)
+        if use_cap:
+            a, b = bonds[:, 0], bonds[:, 1]
+            vec = minimum_image_torch(x[a] - x[b], bead_box)
+            r = torch.linalg.norm(vec, dim=1)
+            limit = cap[types[a], types[b]]
+            stretched = (limit > 0) & (r > limit)
+            a, b, r, vec, limit = a[stretched], b[stretched], r[stretched], vec[stretched], limit[stretched]
+            excess = (r - limit / slack) / r  # both ends move towards each other by their mass share
+            total = masses[a] + masses[b]
+            targets += [a, b]
+            moves += [-(excess * masses[b] / total).unsqueeze(1) * vec, (excess * masses[a] / total).unsqueeze(1) * vec]
+        index = torch.cat(targets)
+        if index.numel() == 0:
             break
-        i, j, r, edge_vec = i[close], j[close], r[close], edge_vec[close]
-        overlap = slack * core[types[i], types[j]] - r
-        # edge_vec = x_i - x_j: bead i moves away from j by its mass share of the overlap (j does so in the
-        # reverse edge, which the radius graph also lists), so the pair ends slack * core apart.
-        share = masses[j] / (masses[i] + masses[j])
-        x = x + scatter_sum((overlap * share / r).unsqueeze(1) * edge_vec, i, n)
+        x = x + scatter_sum(torch.cat(moves), index, n)
     return x

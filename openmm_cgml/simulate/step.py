@@ -7,8 +7,9 @@
     x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
-    x_new  = push_apart(x_new)             hard core (if the model sets one): no non-bonded pair closer than a
-                                           fraction of its closest approach in the training data
+    x_new  = push_apart(x_new)             hard core and bond cap (if the model sets them): no non-bonded pair
+                                           closer than a fraction of its closest approach in the training data,
+                                           no bond longer than a multiple of the longest one there
     x_new  = whole(x_new)                  periodic: every molecule whole, at its predicted image
     h_new  = cat(h[1:], x_new - x)        (minimum image for a bead ``whole`` relabelled by box vectors)
 
@@ -73,19 +74,22 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
 
 
 #: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
-REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "hard_core")
+REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "hard_core", "bond_cap")
 
 
-def _hard_core(config, refine) -> float:
-    """The hard-core fraction (``ModelConfig.hard_core``) of ``refine``: none without refinement (False)."""
+def _repairs(config, refine) -> Tuple[float, float]:
+    """The hard-core fraction and bond-cap multiple (``ModelConfig.hard_core``, ``.bond_cap``) of ``refine``:
+    neither without refinement (False)."""
     if refine is False or refine == 0:
-        return 0.0
-    value = float(getattr(config, "hard_core", 0.0))
+        return 0.0, 0.0
+    core, cap = float(getattr(config, "hard_core", 0.0)), float(getattr(config, "bond_cap", 0.0))
     if isinstance(refine, dict):
-        value = float(refine.get("hard_core", value))
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"hard_core must be a fraction of the closest approach in [0, 1], got {value}")
-    return value
+        core, cap = float(refine.get("hard_core", core)), float(refine.get("bond_cap", cap))
+    if not 0.0 <= core <= 1.0:
+        raise ValueError(f"hard_core must be a fraction of the closest approach in [0, 1], got {core}")
+    if cap != 0.0 and cap < 1.0:
+        raise ValueError(f"bond_cap must be 0 (off) or a multiple >= 1 of the longest training bond, got {cap}")
+    return core, cap
 
 
 def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
@@ -126,10 +130,11 @@ def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
 
 def refine_settings(config, refine=None) -> dict:
     """The refinement ``LearnedStep.from_model(model, ..., refine)`` runs: scheme, levels (nm), steps per level,
-    step size (nm²), score evaluations per step and hard-core fraction (for run records)."""
+    step size (nm²), score evaluations per step, hard-core fraction and bond cap (for run records)."""
     scheme, levels, steps, size = _refine_settings(config, refine)
+    core, cap = _repairs(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "evaluations": refine_evaluations(scheme, len(levels), steps), "hard_core": _hard_core(config, refine)}
+            "evaluations": refine_evaluations(scheme, len(levels), steps), "hard_core": core, "bond_cap": cap}
 
 
 def parse_refine(spec: str):
@@ -138,22 +143,30 @@ def parse_refine(spec: str):
     ``"model"``: the model's default; ``"none"``: dynamics only; ``"SCHEME:LxK"`` (e.g. ``"pc:4x0"``,
     ``"langevin:8x5"``): L noise levels with K steps per level: for ``langevin`` the model's last L levels and K
     Langevin steps each; for ``pc`` L levels spread over the noise range of the model's default refinement
-    (``refine_span`` levels, else ``refine_levels``) and K corrector steps each. A suffix ``,core=F`` sets the
-    hard-core fraction (``ModelConfig.hard_core``; e.g. ``"model,core=0.9"``, ``"none,core=0.9"``).
+    (``refine_span`` levels, else ``refine_levels``) and K corrector steps each. Suffixes ``,core=F`` and
+    ``,cap=G`` set the hard-core fraction and the bond cap (``ModelConfig.hard_core``, ``.bond_cap``; e.g.
+    ``"model,core=0.9,cap=1.2"``, ``"none,core=0.9"``).
     """
-    text, _, core = str(spec).strip().lower().partition(",")
+    text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
-    if not core:
+    if not suffixes:
         return settings
-    key, _, value = core.partition("=")
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = -1.0
-    if key.strip() != "core" or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"refinement {spec!r}: the suffix must be ,core=F with F a fraction in [0, 1] (e.g. ,core=0.9)")
+    repairs = {}
+    for suffix in suffixes:
+        key, _, value = suffix.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if key == "core" and 0.0 <= number <= 1.0:
+            repairs["hard_core"] = number
+        elif key == "cap" and (number == 0.0 or number >= 1.0):
+            repairs["bond_cap"] = number
+        else:
+            raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1] or ,cap=G "
+                             "with G 0 or >= 1 (e.g. ,core=0.9,cap=1.2)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
-    return {**base, "hard_core": fraction}
+    return {**base, **repairs}
 
 
 def _parse_refinement(text: str, spec: str):
@@ -165,8 +178,17 @@ def _parse_refinement(text: str, spec: str):
     levels, _, steps = shape.partition("x")
     if scheme not in SCHEMES or not levels.isdigit() or not steps.isdigit():
         raise ValueError(f"refinement {spec!r} is not model, none or SCHEME:LxK with SCHEME one of {list(SCHEMES)} "
-                         "(e.g. pc:4x0, langevin:8x5), optionally with ,core=F")
+                         "(e.g. pc:4x0, langevin:8x5), optionally with ,core=F and ,cap=G")
     return {"scheme": scheme, "n_levels": int(levels), "steps_per_level": int(steps)}
+
+
+def _training_table(model, beadmap, key: str, unseen, setting: str) -> torch.Tensor:
+    """(K, K) ``contacts.json`` table ``key`` of ``model``'s training data for ``beadmap``'s types, nm."""
+    table = None if model.contacts is None else contact_table(model.contacts, beadmap.type_names, key, unseen)
+    if table is None:
+        raise ValueError(f"{setting} needs the model's contacts.json with {key} (the statistics of its training "
+                         f"data, written by training); set {setting} to 0")
+    return torch.as_tensor(table, dtype=torch.float32)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -197,12 +219,14 @@ class LearnedStep(nn.Module):
     n_molecules: int
     molecule_noise: bool
     hard_core: float
+    bond_cap: float
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
                  step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1,
                  scheme: str = "langevin", hard_core: float = 0.0, core: Optional[torch.Tensor] = None,
-                 bead_types: Optional[torch.Tensor] = None):
+                 bead_types: Optional[torch.Tensor] = None, bond_cap: float = 0.0,
+                 cap: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -219,12 +243,17 @@ class LearnedStep(nn.Module):
         self.register_buffer("levels", torch.tensor([float(s) for s in levels], dtype=torch.float32))
         batch = torch.zeros(n, dtype=torch.long) if batch is None else torch.as_tensor(batch, dtype=torch.long)
         self.register_buffer("batch", batch.reshape(n).clone())
-        # hard core: (K, K) distances nm over bead_types (N,), all zero when off (see excluded_volume)
-        self.hard_core = float(hard_core)
-        core = torch.zeros((1, 1)) if core is None or self.hard_core <= 0 else torch.as_tensor(core)
-        self.register_buffer("core", core.to(torch.float32).clone())
+        # hard core and bond cap: (K, K) distances nm over bead_types (N,), all zero when off (see excluded_volume)
         types = torch.zeros(n, dtype=torch.long) if bead_types is None else torch.as_tensor(bead_types)
         self.register_buffer("bead_types", types.to(torch.long).reshape(n).clone())
+        given = [int(t.shape[0]) for t in (core, cap) if t is not None]
+        k = given[0] if given else (int(self.bead_types.max()) + 1 if n else 1)
+        self.hard_core, self.bond_cap = float(hard_core), float(bond_cap)
+        off = torch.zeros((k, k))
+        self.register_buffer("core", (off if core is None or self.hard_core <= 0 else torch.as_tensor(core))
+                             .to(torch.float32).clone())
+        self.register_buffer("cap", (off if cap is None or self.bond_cap <= 0 else torch.as_tensor(cap))
+                             .to(torch.float32).clone())
         self.register_buffer("bonded", bond_keys(self.bonds.cpu(), n))
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
@@ -253,7 +282,8 @@ class LearnedStep(nn.Module):
             decreasing), ``n_levels`` (use the model's last n levels), ``steps_per_level`` (Langevin steps per
             level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``hard_core``
             (fraction of each bead-type pair's closest approach in the training data below which non-bonded
-            beads are pushed apart; 0: none; default ``ModelConfig.hard_core``).
+            beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``bond_cap`` (multiple of each
+            type pair's longest training bond beyond which bonded beads are pulled together; 0: none).
         allow_unseen_types : bool
             Run bead types the model was not trained on (their embeddings are computed by the embedding GNN
             from their atom graphs) instead of refusing them.
@@ -271,14 +301,12 @@ class LearnedStep(nn.Module):
                 else "the model was trained without periodic boundaries but this system is periodic"
             )
         scheme, levels, steps, size = _refine_settings(model.config, refine)
-        hard_core = _hard_core(model.config, refine)
-        core = None
+        hard_core, bond_cap = _repairs(model.config, refine)
+        core = cap = None
         if hard_core > 0:
-            table = None if model.contacts is None else contact_table(model.contacts, beadmap.type_names)
-            if table is None:
-                raise ValueError("a hard core needs the closest approaches of the model's training data "
-                                 "(contacts.json in its directory); set hard_core to 0")
-            core = torch.as_tensor(hard_core * table, dtype=torch.float32)
+            core = hard_core * _training_table(model, beadmap, "min_distance_nm", None, "hard_core")
+        if bond_cap > 0:  # type pairs never bonded in the data get no cap
+            cap = bond_cap * _training_table(model, beadmap, "max_bond_nm", 0.0, "bond_cap")
         device = next(model.parameters()).device
         with torch.no_grad():
             table = model.embedding.embed_types(beadmap.type_graphs)
@@ -290,7 +318,8 @@ class LearnedStep(nn.Module):
         return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
                    levels, steps, size, scheme=scheme, hard_core=hard_core, core=core,
-                   bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64))).to(device)
+                   bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64)), bond_cap=bond_cap,
+                   cap=cap).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -323,6 +352,7 @@ class LearnedStep(nn.Module):
             if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
                     other.scheme != first.scheme or other.hard_core != first.hard_core or \
+                    other.bond_cap != first.bond_cap or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
         sizes = torch.tensor([int(s.n_beads) for s in steps], device=first.bonds.device)
@@ -336,6 +366,7 @@ class LearnedStep(nn.Module):
             torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps), first.scheme,
             first.hard_core, torch.block_diag(*[s.core for s in steps]),
             torch.cat([s.bead_types + int(o) for s, o in zip(steps, type_offsets)]),
+            first.bond_cap, torch.block_diag(*[s.cap for s in steps]),
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -379,8 +410,9 @@ class LearnedStep(nn.Module):
         if self.n_refine > 0 and finite:
             x_new = self.score.refine(x_pred, self.levels, self.steps_per_level, self.step_size, refine_noise,
                                       self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme, self.skin)
-        if self.hard_core > 0 and finite:
-            x_new = push_apart(x_new, self.bead_types, self.core, self.masses, self.bonded, box_opt, self.batch)
+        if (self.hard_core > 0 or self.bond_cap > 0) and finite:
+            x_new = push_apart(x_new, self.bead_types, self.core, self.masses, self.bonded, box_opt, self.batch,
+                               self.bonds, self.cap)
         moved = x_new - x
         if box_opt is not None and self.tree_child.numel() > 0 and finite:
             bead_box = box_opt if box_opt.dim() == 1 else box_opt[self.batch]

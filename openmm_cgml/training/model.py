@@ -88,6 +88,9 @@ class ArchitectureConfig(Config):
     # excluded volume after the refinement: no non-bonded pair closer than this fraction of that bead-type pair's
     # closest approach in the training data (contacts.json); 0 = off
     hard_core: float = 0.0
+    # and bonded beads farther apart than this multiple of their type pair's longest bond in the training data
+    # are pulled together (contacts.json "max_bond_nm"); 0 = off
+    bond_cap: float = 0.0
 
     def validate(self):
         super().validate()
@@ -104,6 +107,7 @@ class ArchitectureConfig(Config):
         check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0,
               "refine_steps_per_level and refine_step_size must be >= 0")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
+        check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
 
 
 @dataclass
