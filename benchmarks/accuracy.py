@@ -19,7 +19,7 @@ from openmm_cgml.analysis import (collision_thresholds, coordination_number, cou
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
 from openmm_cgml.simulate.step import refine_settings
-from openmm_cgml.training.model import DEFAULT_MODEL, load_model
+from openmm_cgml.training.model import DEFAULT_MODEL, load_model, model_path
 
 from .common import benchmark_parser, machine, set_threads, write_json
 
@@ -57,6 +57,7 @@ def main(argv=None) -> None:
                              "optionally with a hard core ,core=F and a bond cap ,cap=G (e.g. model,core=0.9,cap=1.2)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    args.model = model_path(args.model)  # a shipped model's name, like load_model takes, or a directory
 
     model = load_model(args.model)
     with CGDataset(args.reference) as ds:

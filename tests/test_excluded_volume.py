@@ -47,6 +47,24 @@ def test_push_apart_separates_every_non_bonded_overlap_across_the_boundary():
     np.testing.assert_array_equal(out.numpy()[untouched], x.numpy()[untouched])
 
 
+def test_push_apart_sweeps_share_a_verlet_list_with_the_result_of_fresh_searches():
+    # a crowded periodic frame (cores larger than the mean spacing): several sweeps, each of which the shared
+    # pair list must serve with exactly the pairs a fresh cell search finds
+    g = torch.Generator().manual_seed(1)
+    box = torch.tensor([2.0, 2.0, 2.0])
+    n = 150
+    x = torch.rand(n, 3, generator=g) * box
+    types = torch.randint(0, 2, (n,), generator=g)
+    core = torch.tensor([[0.30, 0.28], [0.28, 0.26]])
+    masses = 1.0 + 20.0 * torch.rand(n, generator=g)
+    bonds = torch.stack([torch.arange(0, 40, 2), torch.arange(1, 41, 2)], dim=1)
+    cap = torch.tensor([[0.35, 0.35], [0.35, 0.35]])
+    args = (types, core, masses, bond_keys(bonds, n), box, torch.zeros(n, dtype=torch.long), bonds, cap)
+    one_sweep = push_apart(x, *args, max_sweeps=1)
+    assert not torch.equal(push_apart(one_sweep, *args, max_sweeps=1), one_sweep)  # one sweep does not finish it
+    assert torch.equal(push_apart(x, *args, skin=0.1), push_apart(x, *args, skin=0.0))
+
+
 def test_push_apart_keeps_an_isolated_pairs_centre_of_mass_and_moves_the_light_bead_more():
     x = torch.tensor([[1.0, 1.0, 1.0], [1.1, 1.0, 1.0], [3.0, 3.0, 3.0]])
     masses = torch.tensor([30.0, 10.0, 5.0])
