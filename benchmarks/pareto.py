@@ -138,12 +138,12 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
     from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp, parse_refine
     from openmm_cgml.simulate.step import refine_settings
     from openmm_cgml.systems import BuiltSystem
-    from openmm_cgml.training.model import DEFAULT_MODEL, load_model
+    from openmm_cgml.training.model import load_model, model_path
 
     from .allatom_throughput import throughput
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "data")
-    model_dir = model_dir or DEFAULT_MODEL
+    model_dir = model_path(model_dir)  # None: the default; a shipped model's name or a directory
     model = load_model(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         name, ref_path, system_dir = _reference_copy(root, tmp)
