@@ -126,6 +126,7 @@ def summary_markdown() -> str:
     lines += _demo_lines(_load("demo.json"))
     lines += _model_step_lines(_load("model_step.json"))
     lines += _pareto_lines(_load("pareto.json"))
+    lines += _refine_screen_lines()
     dg = _load("dig.json")
     if dg:
         md, dig = dg.get("md", {}), dg.get("dig", {})
@@ -349,6 +350,31 @@ def _msd_ratio(row) -> str:
     if row.get("cg_msd_nm2_at_lag") is None:
         return "n/a"
     return f"{row['cg_msd_nm2_at_lag'] / row['allatom_msd_nm2_at_lag']:.2f}"
+
+
+def _refine_screen_lines() -> list:
+    """Refinement settings of one model on one held-out box (benchmarks/results/refine_screen/, each file a
+    ``benchmarks.accuracy`` run with its command), sorted by score evaluations per step."""
+    where = os.path.join(RESULTS, "refine_screen")
+    runs = [_load(os.path.join("refine_screen", name)) for name in sorted(os.listdir(where))
+            if name.endswith(".json")] if os.path.isdir(where) else []
+    if not runs:
+        return []
+    first = runs[0]
+    lines = [f"## Refinement screen, model `{os.path.basename(os.path.normpath(first['model']))}` "
+             f"({first['reference'].split('/')[2]}, {first['replicas']} replicas × {first['cg_ns_per_replica']:g} ns "
+             f"CG; `{first['command'].split(' --refine')[0]} --refine SPEC`)",
+             "| refinement | evaluations | hard core, bond cap | Li–PEO first-peak height | Li⁺ within 0.5 nm of a Li⁺ | "
+             "chain Rg² | MSD at 1 ns, CG / all-atom (PEO, TFSI, Li) |", "|---|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: r["refine"]["evaluations"]):
+        refine, peak = run["refine"], run["rdf_first_peak"]["LI-PEO"]
+        ratios = ", ".join(_msd_ratio(run["diffusivity"][k]) for k in ("PEO", "TFS", "LI") if k in run["diffusivity"])
+        lines.append(f"| `{run['command'].split('--refine ')[1]}` | {refine['evaluations']} | "
+                     f"{refine.get('hard_core', 0):g}, {refine.get('bond_cap', 0):g} | "
+                     f"{100 * (peak['cg'][1] / peak['allatom'][1] - 1):+.0f} % | "
+                     f"{run['neighbours_within_0.5nm']['LI-LI']['cg']:.3f} | "
+                     f"{100 * run['rg2_nm2']['relative_error']:+.1f} % | {ratios} |")
+    return lines + [""]
 
 
 def _peo_pareto_lines(pe) -> list:
