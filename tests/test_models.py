@@ -178,56 +178,6 @@ def test_molecule_noise_samples_and_scores_its_covariance():
         float(gaussian_nll(target, mean, std)), rel=1e-6)
 
 
-def test_shell_noise_puts_a_bound_ion_in_its_nearest_chains_noise_group():
-    """Shell noise: a one-bead molecule within shell_noise of a larger molecule's bead (minimum image) shares the
-    nearest such molecule's noise; far ions, and ions next to ions only, keep their own; the step scripts."""
-    box = torch.tensor([3.0, 3.0, 3.0])
-    pos = torch.tensor([
-        [0.1, 1.0, 1.0], [0.4, 1.0, 1.0], [0.7, 1.0, 1.0],  # chain 0
-        [2.9, 1.0, 1.1],                                     # ion 1: 0.22 nm from bead 0 through the boundary
-        [1.5, 2.5, 2.5],                                     # ion 2: far from everything
-        [1.0, 1.2, 1.0], [1.3, 1.2, 1.0],                    # chain 3
-        [0.85, 1.1, 1.0],                                    # ion 4: 0.18 nm from chain 3, 0.18 from chain 0
-        [1.5, 2.5, 2.75],                                    # ion 5: next to ion 2 only
-    ])
-    molecule = torch.tensor([0, 0, 0, 1, 2, 3, 3, 4, 5])
-    shell = DynamicsGNN(8, 2, 0.8, molecule_noise=True, shell_noise=0.35)
-    groups = shell.noise_groups(pos, molecule, 6, box)
-    d0, d3 = float(torch.linalg.norm(pos[7] - pos[2])), float(torch.linalg.norm(pos[7] - pos[5]))
-    assert groups.tolist() == [0, 0, 0, 0, 2, 3, 3, 0 if d0 < d3 else 3, 5]
-    assert torch.equal(torch.jit.script(shell).noise_groups(pos, molecule, 6, box), groups)
-    # without PBC ion 1 is 2.8 nm from the chain; without shell noise the groups are the molecules
-    assert int(shell.noise_groups(pos, molecule, 6)[3]) == 1
-    assert torch.equal(DynamicsGNN(8, 2, 0.8, molecule_noise=True).noise_groups(pos, molecule, 6, box), molecule)
-    with pytest.raises(ValueError, match="molecule noise"):
-        DynamicsGNN(8, 2, 0.8, molecule_noise=False, shell_noise=0.35)
-
-
-def test_a_shell_noise_model_config_round_trips_and_its_step_scripts(tmp_path):
-    from openmm_cgml.simulate.step import LearnedStep, step_noise
-    from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig, load_model
-
-    bm = _pair_beadmap(4, periodic=True)
-    config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, n_rbf=8, cutoff=0.5,
-                         history_length=2, score_hidden=16, score_layers=1, n_sigmas=4, sigma_max=0.2,
-                         sigma_min=0.005, refine_levels=0, timestep_ps=100.0, periodic=True, molecule_noise=True,
-                         shell_noise_nm=0.3)
-    model = CGModel(config, BeadVocabulary(bm.type_names, bm.type_graphs)).eval()
-    model.save(str(tmp_path / "m"))
-    loaded = load_model(str(tmp_path / "m"))
-    assert loaded.config.shell_noise_nm == 0.3 and loaded.dynamics.shell_noise == 0.3
-    step = LearnedStep.from_model(loaded, bm)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(8, 3, generator=gen) * 1.2
-    h = 0.01 * torch.randn(2, 8, 3, generator=gen)
-    box = torch.tensor([1.2, 1.2, 1.2])
-    dyn, ref = step_noise(0, 0, 8, 0)
-    with torch.no_grad():
-        assert torch.equal(torch.jit.script(step)(x, h, box, dyn, ref)[0], step(x, h, box, dyn, ref)[0])
-    with pytest.raises(ValueError, match="shell_noise_nm"):
-        ModelConfig(molecule_noise=False, shell_noise_nm=0.3).validate()
-
-
 def test_refine_uses_noise_and_levels(system):
     s = system
     levels = torch.tensor(sigma_levels(0.1, 0.01, 3))

@@ -13,13 +13,6 @@ molecule, so that per Cartesian component the covariance of a molecule's acceler
 ``diag(sigma²) + s sᵀ``. :func:`sample_acceleration` draws it exactly from the usual N standard normals and
 :func:`gaussian_nll` scores it in closed form (matrix determinant lemma), both in O(N).
 
-Shell noise (``shell_noise > 0`` nm, with molecule noise): an ion bound to a chain moves with it (in the PEO
-references the 100-ps displacement of a Li⁺ correlates 0.80-0.89 with that of its nearest chain's centre), but as
-a one-bead molecule it would draw its own shared noise, so each step tore it from its solvation shell and the
-refinement had to rebuild the shell. :meth:`DynamicsGNN.noise_groups` therefore puts a bead that is alone in its
-molecule into the noise group of the larger molecule of its nearest bead within ``shell_noise`` nm (at the start
-of the step), and the shared noise runs over these groups instead of the molecules.
-
 Equivariance by construction: the backbone sees only invariants (bead embedding, log mass, speeds |v_k|,
 Gaussian RBFs of edge lengths, edge type, projections of both ends' velocities on the edge's unit vector). The
 mean is ``EdgeVectorHead`` (invariant weights x edge unit vectors) plus invariant per-bead coefficients times the
@@ -36,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbone import MLP, EdgeVectorHead, GaussianRBF, GraphBackbone, scatter_sum
-from .graph import build_edges, radius_graph
+from .graph import build_edges
 
 
 class DynamicsGNN(nn.Module):
@@ -50,8 +43,6 @@ class DynamicsGNN(nn.Module):
         min_std: floor of the predicted std in units of ``accel_scale``.
         velocity_scale, accel_scale: normalisation, nm per step and nm per step².
         molecule_noise: also predict each bead's loading on its molecule's shared noise (else it is zero).
-        shell_noise: nm; > 0 (molecule noise only): a one-bead molecule within this distance of a larger one
-            shares that one's noise (:meth:`noise_groups`).
     """
 
     def __init__(
@@ -67,11 +58,8 @@ class DynamicsGNN(nn.Module):
         velocity_scale: float = 1.0,
         accel_scale: float = 1.0,
         molecule_noise: bool = False,
-        shell_noise: float = 0.0,
     ):
         super().__init__()
-        if shell_noise < 0 or (shell_noise > 0 and not molecule_noise):
-            raise ValueError(f"shell_noise must be 0 or a distance > 0 nm with molecule noise, got {shell_noise}")
         if history_length < 1:
             raise ValueError(f"history_length must be >= 1, got {history_length}")
         if cutoff <= 0:
@@ -84,7 +72,6 @@ class DynamicsGNN(nn.Module):
         self.velocity_scale = float(velocity_scale)
         self.accel_scale = float(accel_scale)
         self.molecule_noise = bool(molecule_noise)
-        self.shell_noise = float(shell_noise)
         h = self.history_length
         self.rbf = GaussianRBF(n_rbf, cutoff)
         self.backbone = GraphBackbone(embed_dim + 1 + h, n_rbf + 2 + 2 * h, hidden, n_layers, mlp_layers)
@@ -134,29 +121,6 @@ class DynamicsGNN(nn.Module):
         else:
             shared = torch.zeros_like(std)
         return mean, std, shared
-
-    @torch.jit.export
-    def noise_groups(self, pos: torch.Tensor, molecule: torch.Tensor, n_molecules: int,
-                     box: Optional[torch.Tensor] = None, batch: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The shared-noise group (N,) of each bead, in 0 .. n_molecules - 1: its molecule (``molecule`` (N,)),
-        except that with ``shell_noise`` a bead alone in its molecule takes the molecule of its nearest bead of a
-        larger molecule within ``shell_noise`` nm of ``pos`` (N, 3) (minimum image under ``box``; ties go to the
-        lower bead index)."""
-        n = pos.shape[0]
-        if self.shell_noise <= 0 or n < 2:
-            return molecule
-        size = scatter_sum(torch.ones_like(pos[:, 0]), molecule, n_molecules)[molecule]
-        edge_index, edge_vec = radius_graph(pos, self.shell_noise, box, batch)
-        j, i = edge_index[0], edge_index[1]
-        keep = (size[i] == 1) & (size[j] > 1)
-        i, j = i[keep], j[keep]
-        r = torch.linalg.norm(edge_vec[keep], dim=1)
-        nearest = torch.full((n,), float("inf"), dtype=pos.dtype, device=pos.device).scatter_reduce(
-            0, i, r, "amin")
-        pick = r == nearest[i]
-        partner = torch.full((n,), n, dtype=torch.long, device=pos.device).scatter_reduce(
-            0, i[pick], j[pick], "amin")
-        return torch.where(partner < n, molecule[partner.clamp(max=n - 1)], molecule)
 
 
 def _molecule_projection(std: torch.Tensor, shared: torch.Tensor, z: torch.Tensor, molecule: torch.Tensor,

@@ -400,8 +400,7 @@ class LearnedStep(nn.Module):
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
         mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
         if self.molecule_noise:
-            group = self.dynamics.noise_groups(x, self.molecule, self.n_molecules, box_opt, self.batch)
-            x_pred = x + h[-1] + sample_acceleration(mean, std, shared, group, self.n_molecules, dyn_noise)
+            x_pred = x + h[-1] + sample_acceleration(mean, std, shared, self.molecule, self.n_molecules, dyn_noise)
         else:
             x_pred = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
         x_new = x_pred

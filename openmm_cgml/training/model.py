@@ -70,7 +70,6 @@ class ArchitectureConfig(Config):
     history_length: int = 4
     min_std: float = 1e-3  # in units of accel_scale
     molecule_noise: bool = False  # a noise shared by each molecule's beads (DynamicsGNN)
-    shell_noise_nm: float = 0.0  # with molecule noise: an ion this close to a chain shares its noise; 0 = off
     # score GNN and its noise ladder
     score_hidden: int = 64
     score_layers: int = 4
@@ -107,8 +106,6 @@ class ArchitectureConfig(Config):
         check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
         check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0,
               "refine_steps_per_level and refine_step_size must be >= 0")
-        check(self.shell_noise_nm == 0.0 or (self.shell_noise_nm > 0.0 and self.molecule_noise),
-              f"shell_noise_nm must be 0 (off) or > 0 nm with molecule_noise: true, got {self.shell_noise_nm}")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
 
@@ -152,8 +149,7 @@ class CGModel(nn.Module):
         self.contacts: Optional[dict] = None
         self.embedding = BeadEmbedding(c.embed_dim, c.embed_hidden, c.embed_layers, c.mlp_layers)
         self.dynamics = DynamicsGNN(c.embed_dim, c.history_length, c.cutoff, c.hidden, c.n_layers, c.mlp_layers,
-                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise,
-                                    c.shell_noise_nm)
+                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise)
         self.score = ScoreGNN(c.embed_dim, c.score_cutoff or c.cutoff, c.score_hidden, c.score_layers, c.mlp_layers,
                               c.n_rbf)
 

@@ -226,8 +226,7 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
         target = wb.next - x - hist[-1]
         mean, std, shared = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch)
         if model.dynamics.molecule_noise:
-            group = model.dynamics.noise_groups(x, wb.molecule, wb.n_molecules, wb.box, wb.batch)
-            nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale, shared, group, wb.n_molecules)
+            nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale, shared, wb.molecule, wb.n_molecules)
         else:
             nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale)
     if config.score_weight > 0:
