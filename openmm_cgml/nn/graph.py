@@ -188,6 +188,14 @@ def radius_graph_from_candidates(
     return _close_pairs(pos, cutoff, candidates[0], candidates[1], box, batch)
 
 
+def verlet_skin(skin: float, cutoff: float, box: Optional[torch.Tensor]) -> float:
+    """``skin`` (nm) cut so that a :func:`neighbour_candidates` list of ``cutoff + skin`` stays within half the
+    smallest box edge (the minimum-image condition); 0 (a fresh search each call) where no skin fits."""
+    if box is None:
+        return skin
+    return max(0.0, min(skin, 0.4999 * float(box.min()) - cutoff))
+
+
 def neighbour_candidates(
     pos: torch.Tensor,
     cutoff: float,

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbone import EdgeVectorHead, GaussianRBF, GraphBackbone
-from .graph import build_edges, neighbour_candidates
+from .graph import build_edges, neighbour_candidates, verlet_skin
 
 
 def sigma_levels(sigma_max: float, sigma_min: float, n_levels: int) -> List[float]:
@@ -119,8 +119,8 @@ class ScoreGNN(nn.Module):
             raise ValueError("refinement noise must have one row per score evaluation (refine_evaluations)")
         last = levels[n_levels - 1]
         k = 0
-        if skin > 0 and box is not None:  # the list's search radius must stay within half the box (minimum image)
-            skin = min(skin, 0.4999 * float(box.min()) - self.cutoff)
+        if skin > 0:
+            skin = verlet_skin(skin, self.cutoff, box)
         reference = x.new_zeros((0, 3))
         candidates = torch.zeros((2, 0), dtype=torch.long, device=x.device)
         for i in range(n_levels):

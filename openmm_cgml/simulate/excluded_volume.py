@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 
 from ..nn.backbone import scatter_sum
-from ..nn.graph import neighbour_candidates, radius_graph_from_candidates
+from ..nn.graph import neighbour_candidates, radius_graph_from_candidates, verlet_skin
 from ..pbc import minimum_image_torch
 
 #: Sweeps of :func:`push_apart` before it gives up on a crowded frame (each sweep removes every overlap it sees).
@@ -40,15 +40,17 @@ def bond_keys(bonds: torch.Tensor, n_beads: int) -> torch.Tensor:
 
 def push_apart(x: torch.Tensor, types: torch.Tensor, core: torch.Tensor, masses: torch.Tensor,
                bonded: torch.Tensor, box: Optional[torch.Tensor], batch: torch.Tensor, bonds: torch.Tensor,
-               cap: torch.Tensor, max_sweeps: int = MAX_SWEEPS, slack: float = SLACK, skin: float = SKIN_NM) -> torch.Tensor:
+               cap: torch.Tensor, max_sweeps: int = MAX_SWEEPS, slack: float = SLACK,
+               skin: float = SKIN_NM) -> torch.Tensor:
     """``x`` (N, 3) nm with non-bonded beads i, j at least ``core[types[i], types[j]]`` nm apart and bonded ones at
     most ``cap[types[i], types[j]]``.
 
     Each sweep finds the overlapping pairs (a radius graph within the largest core distance, minimum image
-    under PBC, from a Verlet list the sweeps share) and the over-long bonds, and moves each pair along its line: an overlap to ``slack`` times its
-    core (:data:`SLACK`), a bond to its cap over ``slack``; the move is split inversely to mass so that the
-    pair's centre of mass stays put. Pairs of one sweep move together, so a bead in several pairs can end
-    slightly past its target; sweeps repeat until nothing is left to fix or ``max_sweeps`` have run.
+    under PBC, from a Verlet list the sweeps share) and the over-long bonds, and moves each pair along its
+    line: an overlap to ``slack`` times its core (:data:`SLACK`), a bond to its cap over ``slack``; the move is
+    split inversely to mass so that the pair's centre of mass stays put. Pairs of one sweep move together, so a
+    bead in several pairs can end slightly past its target; sweeps repeat until nothing is left to fix or
+    ``max_sweeps`` have run.
 
     Args:
         x: (N, 3) positions, nm. types: (N,) index of each bead's row of ``core`` and ``cap``.
@@ -65,7 +67,7 @@ def push_apart(x: torch.Tensor, types: torch.Tensor, core: torch.Tensor, masses:
     bead_box: Optional[torch.Tensor] = None
     if box is not None:
         bead_box = box if box.dim() == 1 else box[batch[bonds[:, 0]]]
-        skin = max(0.0, min(skin, 0.4999 * float(box.min()) - cutoff))  # the list's radius within half the box
+    skin = verlet_skin(skin, cutoff, box)
     reference = x.new_zeros((0, 3))
     candidates = torch.zeros((2, 0), dtype=torch.long, device=x.device)
     for _ in range(max_sweeps):
