@@ -5,7 +5,8 @@
 :class:`~openmm_cgml.simulate.step.LearnedStep`, keeps the velocity history, step index and seed (all three in
 Context checkpoints), and draws the noise of :func:`~openmm_cgml.simulate.step.step_noise`, so it gives the
 trajectory of the Python :class:`~openmm_cgml.simulate.integrator.CGMLIntegrator` for the same seed. It runs on
-the Reference and CPU platforms. Its CG System has no PythonForce (:func:`create_cg_system`).
+every platform (positions go through ContextImpl); on CUDA with a CUDA torch the model runs on the Context's GPU
+(``getDevice()``). Its CG System has no PythonForce (:func:`create_cg_system`).
 
 The plugin is built against the installed torch and OpenMM by ``pip install -e .`` when torch is already
 installed, otherwise on first use (a one-time CMake build into ``plugin_kernels/build/``, about a minute or
@@ -184,7 +185,7 @@ def CGMLIntegrator(step, seed: int = 0, max_displacement=None, model_file=None):
             the Context keeps the last good state.
         model_file: where to export ``step`` (default: a content-named file in :func:`step_cache_dir`).
 
-    The System must have one particle per bead (:func:`create_cg_system`); use the Reference or CPU platform.
+    The System must have one particle per bead (:func:`create_cg_system`); any platform runs it.
     """
     module = native()
     scripted = step

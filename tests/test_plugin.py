@@ -84,6 +84,33 @@ def test_compiled_and_python_integrators_agree_over_20_steps(setup, tmp_path, pl
     assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 5
 
 
+def _has_platform(name):
+    return any(openmm.Platform.getPlatform(i).getName() == name for i in range(openmm.Platform.getNumPlatforms()))
+
+
+@needs_plugin
+@pytest.mark.skipif(not _has_platform("OpenCL"), reason="no OpenCL platform (e.g. apt install pocl-opencl-icd)")
+def test_compiled_step_runs_on_a_device_platform_as_on_reference(setup):
+    """OpenCL keeps positions in device memory in its own atom order; the kernel reaches them through ContextImpl
+    (as it would on CUDA) and gives the Reference trajectory."""
+    built, beadmap, model = setup
+    bound = 10.0 * unit.nanometer
+    reference = simulation(built, model, "compiled", "Reference", max_displacement=bound)
+    cg = plugin.coarse_grain_simulation(built.topology, built.system, built.positions, model,
+                                        box_vectors=built.box_vectors, seed=7, kernel="compiled",
+                                        max_displacement=bound)
+    device = app.Simulation(cg.topology, cg.system, cg.integrator, openmm.Platform.getPlatformByName("OpenCL"),
+                            {"Precision": "double"})
+    device.context.setPositions(cg.positions)
+    assert device.integrator.getDevice() == "cpu" and reference.integrator.getDevice() == "cpu"
+    for _ in range(20):
+        reference.step(1)
+        device.step(1)
+    np.testing.assert_allclose(positions(device), positions(reference), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(device.integrator.get_history(), reference.integrator.get_history(), rtol=0, atol=2e-5)
+    assert device.integrator.getStepIndex() == 20
+
+
 @needs_plugin
 def test_other_seed_gives_other_trajectory(setup):
     built, beadmap, model = setup

@@ -39,6 +39,8 @@ public:
     bool usesPeriodicBoundaryConditions() const;
     /** Index of the next step (0 before the first); the step's noise is drawn from (seed, step index). */
     long long getStepIndex() const;
+    /** Where the learned step runs, as torch names it ("cpu", "cuda:0"). Needs a Context. */
+    std::string getDevice() const;
     /** The velocity history, H*N*3 values (nm per model step, [H-1] most recent), row-major. Needs a Context. */
     std::vector<double> getHistory() const;
     void setHistory(const std::vector<double>& history);
@@ -62,7 +64,7 @@ private:
     OpenMM::Kernel kernel;
 };
 
-/** Register the CGML kernels on the Reference and CPU platforms (idempotent; the constructor calls it). */
+/** Register the CGML kernels on every platform OpenMM has loaded (idempotent; the constructor calls it). */
 void registerCGMLKernels();
 
 } // namespace CGMLPlugin

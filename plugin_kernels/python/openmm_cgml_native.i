@@ -50,6 +50,7 @@ public:
     int getNumRefine() const;
     bool usesPeriodicBoundaryConditions() const;
     long long getStepIndex() const;
+    std::string getDevice() const;
     std::vector<double> getHistory() const;
     void setHistory(const std::vector<double>& history);
     %rename(_step) step;

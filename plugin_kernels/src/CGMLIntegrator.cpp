@@ -58,6 +58,10 @@ long long CGMLIntegrator::getStepIndex() const {
     return context == NULL ? 0 : stepKernel().getStepIndex();
 }
 
+std::string CGMLIntegrator::getDevice() const {
+    return stepKernel().getDevice();
+}
+
 std::vector<double> CGMLIntegrator::getHistory() const {
     return stepKernel().getHistory();
 }
@@ -73,7 +77,7 @@ void CGMLIntegrator::initialize(OpenMM::ContextImpl& contextRef) {
     context = &contextRef;
     owner = &contextRef.getOwner();
     kernel = context->getPlatform().createKernel(StepCGMLKernel::Name(), contextRef);
-    kernel.getAs<StepCGMLKernel>().initialize(contextRef.getSystem(), *this, seed);
+    kernel.getAs<StepCGMLKernel>().initialize(contextRef, *this, seed);
 }
 
 void CGMLIntegrator::cleanup() {

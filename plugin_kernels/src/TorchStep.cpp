@@ -1,11 +1,12 @@
 /*
  * The libtorch side of the plugin: loading the TorchScript learned step, the noise stream, and one kernel that
- * runs the step on host tensors, registered for the Reference and CPU platforms.
+ * runs the step, registered for every platform OpenMM has loaded (Reference, CPU, OpenCL, CUDA, HIP).
  *
- * The kernel exchanges positions and velocities through ContextImpl, so it works on any platform whose
- * positions can be read on the host. TODO(CUDA): a CUDA kernel would keep positions on the device and hand the
- * module device tensors (torch::from_blob on the CUDA platform's posq); it needs a CUDA torch and OpenMM's
- * CUDA headers, and is not built here.
+ * The kernel exchanges positions and velocities through ContextImpl, so it works on any platform. On the CUDA
+ * platform with a CUDA build of torch, the module, the history and every step tensor live on the Context's GPU;
+ * positions still cross the host once per step (3 floats per bead each way, small next to the model). Keeping
+ * them on the device (torch::from_blob on the CUDA platform's posq, in its reordered atom order) needs OpenMM's
+ * CUDA headers and cuda.h at build time and is not done.
  */
 #include "CGMLIntegrator.h"
 #include "CGMLKernels.h"
@@ -15,9 +16,13 @@
 #include "openmm/KernelFactory.h"
 #include "openmm/internal/windowsExport.h"
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 #include <cmath>
+#include <cstdlib>
+#include <dlfcn.h>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <sstream>
 
@@ -89,15 +94,43 @@ uint64_t CGMLPlugin::noiseSeed(uint64_t seed, uint64_t step) {
 
 namespace {
 
+/* The GPU-style platforms (OpenCL, CUDA, HIP) allocate a Context's device arrays only when its integrator's kernel
+   asks for it: their own integrators call PlatformData::initializeContexts (idempotent) first. This library is not
+   linked against those platforms, so it finds that function in the loaded platform library by its symbol. */
+static void finishDeviceContext(ContextImpl& context) {
+    static const std::map<std::string, std::pair<const char*, const char*> > platforms = {
+        {"OpenCL", {"libOpenMMOpenCL.so", "_ZN6OpenMM14OpenCLPlatform12PlatformData18initializeContextsERKNS_6SystemE"}},
+        {"CUDA", {"libOpenMMCUDA.so", "_ZN6OpenMM12CudaPlatform12PlatformData18initializeContextsERKNS_6SystemE"}},
+        {"HIP", {"libOpenMMHIP.so", "_ZN6OpenMM11HipPlatform12PlatformData18initializeContextsERKNS_6SystemE"}}};
+    const std::string name = context.getPlatform().getName();
+    auto found = platforms.find(name);
+    if (found == platforms.end())
+        return;  // Reference, CPU: host arrays, ready once the Context exists
+    void* address = dlsym(RTLD_DEFAULT, found->second.second);
+    if (address == NULL) {
+        void* library = dlopen(found->second.first, RTLD_LAZY | RTLD_NOLOAD);  // already loaded by OpenMM
+        if (library != NULL)
+            address = dlsym(library, found->second.second);
+    }
+    if (address == NULL)
+        throw OpenMMException("CGMLIntegrator: cannot finish setting up the " + name + " Context (" +
+                std::string(found->second.first) + " does not export PlatformData::initializeContexts); use "
+                "the Reference or CPU platform");
+    typedef void (*InitializeContexts)(void* platformData, const System& system);  // a non-virtual member call
+    reinterpret_cast<InitializeContexts>(address)(context.getPlatformData(), context.getSystem());
+}
+
 static const char CHECKPOINT_MAGIC[8] = {'C', 'G', 'M', 'L', 'C', 'K', 'P', '1'};
 
-/* The learned step on host tensors: reads positions from the Context, runs the module, writes them back. */
-class HostStepKernel : public StepCGMLKernel {
+/* The learned step on ``device``: reads positions from the Context, runs the module, writes them back. */
+class TorchStepKernel : public StepCGMLKernel {
 public:
-    HostStepKernel(const std::string& name, const Platform& platform) : StepCGMLKernel(name, platform) {
+    TorchStepKernel(const std::string& name, const Platform& platform, torch::Device device)
+            : StepCGMLKernel(name, platform), device(device) {
     }
 
-    void initialize(const System& system, const CGMLIntegrator& integrator, long long initialSeed) {
+    void initialize(ContextImpl& context, const CGMLIntegrator& integrator, long long initialSeed) {
+        const System& system = context.getSystem();
         step = integrator.getLoadedStep();
         const StepInfo& info = step->info;
         if (system.getNumParticles() != info.numBeads) {
@@ -107,12 +140,18 @@ public:
                 << " particles; export the step for this bead system";
             throw OpenMMException(msg.str());
         }
+        finishDeviceContext(context);
         masses.resize(info.numBeads);
         for (int i = 0; i < info.numBeads; ++i)
             masses[i] = system.getParticleMass(i);
         seed = initialSeed;
         stepIndex = 0;
-        history = torch::zeros({info.historyLength, info.numBeads, 3}, torch::kFloat32);
+        module = step->module;
+        if (!device.is_cpu()) {
+            module = step->module.clone();  // the integrator's own copy stays on the host
+            module.to(device);
+        }
+        history = torch::zeros({info.historyLength, info.numBeads, 3}, onDevice());
     }
 
     void execute(ContextImpl& context, const CGMLIntegrator& integrator) {
@@ -141,11 +180,13 @@ public:
         torch::Tensor xNew, hNew;
         {
             torch::NoGradGuard noGrad;
-            std::vector<torch::jit::IValue> inputs = {x, history, box, dynNoise, refineNoise};
+            // The noise is drawn on the host whatever the device, so the stream is the Python one.
+            std::vector<torch::jit::IValue> inputs = {x.to(device), history, box.to(device), dynNoise.to(device),
+                                                      refineNoise.to(device)};
             try {
-                auto result = step->module.forward(inputs).toTuple();
-                xNew = result->elements()[0].toTensor().to(torch::kFloat32).contiguous();
-                hNew = result->elements()[1].toTensor().to(torch::kFloat32).contiguous();
+                auto result = module.forward(inputs).toTuple();
+                xNew = result->elements()[0].toTensor().to(torch::kFloat32).to(torch::kCPU).contiguous();
+                hNew = result->elements()[1].toTensor().to(onDevice()).contiguous();
             }
             catch (const c10::Error& err) {
                 // e.g. graph building on positions the model itself made NaN: a blow-up, as in the Python step
@@ -153,8 +194,9 @@ public:
                         "the step (" + firstLine(err.what_without_backtrace()) + "); last good state kept");
             }
         }
+        torch::Tensor moved = hNew[info.historyLength - 1].to(torch::kCPU).contiguous();
         const float* xn = xNew.data_ptr<float>();
-        const float* dn = hNew[info.historyLength - 1].contiguous().data_ptr<float>();
+        const float* dn = moved.data_ptr<float>();
         checkStep(xn, dn, n, integrator.getMaxDisplacement());
         const double dt = integrator.getStepSize();
         std::vector<Vec3> velocities(n);
@@ -189,7 +231,7 @@ public:
     }
 
     std::vector<double> getHistory() const {
-        torch::Tensor h = history.contiguous();
+        torch::Tensor h = history.to(torch::kCPU).contiguous();
         const float* data = h.data_ptr<float>();
         return std::vector<double>(data, data + h.numel());
     }
@@ -202,20 +244,20 @@ public:
                 << " x 3 values, got " << values.size();
             throw OpenMMException(msg.str());
         }
-        torch::Tensor h = torch::empty_like(history);
+        torch::Tensor h = torch::empty(history.sizes(), torch::kFloat32);
         float* data = h.data_ptr<float>();
         for (size_t i = 0; i < values.size(); ++i) {
             if (!std::isfinite(values[i]))
                 throw OpenMMException("CGMLIntegrator: the history contains NaN or inf");
             data[i] = (float) values[i];
         }
-        history = h;
+        history = h.to(device);
     }
 
     void createCheckpoint(std::ostream& stream) const {
         const int32_t dims[2] = {(int32_t) history.size(0), (int32_t) history.size(1)};
         const int64_t counters[2] = {(int64_t) seed, (int64_t) stepIndex};
-        torch::Tensor h = history.contiguous();
+        torch::Tensor h = history.to(torch::kCPU).contiguous();
         stream.write(CHECKPOINT_MAGIC, sizeof(CHECKPOINT_MAGIC));
         stream.write((const char*) counters, sizeof(counters));
         stream.write((const char*) dims, sizeof(dims));
@@ -233,16 +275,24 @@ public:
             throw OpenMMException("CGMLIntegrator: the checkpoint was not written by a CGMLIntegrator");
         if (dims[0] != history.size(0) || dims[1] != history.size(1))
             throw OpenMMException("CGMLIntegrator: the checkpoint is for another bead system or history length");
-        torch::Tensor h = torch::empty_like(history);
+        torch::Tensor h = torch::empty(history.sizes(), torch::kFloat32);
         stream.read((char*) h.data_ptr<float>(), h.numel() * sizeof(float));
         if (!stream)
             throw OpenMMException("CGMLIntegrator: the checkpoint is truncated");
         seed = counters[0];
         stepIndex = counters[1];
-        history = h;
+        history = h.to(device);
+    }
+
+    std::string getDevice() const {
+        return device.str();
     }
 
 private:
+    torch::TensorOptions onDevice() const {
+        return torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    }
+
     /* The bound of the Python integrator's check_step: a NaN/inf position, or a bead whose displacement this step
        (the newest history row, which leaves out whole-box relabelling) is longer than maxDisplacement nm. */
     void checkStep(const float* xNew, const float* moved, int n, double maxDisplacement) const {
@@ -273,18 +323,33 @@ private:
         }
     }
 
+    torch::Device device;
     std::shared_ptr<LoadedStep> step;
+    torch::jit::Module module;
     std::vector<double> masses;
     long long seed = 0;
     long long stepIndex = 0;
     torch::Tensor history;
 };
 
+/* The torch device for a Context: its own GPU on the CUDA platform when this torch build has CUDA, else the host.
+   OPENMM_CGML_TORCH_DEVICE=cpu keeps the model on the host everywhere. */
+static torch::Device torchDevice(const Platform& platform, ContextImpl& context) {
+    const char* forced = std::getenv("OPENMM_CGML_TORCH_DEVICE");
+    if (forced != NULL && std::string(forced) == "cpu")
+        return torch::Device(torch::kCPU);
+    if (platform.getName() != "CUDA" || !torch::cuda::is_available())
+        return torch::Device(torch::kCPU);
+    std::string index = platform.getPropertyValue(context.getOwner(), "DeviceIndex");
+    index = index.substr(0, index.find(','));  // a multi-GPU Context: the model runs on its first device
+    return torch::Device(torch::kCUDA, (c10::DeviceIndex) (index.empty() ? 0 : std::stoi(index)));
+}
+
 class CGMLKernelFactory : public KernelFactory {
 public:
     KernelImpl* createKernelImpl(std::string name, const Platform& platform, ContextImpl& context) const {
         if (name == StepCGMLKernel::Name())
-            return new HostStepKernel(name, platform);
+            return new TorchStepKernel(name, platform, torchDevice(platform, context));
         throw OpenMMException("CGMLKernelFactory: no kernel named " + name);
     }
 };
@@ -297,8 +362,7 @@ void CGMLPlugin::registerCGMLKernels() {
     const std::vector<std::string> kernels(1, StepCGMLKernel::Name());
     for (int i = 0; i < Platform::getNumPlatforms(); ++i) {
         Platform& platform = Platform::getPlatform(i);
-        const std::string name = platform.getName();
-        if ((name == "Reference" || name == "CPU") && !platform.supportsKernels(kernels))
+        if (!platform.supportsKernels(kernels))
             platform.registerKernelFactory(StepCGMLKernel::Name(), new CGMLKernelFactory());
     }
 }
