@@ -42,10 +42,11 @@ def _setup(tiny_peo_litfsi):
     return built, beadmap, tiny_model(beadmap)
 
 
-def simulation(built, model, kernel, platform="Reference", seed=7, **options):
+def simulation(built, model, kernel, platform="Reference", seed=7, properties=None, **options):
     cg = plugin.coarse_grain_simulation(built.topology, built.system, built.positions, model,
                                         box_vectors=built.box_vectors, seed=seed, kernel=kernel, **options)
-    sim = app.Simulation(cg.topology, cg.system, cg.integrator, openmm.Platform.getPlatformByName(platform))
+    sim = app.Simulation(cg.topology, cg.system, cg.integrator, openmm.Platform.getPlatformByName(platform),
+                         properties)
     sim.context.setPositions(cg.positions)
     return sim
 
@@ -98,12 +99,8 @@ def test_compiled_step_runs_on_a_device_platform_as_on_reference(setup, platform
     built, beadmap, model = setup
     bound = 10.0 * unit.nanometer
     reference = simulation(built, model, "compiled", "Reference", max_displacement=bound)
-    cg = plugin.coarse_grain_simulation(built.topology, built.system, built.positions, model,
-                                        box_vectors=built.box_vectors, seed=7, kernel="compiled",
-                                        max_displacement=bound)
-    device = app.Simulation(cg.topology, cg.system, cg.integrator, openmm.Platform.getPlatformByName(platform),
-                            {"Precision": "double"})
-    device.context.setPositions(cg.positions)
+    device = simulation(built, model, "compiled", platform, properties={"Precision": "double"},
+                        max_displacement=bound)
     on_gpu = platform == "CUDA" and torch.cuda.is_available()
     assert device.integrator.getDevice() == ("cuda:0" if on_gpu else "cpu")
     assert reference.integrator.getDevice() == "cpu"

@@ -119,8 +119,7 @@ class ScoreGNN(nn.Module):
             raise ValueError("refinement noise must have one row per score evaluation (refine_evaluations)")
         last = levels[n_levels - 1]
         k = 0
-        if skin > 0:
-            skin = verlet_skin(skin, self.cutoff, box)
+        skin = verlet_skin(skin, self.cutoff, box)
         reference = x.new_zeros((0, 3))
         candidates = torch.zeros((2, 0), dtype=torch.long, device=x.device)
         for i in range(n_levels):
