@@ -224,6 +224,21 @@ def test_contacts_written_by_train(small_run):
     assert not [f for f in os.listdir(small_run["full"]) if f.endswith(".tmp")]  # atomic writes leave no temp files
 
 
+def test_training_records_data_paths_relative_to_the_working_directory(small_run, tmp_path, monkeypatch):
+    """A model trained in a checkout names its data by paths that hold on any clone; data outside stays absolute."""
+    checkout = tmp_path / "checkout"
+    (checkout / "data").mkdir(parents=True)
+    shutil.copy(small_run["data"], checkout / "data" / "a.h5")
+    monkeypatch.chdir(checkout)
+    train([os.path.join(str(checkout), "data", "a.h5"), small_run["data"]], "model",
+          TrainConfig(**{**SMALL, "n_iterations": 1}), progress=False)
+    with open(os.path.join("model", "cgml_model.json")) as f:
+        trained_on = json.load(f)["extra"]["trained_on"]
+    with open(os.path.join("model", "training_data.json")) as f:
+        datasets = json.load(f)["datasets"]
+    assert trained_on == datasets == [os.path.join("data", "a.h5"), os.path.abspath(small_run["data"])]
+
+
 def test_resume_on_other_data_or_config_is_refused(small_run, tmp_path, capsys):
     """#9.3: `cgml train NEW.h5 -o FINISHED_RUN` is refused in one line and changes nothing in the run."""
     from openmm_cgml.cli import main as cli_main

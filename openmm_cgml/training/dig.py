@@ -18,7 +18,7 @@ from ..nn.embedding import BeadVocabulary
 from ..pbc import remove_centroid, wrap
 from ..nn.io import load_model_dir, save_model_dir
 from ..nn.sde import SCHEDULES, VPSDE
-from .loop import OptimConfig, TrainingLoop, array_digest, prepare_run_dir
+from .loop import OptimConfig, TrainingLoop, array_digest, prepare_run_dir, provenance_path
 from .schema import check
 
 MODEL_KIND = "cgml-dig"
@@ -325,7 +325,7 @@ def train_dig(
     sets, beadmaps, mapping = frame_sets_from_datasets(dataset_paths, config)
     paths = [str(dataset_paths)] if isinstance(dataset_paths, (str, os.PathLike)) else [str(p) for p in dataset_paths]
     fit_dig(sets, config, out_dir, device, resume, progress,
-            extra={"trained_on": [os.path.abspath(p) for p in paths], "method": "dsm", "mapping": mapping},
+            extra={"trained_on": [provenance_path(p) for p in paths], "method": "dsm", "mapping": mapping},
             callback=callback)
     for k, bm in enumerate(beadmaps):  # each written under a temporary name, then renamed
         path = os.path.join(out_dir, f"beadmap_{k}.json")

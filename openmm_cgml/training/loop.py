@@ -147,6 +147,16 @@ def prepare_run_dir(out_dir: Optional[str], config: Config, resume: bool, finger
     return resume and os.path.exists(ckpt)
 
 
+def provenance_path(path: str) -> str:
+    """``path`` as a run records it: relative to the working directory when it lies inside it, else absolute.
+
+    A model trained in a checkout then names its data by repository paths, which stay true on every clone.
+    """
+    full = os.path.abspath(path)
+    inside = os.path.commonpath([full, os.getcwd()]) == os.getcwd()
+    return os.path.relpath(full) if inside else full
+
+
 def array_digest(*arrays) -> str:
     """SHA-256 (hex, first 16 digits) of arrays' float32 bytes: a content fingerprint that ignores file names."""
     h = hashlib.sha256()

@@ -32,7 +32,7 @@ from ..nn.score import denoising_loss
 from ..pbc import bond_forest
 from . import distributed
 from .config import TrainConfig
-from .loop import TrainingLoop, array_digest, prepare_run_dir
+from .loop import TrainingLoop, array_digest, prepare_run_dir, provenance_path
 from .model import BeadVocabulary, CGModel
 
 MAPPING_KEYS = ("atoms_per_bead", "single_bead_residues", "whole_residues")
@@ -333,7 +333,7 @@ def data_fingerprint(trajectories: List[Trajectory]) -> dict:
     """What identifies the training data of a run: the dataset paths and, per dataset, its frame and bead counts
     and a hash of its first and last frames (of the frames used)."""
     return {
-        "datasets": [os.path.abspath(t.path) for t in trajectories],
+        "datasets": [provenance_path(t.path) for t in trajectories],
         "n_frames": [t.n_frames for t in trajectories],
         "n_beads": [t.n_beads for t in trajectories],
         "frames_sha256": [array_digest(t.positions[0].numpy(), t.positions[-1].numpy()) for t in trajectories],
@@ -385,7 +385,7 @@ def train(
     if out_dir is not None and distributed.is_main():
         recent = np.asarray(loop.losses[-50:], dtype=np.float64).reshape(-1, 2)
         extra = {
-            "trained_on": [os.path.abspath(t.path) for t in trajectories],
+            "trained_on": [provenance_path(t.path) for t in trajectories],
             "training": config.to_dict(),
             "iterations": loop.iteration,
             "final_train_nll": float(recent[:, 0].mean()) if len(recent) else None,
