@@ -19,6 +19,7 @@ import numpy as np
 import openmm as mm
 from openmm import unit
 
+from openmm_cgml.reference import repartition_hydrogen_mass
 from openmm_cgml.systems import BuiltSystem, build_peo_litfsi
 from openmm_cgml.systems.built import AMU_PER_NM3_IN_G_PER_CM3
 
@@ -43,25 +44,32 @@ def throughput(built: BuiltSystem, warmup_steps: int, steps: int, threads: int) 
             "final_potential_kj_mol": energy}
 
 
-def npt_densities(mixing: str, npt_ps: float, build_ps: float, threads: int) -> tuple[np.ndarray, int]:
-    """Density (g/cm³) every 1 ps of NPT at 1 bar of the small box built with ``mixing``, and its atom count."""
-    built = build_peo_litfsi(n_chains=6, eo_per_chain=8, n_salt=3, mixing=mixing, seed=0,
-                             equilibration_ps=build_ps, platform="CPU", progress=False)
-    system = built.system
+def npt_densities(built: BuiltSystem, npt_ps: float, threads: int, timestep_fs: float = 2.0,
+                  hydrogen_mass_amu: float | None = None, seed: int = 7) -> tuple[np.ndarray, float]:
+    """Density (g/cm³) every 1 ps of NPT at 1 bar from ``built``'s state, and the ns/day it ran at.
+
+    ``timestep_fs`` and ``hydrogen_mass_amu`` (hydrogen mass repartitioning, None: off) as in ``ReferenceConfig``.
+    The density uses the true masses (repartitioning moves mass within molecules, so the total is the same).
+    """
+    system = built.system if hydrogen_mass_amu is None else repartition_hydrogen_mass(
+        built.system, built.topology, hydrogen_mass_amu)
+    system = mm.XmlSerializer.clone(system)
     system.addForce(mm.MonteCarloBarostat(1 * unit.bar, built.temperature, 25))
-    integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, 0.002 * unit.picosecond)
-    integrator.setRandomNumberSeed(7)
+    integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, timestep_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed)
     context = mm.Context(system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
     context.setPeriodicBoxVectors(*[mm.Vec3(*r) for r in built.box_vectors.value_in_unit(unit.nanometer)])
     context.setPositions(built.positions)
-    context.setVelocitiesToTemperature(built.temperature, 7)
+    context.setVelocitiesToTemperature(built.temperature, seed)
     mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles()))
+    steps_per_ps = int(round(1000.0 / timestep_fs))
     densities = []
-    for _ in range(int(npt_ps)):
-        integrator.step(500)
-        box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-        densities.append(mass * AMU_PER_NM3_IN_G_PER_CM3 / float(np.linalg.det(box)))
-    return np.array(densities), built.n_atoms
+    with Stopwatch() as clock:
+        for _ in range(int(npt_ps)):
+            integrator.step(steps_per_ps)
+            box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+            densities.append(mass * AMU_PER_NM3_IN_G_PER_CM3 / float(np.linalg.det(box)))
+    return np.array(densities), int(npt_ps) / 1000.0 / clock.seconds * 86400
 
 
 def mixing_density(npt_ps: float, build_ps: float, threads: int) -> dict:
@@ -70,7 +78,10 @@ def mixing_density(npt_ps: float, build_ps: float, threads: int) -> dict:
            "npt_ps": npt_ps, "averaged_over": "second half of the NPT run, sampled every 1 ps"}
     for mixing in ("lorentz-berthelot", "geometric"):
         with Stopwatch() as clock:
-            densities, n_atoms = npt_densities(mixing, npt_ps, build_ps, threads)
+            built = build_peo_litfsi(n_chains=6, eo_per_chain=8, n_salt=3, mixing=mixing, seed=0,
+                                     equilibration_ps=build_ps, platform="CPU", progress=False)
+            densities, _ = npt_densities(built, npt_ps, threads)
+            n_atoms = built.n_atoms
         half = densities[len(densities) // 2:]
         out[mixing] = {"density_g_cm3": float(half.mean()), "std_g_cm3": float(half.std()),
                        "n_atoms": n_atoms, "seconds": clock.seconds}

@@ -47,6 +47,7 @@ def _reference(args):
         checkpoint_every=args.checkpoint_every,
         atoms_per_bead=args.atoms_per_bead,
         whole_residues=tuple(args.whole_residues),
+        hydrogen_mass_amu=args.hydrogen_mass,
     )
     built = BuiltSystem.load(args.system)
     out = args.output or os.path.join(args.system, "reference")
@@ -287,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ns", type=float, default=1.0, help="simulated time, ns")
     p.add_argument("--every-ps", type=float, default=2.0, help="frame interval, ps")
     p.add_argument("--timestep-fs", type=float, default=2.0)
+    p.add_argument("--hydrogen-mass", type=float, default=None,
+                   help="repartition hydrogen masses to this many amu (with --timestep-fs 4; see benchmarks/hmr.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--platform", default=None, help="OpenMM platform (default: fastest available)")
     p.add_argument("--threads", type=int, default=None,

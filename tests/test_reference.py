@@ -218,3 +218,39 @@ def test_unwrap_bead_trajectory_restores_continuous_path():
     wrapped = path - box[:, None, :] * np.floor(path / box[:, None, :])
     unwrapped = unwrap_bead_trajectory(wrapped, box)
     np.testing.assert_allclose(unwrapped - unwrapped[0], path - path[0], atol=1e-5)
+
+
+def test_hydrogen_mass_repartitioning_keeps_molecule_masses_and_bead_map(tiny_peo_litfsi, tmp_path):
+    """HMR moves mass from heavy atoms to their hydrogens only: every molecule keeps its mass, the beads keep the
+    true masses' centres, and a 4 fs run with it stays finite; a mass that would empty a heavy atom is refused."""
+    from openmm import unit
+
+    from openmm_cgml.reference import repartition_hydrogen_mass
+
+    built = tiny_peo_litfsi
+    hmr = repartition_hydrogen_mass(built.system, built.topology, 4.0)
+    mass = lambda system, i: system.getParticleMass(i).value_in_unit(unit.dalton)  # noqa: E731
+    atoms = list(built.topology.atoms())
+    hydrogens = [a.index for a in atoms if a.element.symbol == "H"]
+    assert hydrogens and all(mass(hmr, i) == pytest.approx(4.0) for i in hydrogens)
+    assert mass(built.system, hydrogens[0]) == pytest.approx(1.008, abs=0.01)  # the original is left alone
+    for residue in built.topology.residues():
+        idx = [a.index for a in residue.atoms()]
+        assert sum(mass(hmr, i) for i in idx) == pytest.approx(sum(mass(built.system, i) for i in idx))
+    lithium = next(a.index for a in atoms if a.element.symbol == "Li")
+    assert mass(hmr, lithium) == mass(built.system, lithium)
+    with pytest.raises(ValueError, match="without mass; choose a smaller hydrogen mass"):
+        repartition_hydrogen_mass(built.system, built.topology, 20.0)
+    with pytest.raises(ValueError, match="hydrogen_mass_amu must be a finite number > 0"):
+        ReferenceConfig(hydrogen_mass_amu=-1.0)
+
+    plain = run_reference(built, str(tmp_path / "plain"), ReferenceConfig(**CONFIG), progress=False)
+    fast = ReferenceConfig(**dict(CONFIG, timestep_fs=4.0, every_ps=2.0, ns=0.016, hydrogen_mass_amu=4.0))
+    path = run_reference(built, str(tmp_path / "hmr"), fast, progress=False)
+    with CGDataset(plain) as a, CGDataset(path) as b:
+        assert a.beadmap.to_dict() == b.beadmap.to_dict()
+        assert b.n_frames == 9 and np.isfinite(b.positions[:]).all()
+        assert b.provenance["reference_config"]["hydrogen_mass_amu"] == 4.0
+    with pytest.raises(ValueError, match="other settings.*hydrogen_mass_amu"):
+        run_reference(built, str(tmp_path / "hmr"), ReferenceConfig(**dict(CONFIG, timestep_fs=4.0, every_ps=2.0,
+                                                                           ns=0.016)), progress=False)

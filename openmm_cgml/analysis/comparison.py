@@ -26,16 +26,23 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
     replica: time blocks as for the reference). Species are the bead species (e.g. "LI", "TFS", "PEO").
     """
     ref_x, ref_dt, species = _species_positions(reference_path)
-    reference = diffusion_by_species(ref_x, ref_dt, species, n_blocks=n_blocks, fit_range=fit_range)
     runs = [_species_positions(p) for p in ([cg_paths] if isinstance(cg_paths, str) else list(cg_paths))]
     if any(s != species for _, _, s in runs):
         raise ValueError("the CG runs and the reference map to different beads; compare runs of the same system")
     n_frames = min(x.shape[0] for x, _, _ in runs)
     cg_x = np.stack([x[:n_frames] for x, _, _ in runs])
-    cg = diffusion_by_species(cg_x if len(runs) > 1 else cg_x[0], runs[0][1], species, n_blocks=n_blocks,
+    return compare_diffusivities(ref_x, ref_dt, cg_x, runs[0][1], species, n_blocks, fit_range)
+
+
+def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_blocks: int = 5,
+                          fit_range=0.2) -> dict:
+    """:func:`diffusivity_comparison` of arrays: ``ref_x`` (T, N, 3) and ``cg_x`` (R, T', N, 3) unwrapped bead
+    positions, nm, every ``ref_dt`` / ``cg_dt`` ps, and the species of the N beads."""
+    reference = diffusion_by_species(ref_x, ref_dt, species, n_blocks=n_blocks, fit_range=fit_range)
+    cg = diffusion_by_species(cg_x if len(cg_x) > 1 else cg_x[0], cg_dt, species, n_blocks=n_blocks,
                               fit_range=fit_range)
     regime = {"allatom": _regime_by_species(ref_x[None], ref_dt, species, fit_range),
-              "cg": _regime_by_species(cg_x, runs[0][1], species, fit_range)}
+              "cg": _regime_by_species(cg_x, cg_dt, species, fit_range)}
     lag = min(MSD_LAG_PS, regime["allatom"][LAGS][-1], regime["cg"][LAGS][-1])
     out = {}
     for name in reference:
