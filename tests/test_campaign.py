@@ -47,6 +47,8 @@ def _frames(campaign):
     ({"defaults": dict(DEFAULTS, every_ps=0.003)}, r"every_ps=0.003 is not a whole number"),
     ({"defaults": dict(DEFAULTS, speed="fast")}, r"defaults: unknown field\(s\) speed"),
     ({"systems": [SYSTEMS[0], SYSTEMS[0]]}, r"names must be unique"),
+    ({"systems": [dict(SYSTEMS[0], reference={"ns": 2})]}, r"system a: reference: unknown field\(s\) ns"),
+    ({"systems": [dict(SYSTEMS[0], reference={"timestep_fs": 3.0})]}, r"every_ps=0.5 is not a whole number of 3.0"),
 ])
 def test_bad_manifest_is_refused_in_one_line(tmp_path, capsys, change, message):
     args = {"systems": SYSTEMS, "defaults": DEFAULTS, **change}
@@ -70,6 +72,14 @@ def test_default_manifest_meets_the_campaign_rules():
     assert min(temps) == 350 and max(temps) == 450
     assert sum(s.role == "heldout" for s in campaign.systems) >= 2
     assert all(s.estimated_box_nm() >= 2.5 for s in campaign.systems)
+
+
+def test_a_system_s_own_run_settings_override_the_defaults(tmp_path):
+    systems = [dict(SYSTEMS[0], reference={"timestep_fs": 0.5, "hydrogen_mass_amu": 3.0}), SYSTEMS[1]]
+    campaign = load_campaign(_manifest(tmp_path, systems=systems))
+    own, plain = (campaign.config(s, 1.0) for s in campaign.systems)
+    assert (own.timestep_fs, own.hydrogen_mass_amu, own.every_ps) == (0.5, 3.0, 0.5)
+    assert (plain.timestep_fs, plain.hydrogen_mass_amu, plain.platform) == (2.0, None, "Reference")
 
 
 def test_killed_campaign_resumes_every_system_exactly(tiny_peo_litfsi, tmp_path):

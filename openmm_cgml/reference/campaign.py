@@ -9,6 +9,8 @@ A campaign is a YAML manifest::
       min_box_nm: 2.5            # every box edge must be >= this (3x the model cutoff)
     systems:
       - {name: eo4_li9_450K, role: heldout, chains: 36, eo: 4, salt: 9, temperature_K: 450, ns: 20, seed: 11}
+      - {name: eo24_li8_400K, chains: 9, eo: 24, salt: 8, temperature_K: 400, ns: 3, seed: 111,
+         reference: {timestep_fs: 4.0, hydrogen_mass_amu: 4.0}}   # this system's own run settings
 
 Each system's directory holds ``system/`` (the ``cgml build`` output) and ``reference/`` (the ``cgml reference``
 run directory), so a system can also be continued by hand with ``cgml reference NAME/system -o NAME/reference``.
@@ -48,6 +50,8 @@ class CampaignSystem:
     ns: float
     role: str = "train"
     seed: int = 1
+    #: this system's own run settings (ReferenceConfig fields), over the manifest's defaults
+    reference: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or os.sep in self.name or self.name.startswith("."):
@@ -101,7 +105,7 @@ class Campaign:
         return os.path.join(self.root, system.name, "reference")
 
     def config(self, system: CampaignSystem, ns: float) -> ReferenceConfig:
-        return ReferenceConfig(ns=ns, seed=system.seed + 1, **self.reference)
+        return ReferenceConfig(ns=ns, seed=system.seed + 1, **{**self.reference, **system.reference})
 
 
 _REFERENCE_FIELDS = {f.name for f in fields(ReferenceConfig)} - {"ns", "seed"}
@@ -143,6 +147,10 @@ def load_campaign(path: str) -> Campaign:
         if missing:
             raise ValueError(f"{path}: systems[{i}] lacks {', '.join(missing)}")
         system = CampaignSystem(**entry)
+        if not isinstance(system.reference, dict):
+            raise ValueError(f"{path}: system {system.name}: reference must be a mapping of run settings")
+        _refuse_unknown(system.reference, _REFERENCE_FIELDS, f"{path}: system {system.name}: reference")
+        ReferenceConfig(**{**defaults, **system.reference}).steps_per_frame
         edge = system.estimated_box_nm()
         if edge < min_box_nm:
             raise ValueError(f"{path}: system {system.name} would be a {edge:.2f} nm box at "
