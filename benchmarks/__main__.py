@@ -61,6 +61,8 @@ BENCHMARKS = [
                   "2", "--ns", "20", "--out", result_path("accuracy_eo4_li9")], ["accuracy_eo4_li9.json"]),
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li8_450K", "reference", "cg.h5"), "--replicas",
                   "2", "--ns", "20", "--out", result_path("accuracy_eo6_li8")], ["accuracy_eo6_li8.json"]),
+    # HMR at 4 fs against 2 fs on the held-out EO4 box (runs its own 2-ns all-atom MD first: ~1 h on one core).
+    ("hmr", [], ["hmr.json"]),
     # The shipped model's own training system (in distribution; not a held-out test).
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_400K.h5"), "--replicas", "4", "--ns", "10",
                   "--out", result_path("accuracy_training_system")], ["accuracy_training_system.json"]),
@@ -127,6 +129,7 @@ def summary_markdown() -> str:
     lines += _model_step_lines(_load("model_step.json"))
     lines += _pareto_lines(_load("pareto.json"))
     lines += _refine_screen_lines()
+    lines += _hmr_lines(_load("hmr.json"))
     dg = _load("dig.json")
     if dg:
         md, dig = dg.get("md", {}), dg.get("dig", {})
@@ -350,6 +353,29 @@ def _msd_ratio(row) -> str:
     if row.get("cg_msd_nm2_at_lag") is None:
         return "n/a"
     return f"{row['cg_msd_nm2_at_lag'] / row['allatom_msd_nm2_at_lag']:.2f}"
+
+
+def _hmr_lines(hmr) -> list:
+    """Hydrogen mass repartitioning at 4 fs against 2 fs (benchmarks/hmr.py)."""
+    if not hmr or "density" not in hmr or "diffusion" not in hmr:
+        return []
+    den, dif = hmr["density"], hmr["diffusion"]
+    lines = [f"## Hydrogen mass repartitioning: 4 fs with H at {hmr['hydrogen_mass_amu']:g} amu against 2 fs "
+             f"(`{hmr['system']}`; validated: {'yes' if hmr['validated'] else 'no'}, within "
+             f"{hmr['agree_within_sigmas']:g} standard errors)",
+             f"- NPT density at 1 bar ({den['npt_ps']:g} ps each): 2 fs {den['2fs']['density_g_cm3']:.4f} ± "
+             f"{den['2fs']['err_g_cm3']:.4f}, 4 fs {den['4fs_hmr']['density_g_cm3']:.4f} ± "
+             f"{den['4fs_hmr']['err_g_cm3']:.4f} g/cm³ ({100 * den['relative_difference']:+.2f} %); "
+             f"{den['2fs']['ns_per_day']:.1f} against {den['4fs_hmr']['ns_per_day']:.1f} ns/day "
+             f"({den['speedup']:.2f}×, {hmr['machine']['threads']} thread, same process)",
+             f"- D over the first {dif['compared_ns']:.2f} ns of each run (2 fs: the campaign's reference):",
+             "| species | D 2 fs (cm²/s) | D 4 fs HMR (cm²/s) | MSD exponent 2 fs / 4 fs | agree |", "|---|---|---|---|---|"]
+    for species, row in dif["by_species"].items():
+        cells = ["withheld (sub-diffusive)" if row[f"{side}_D_cm2_per_s"] is None else
+                 f"{row[f'{side}_D_cm2_per_s']:.2e} ± {row[f'{side}_err_cm2_per_s']:.1e}" for side in ("allatom", "cg")]
+        lines.append(f"| {species} | {cells[0]} | {cells[1]} | {row['allatom_msd_exponent']:.2f} / "
+                     f"{row['cg_msd_exponent']:.2f} | {'yes' if row['agree'] else 'no'} |")
+    return lines + [""]
 
 
 def _refine_screen_lines() -> list:
