@@ -369,13 +369,16 @@ def _hmr_lines(hmr) -> list:
              f"{den['2fs']['ns_per_day']:.1f} against {den['4fs_hmr']['ns_per_day']:.1f} ns/day "
              f"({den['speedup']:.2f}×, {hmr['machine']['threads']} thread, same process)",
              f"- D over the first {dif['compared_ns']:.2f} ns of each run (2 fs: the campaign's reference):",
-             "| species | D 2 fs (cm²/s) | D 4 fs HMR (cm²/s) | MSD exponent 2 fs / 4 fs | agree |", "|---|---|---|---|---|"]
+             "| species | D 2 fs (cm²/s) | D 4 fs HMR (cm²/s) | MSD exponent 2 fs / 4 fs | D agree | MSD at 1 ns: "
+             "2 fs segments (mean ± sd), 4 fs | within 2 sd |", "|---|---|---|---|---|---|---|"]
     for species, row in dif["by_species"].items():
         cells = ["withheld (sub-diffusive)" if row[f"{side}_D_cm2_per_s"] is None else
                  f"{row[f'{side}_D_cm2_per_s']:.2e} ± {row[f'{side}_err_cm2_per_s']:.1e}" for side in ("allatom", "cg")]
         lines.append(f"| {species} | {cells[0]} | {cells[1]} | {row['allatom_msd_exponent']:.2f} / "
-                     f"{row['cg_msd_exponent']:.2f} | {'yes' if row['agree'] else 'no'} |")
-    return lines + [""]
+                     f"{row['cg_msd_exponent']:.2f} | {'yes' if row['agree'] else 'no'} | "
+                     f"{row['segment_msd_nm2_mean']:.2f} ± {row['segment_msd_nm2_sd']:.2f} ({row['segments']}), "
+                     f"{row['hmr_msd_nm2']:.2f} nm² | {'yes' if row['msd_within_scatter'] else 'no'} |")
+    return lines + [f"- `{den.get('command', '')}`; `{dif.get('command', '')}`", ""]
 
 
 def _refine_screen_lines() -> list:
