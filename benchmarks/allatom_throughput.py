@@ -51,9 +51,8 @@ def npt_densities(built: BuiltSystem, npt_ps: float, threads: int, timestep_fs: 
     ``timestep_fs`` and ``hydrogen_mass_amu`` (hydrogen mass repartitioning, None: off) as in ``ReferenceConfig``.
     The density uses the true masses (repartitioning moves mass within molecules, so the total is the same).
     """
-    system = built.system if hydrogen_mass_amu is None else repartition_hydrogen_mass(
-        built.system, built.topology, hydrogen_mass_amu)
-    system = mm.XmlSerializer.clone(system)
+    system = mm.XmlSerializer.clone(built.system) if hydrogen_mass_amu is None else repartition_hydrogen_mass(
+        built.system, built.topology, hydrogen_mass_amu)  # a copy either way: the barostat is added to it
     system.addForce(mm.MonteCarloBarostat(1 * unit.bar, built.temperature, 25))
     integrator = mm.LangevinMiddleIntegrator(built.temperature, 1 / unit.picosecond, timestep_fs * unit.femtosecond)
     integrator.setRandomNumberSeed(seed)

@@ -26,12 +26,14 @@ import sys
 import numpy as np
 
 from openmm_cgml.analysis import compare_diffusivities, format_diffusivity_table
+from openmm_cgml.analysis.comparison import MSD_LAG_PS, species_positions
+from openmm_cgml.analysis.transport import msd_per_particle
 from openmm_cgml.data import CGDataset
 from openmm_cgml.reference import ReferenceConfig, run_reference
 from openmm_cgml.systems import BuiltSystem
 
 from .allatom_throughput import npt_densities
-from .common import DATA, benchmark_parser, figure_path, machine, result_path, write_json
+from .common import DATA, benchmark_parser, figure_path, machine, write_json
 
 SYSTEM = os.path.join(DATA, "peo_litfsi_eo4_li9_450K")
 HMR_RUN = "reference_hmr_4fs"
@@ -60,8 +62,9 @@ def density_check(built: BuiltSystem, npt_ps: float, hydrogen_mass: float, threa
     return out
 
 
-def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float) -> dict:
-    """D per species of the 2 fs reference (cut to the 4 fs run's length) and of the 4 fs HMR run."""
+def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float, figure: str) -> dict:
+    """D per species of the 2 fs reference (cut to the 4 fs run's length) and of the 4 fs HMR run; their MSD
+    curves are plotted to ``figure``."""
     reference = os.path.join(system_dir, "reference", "cg.h5")
     with CGDataset(reference) as ds:
         settings = dict(ds.provenance["reference_config"])
@@ -70,12 +73,7 @@ def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float) -> dict:
                     single_bead_residues=tuple(settings["single_bead_residues"]))
     built = BuiltSystem.load(os.path.join(system_dir, "system"))
     path = run_reference(built, os.path.join(system_dir, HMR_RUN), ReferenceConfig(**settings))
-    loaded = []
-    for p in (reference, path):
-        with CGDataset(p) as ds:
-            loaded.append((np.asarray(ds.positions[:], dtype=np.float64), ds.frame_interval_ps,
-                           ds.beadmap.bead_species()))
-    (ref_x, dt, species), (hmr_x, hmr_dt, hmr_species) = loaded
+    (ref_x, dt, species), (hmr_x, hmr_dt, hmr_species) = species_positions(reference), species_positions(path)
     if hmr_species != species or hmr_dt != dt:
         raise SystemExit("the HMR run maps to other beads or frames than the reference; rerun it with its settings")
     spread = segment_spread(ref_x, hmr_x, dt, species)
@@ -87,7 +85,7 @@ def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float) -> dict:
         both = row["allatom_D_cm2_per_s"] is not None and row["cg_D_cm2_per_s"] is not None
         row["agree"] = both and _agree(row["allatom_D_cm2_per_s"], row["allatom_err_cm2_per_s"],
                                        row["cg_D_cm2_per_s"], row["cg_err_cm2_per_s"])
-    _plot_msd(ref_x, hmr_x, dt, species, figure_path(result_path("hmr")))
+    _plot_msd(ref_x, hmr_x, dt, species, figure)
     return {"reference": os.path.relpath(reference), "hmr_run": os.path.relpath(path),
             "compared_ns": (hmr_x.shape[0] - 1) * dt / 1000.0, "sides": {"allatom": "2 fs", "cg": "4 fs HMR"},
             "by_species": table}
@@ -97,19 +95,18 @@ def segment_spread(ref_x, hmr_x, dt: float, species) -> dict:
     """Run-to-run scatter of the MSD at :data:`~openmm_cgml.analysis.comparison.MSD_LAG_PS` per species: its mean
     and standard deviation over the 2 fs reference's consecutive segments as long as the HMR run, and whether the
     HMR run's value lies within :data:`AGREE_SIGMAS` of them (also for species not yet diffusive)."""
-    from openmm_cgml.analysis.comparison import MSD_LAG_PS
-    from openmm_cgml.analysis.transport import msd_per_particle
-
     labels, n = np.asarray(species), hmr_x.shape[0]
     lag = int(round(MSD_LAG_PS / dt))
     segments = [ref_x[s:s + n] for s in range(0, ref_x.shape[0] - n + 1, n - 1)]
     if len(segments) < 3 or lag >= n:
         raise SystemExit(f"the reference needs at least 3 segments of {(n - 1) * dt / 1000:g} ns with a "
                          f"{MSD_LAG_PS:g}-ps lag; extend it or shorten --ns")
+    at_lag = [msd_per_particle(x, dt)[1][lag] for x in segments]  # (N,) per segment: one MSD per run
+    mine_at_lag = msd_per_particle(hmr_x, dt)[1][lag]
     out = {}
     for name in dict.fromkeys(labels.tolist()):
-        values = [msd_per_particle(x[:, labels == name], dt)[1][lag].mean() for x in segments]
-        mine = msd_per_particle(hmr_x[:, labels == name], dt)[1][lag].mean()
+        values = [per[labels == name].mean() for per in at_lag]
+        mine = mine_at_lag[labels == name].mean()
         mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
         out[name] = {"segments": len(values), "segment_msd_nm2_mean": mean, "segment_msd_nm2_sd": sd,
                      "hmr_msd_nm2": float(mine), "msd_within_scatter": bool(abs(mine - mean) <= AGREE_SIGMAS * sd)}
@@ -123,13 +120,12 @@ def _plot_msd(ref_x, hmr_x, dt, species, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from openmm_cgml.analysis.transport import msd_per_particle
-
     labels = np.asarray(species)
+    curves = [(msd_per_particle(x, dt), style, side) for x, style, side in ((ref_x, "-", "2 fs"),
+                                                                            (hmr_x, "--", "4 fs HMR"))]
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, colour in zip(dict.fromkeys(labels.tolist()), ("C0", "C1", "C2", "C3")):
-        for x, style, side in ((ref_x, "-", "2 fs"), (hmr_x, "--", "4 fs HMR")):
-            lags, per = msd_per_particle(x, dt)
+        for (lags, per), style, side in curves:
             ax.loglog(lags[1:], per[1:, labels == name].mean(axis=1), style, color=colour, label=f"{name} {side}")
     ax.set_xlabel("lag (ps)")
     ax.set_ylabel("MSD (nm²)")
@@ -160,7 +156,7 @@ def main(argv=None) -> None:
                                           args.hydrogen_mass, args.threads)
         result["density"]["command"] = command
     if "diffusion" in args.checks:
-        result["diffusion"] = diffusion_check(args.system, args.ns, args.hydrogen_mass)
+        result["diffusion"] = diffusion_check(args.system, args.ns, args.hydrogen_mass, figure_path(args.out))
         result["diffusion"]["command"] = command
     # the issue's rule: every species' D (diffusive regime on both runs) and the density within errors
     checks = [result.get("density", {}).get("agree")] + [

@@ -11,7 +11,9 @@ MSD_LAG_PS = 1000.0
 LAGS, MSD = "lag_times_ps", "msd_nm2"
 
 
-def _species_positions(path: str):
+def species_positions(path: str):
+    """Unwrapped bead positions (T, N, 3) nm as float64, the frame interval (ps) and the bead species of a CG
+    dataset."""
     from ..data import CGDataset
 
     with CGDataset(path) as ds:
@@ -25,8 +27,8 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
     The reference error comes from ``n_blocks`` time blocks, the CG error from the spread over replicas (one
     replica: time blocks as for the reference). Species are the bead species (e.g. "LI", "TFS", "PEO").
     """
-    ref_x, ref_dt, species = _species_positions(reference_path)
-    runs = [_species_positions(p) for p in ([cg_paths] if isinstance(cg_paths, str) else list(cg_paths))]
+    ref_x, ref_dt, species = species_positions(reference_path)
+    runs = [species_positions(p) for p in ([cg_paths] if isinstance(cg_paths, str) else list(cg_paths))]
     if any(s != species for _, _, s in runs):
         raise ValueError("the CG runs and the reference map to different beads; compare runs of the same system")
     n_frames = min(x.shape[0] for x, _, _ in runs)

@@ -66,6 +66,8 @@ class CampaignSystem:
                 raise ValueError(f"system {self.name}: {key} must be a finite number > 0, got {value!r}")
         if self.role not in ROLES:
             raise ValueError(f"system {self.name}: role must be one of {ROLES}, got {self.role!r}")
+        if not isinstance(self.reference, dict):
+            raise ValueError(f"system {self.name}: reference must be a mapping of run settings")
 
     @property
     def eo_per_li(self) -> float:
@@ -147,8 +149,6 @@ def load_campaign(path: str) -> Campaign:
         if missing:
             raise ValueError(f"{path}: systems[{i}] lacks {', '.join(missing)}")
         system = CampaignSystem(**entry)
-        if not isinstance(system.reference, dict):
-            raise ValueError(f"{path}: system {system.name}: reference must be a mapping of run settings")
         _refuse_unknown(system.reference, _REFERENCE_FIELDS, f"{path}: system {system.name}: reference")
         ReferenceConfig(**{**defaults, **system.reference}).steps_per_frame
         edge = system.estimated_box_nm()
