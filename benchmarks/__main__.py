@@ -374,10 +374,11 @@ def _hmr_lines(hmr) -> list:
     for species, row in dif["by_species"].items():
         cells = ["withheld (sub-diffusive)" if row[f"{side}_D_cm2_per_s"] is None else
                  f"{row[f'{side}_D_cm2_per_s']:.2e} ± {row[f'{side}_err_cm2_per_s']:.1e}" for side in ("allatom", "cg")]
+        scatter = (f"{row['segment_msd_nm2_mean']:.2f} ± {row['segment_msd_nm2_sd']:.2f} ({row['segments']}), "
+                   f"{row['hmr_msd_nm2']:.2f} nm² | {'yes' if row['msd_within_scatter'] else 'no'}"
+                   if row["msd_within_scatter"] is not None else f"{row['segments']} segment(s): no scatter | –")
         lines.append(f"| {species} | {cells[0]} | {cells[1]} | {row['allatom_msd_exponent']:.2f} / "
-                     f"{row['cg_msd_exponent']:.2f} | {'yes' if row['agree'] else 'no'} | "
-                     f"{row['segment_msd_nm2_mean']:.2f} ± {row['segment_msd_nm2_sd']:.2f} ({row['segments']}), "
-                     f"{row['hmr_msd_nm2']:.2f} nm² | {'yes' if row['msd_within_scatter'] else 'no'} |")
+                     f"{row['cg_msd_exponent']:.2f} | {'yes' if row['agree'] else 'no'} | {scatter} |")
     return lines + [f"- `{den.get('command', '')}`; `{dif.get('command', '')}`", ""]
 
 

@@ -94,13 +94,20 @@ def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float, figure: st
 def segment_spread(ref_x, hmr_x, dt: float, species) -> dict:
     """Run-to-run scatter of the MSD at :data:`~openmm_cgml.analysis.comparison.MSD_LAG_PS` per species: its mean
     and standard deviation over the 2 fs reference's consecutive segments as long as the HMR run, and whether the
-    HMR run's value lies within :data:`AGREE_SIGMAS` of them (also for species not yet diffusive)."""
+    HMR run's value lies within :data:`AGREE_SIGMAS` of them (also for species not yet diffusive). With fewer than
+    three such segments there is no scatter to compare with: every species gets ``msd_within_scatter`` None and the
+    reason, and the verdict rests on D alone."""
     labels, n = np.asarray(species), hmr_x.shape[0]
     lag = int(round(MSD_LAG_PS / dt))
+    if lag >= n:
+        raise SystemExit(f"the HMR run is shorter than the {MSD_LAG_PS:g}-ps MSD lag; extend it with --ns")
     segments = [ref_x[s:s + n] for s in range(0, ref_x.shape[0] - n + 1, n - 1)]
-    if len(segments) < 3 or lag >= n:
-        raise SystemExit(f"the reference needs at least 3 segments of {(n - 1) * dt / 1000:g} ns with a "
-                         f"{MSD_LAG_PS:g}-ps lag; extend it or shorten --ns")
+    if len(segments) < 3:
+        reason = (f"the reference holds {len(segments)} segment(s) of {(n - 1) * dt / 1000:g} ns, fewer than 3: "
+                  "no run-to-run scatter")
+        print(reason)
+        return {name: {"segments": len(segments), "msd_within_scatter": None, "scatter_withheld": reason}
+                for name in dict.fromkeys(labels.tolist())}
     at_lag = [msd_per_particle(x, dt)[1][lag] for x in segments]  # (N,) per segment: one MSD per run
     mine_at_lag = msd_per_particle(hmr_x, dt)[1][lag]
     out = {}

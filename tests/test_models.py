@@ -1,5 +1,6 @@
 """Embedding, dynamics and score GNNs: symmetry (translation, rotation, permutation, periodic images), shapes,
 determinism of the bead embeddings, refinement bookkeeping. (The learned step's tests are in test_simulate.py.)"""
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +177,39 @@ def test_molecule_noise_samples_and_scores_its_covariance():
     assert torch.equal(sample_acceleration(mean, std, zero, molecule, 3, z[0]), mean + std.unsqueeze(1) * z[0])
     assert float(gaussian_nll(target, mean, std, 1.0, zero, molecule, 3)) == pytest.approx(
         float(gaussian_nll(target, mean, std)), rel=1e-6)
+
+
+def test_shell_pairs_and_mean_match_a_brute_force_search():
+    """Shell pairs: every bead not carried within the radius of a carried bead of the same graph, minimum image
+    across periodic boxes of two graphs of different sizes; a carried bead without a shell gets a zero mean."""
+    from openmm_cgml.nn.dynamics import shell_mean, shell_pairs
+
+    gen = torch.Generator().manual_seed(4)
+    box = torch.tensor([[1.2, 1.5, 1.3], [2.0, 1.1, 1.7]])
+    batch = torch.tensor([0] * 30 + [1] * 30)
+    pos = torch.rand(60, 3, generator=gen) * box[batch]
+    carried = torch.zeros(60, dtype=torch.bool)
+    carried[[0, 5, 31, 40]] = True
+    # bead 40 gets no shell: its graph's beads within 0.3 nm move to the farthest point of the box from it
+    d40 = torch.linalg.norm(torch.remainder(pos - pos[40] + box[1] / 2, box[1]) - box[1] / 2, dim=1)
+    pos[(d40 < 0.3) & (batch == 1) & ~carried] = pos[40] + box[1] / 2
+    ion, shell = shell_pairs(pos, carried, 0.3, box, batch)
+    want = set()
+    x, b = pos.double().numpy(), box.double().numpy()
+    for i in [0, 5, 31, 40]:
+        for j in range(60):
+            if carried[j] or batch[j] != batch[i]:
+                continue
+            d = x[j] - x[i]
+            d -= b[batch[i]] * np.round(d / b[batch[i]])
+            if np.linalg.norm(d) < 0.3:
+                want.add((i, j))
+    assert set(zip(ion.tolist(), shell.tolist())) == want and len(want) > 3
+    values = torch.randn(60, 3, generator=gen)
+    mean = shell_mean(values, ion, shell)
+    for i in [0, 5, 31]:
+        torch.testing.assert_close(mean[i], values[[j for a, j in want if a == i]].mean(0))
+    assert not mean[40].any() and not mean[~carried].any()
 
 
 def test_refine_uses_noise_and_levels(system):

@@ -100,6 +100,97 @@ def test_ou_dynamics_matches_analytic_gaussian(tmp_path, molecule_noise):
     assert float(np.sqrt(((-h[0].numpy() - true_mean) ** 2).mean())) > 0.2 * true_std
 
 
+SIGMA_C = 0.1  # nm, per-component step of a free carrier bead's random walk
+S_ION = 0.05  # nm, RMS of each component of an ion's offset from its carrier at equilibrium
+
+
+def _carrier_ion_beadmap(n_pairs: int):
+    """n_pairs single-bead carriers (type CAR) and n_pairs single-bead ions (type ION), carrier k at bead 2k."""
+    from openmm_cgml.mapping import BeadMap
+
+    n = 2 * n_pairs
+    graphs = [{"elements": [e], "masses": [m], "atom_types": [f"{e}1:x"], "bonds": []} for e, m in (("C", 12.0),
+                                                                                                   ("Li", 7.0))]
+    return BeadMap.from_dict({
+        "format_version": 1, "atom_to_bead": list(range(n)), "atom_masses": [12.0, 7.0] * n_pairs, "atom_bonds": [],
+        "bead_types": [0, 1] * n_pairs, "type_names": ["CAR:C-000000", "ION:Li-000000"], "type_graphs": graphs,
+        "bead_residue_names": ["CAR", "ION"] * n_pairs, "bead_species": ["CAR", "ION"] * n_pairs, "periodic": False,
+    })
+
+
+def _carried_ions(n_pairs: int, n_frames: int, seed: int) -> np.ndarray:
+    """Carriers random-walk with per-component steps N(0, SIGMA_C²); each ion rides its carrier at an offset o
+    that is an OU process, o' = o e^{-THETA} + N(0, S_ION² (1 - e^{-2 THETA})). Pairs sit 3 nm apart."""
+    rng = np.random.default_rng(seed)
+    c = _grid(n_pairs, 3.0).astype(np.float64)
+    o = rng.normal(0.0, S_ION, c.shape)
+    frames = []
+    for _ in range(n_frames):
+        x = np.empty((2 * n_pairs, 3))
+        x[0::2], x[1::2] = c, c + o
+        frames.append(x)
+        c = c + rng.normal(0.0, SIGMA_C, c.shape)
+        o = o * math.exp(-THETA) + rng.normal(0.0, S_ION * math.sqrt(1 - math.exp(-2 * THETA)), o.shape)
+    return np.array(frames)
+
+
+@pytest.fixture(scope="module")
+def carried_run(tmp_path_factory):
+    """A model with shell motion for the ions (and its bead map), trained on :func:`_carried_ions`."""
+    bm = _carrier_ion_beadmap(32)
+    path = str(tmp_path_factory.mktemp("carried") / "ions.h5")
+    write_dataset(path, bm, _carried_ions(32, 200, seed=0), None, np.arange(200) * 10.0, {})
+    config = TrainConfig(embed_dim=4, embed_hidden=8, embed_layers=1, hidden=32, n_layers=2, n_rbf=8, cutoff=0.6,
+                         history_length=1, score_weight=0.0, batch_size=4, n_iterations=300, lr=3e-3, lr_final=3e-4,
+                         checkpoint_every=0, validation_fraction=0.0, carried_species=["ION"], shell_radius=0.35)
+    torch.manual_seed(0)
+    return train(path, None, config, progress=False), bm
+
+
+def test_shell_motion_learns_the_ion_relative_to_its_carrier(carried_run):
+    """An ion moves by its carrier's step plus its offset's, o (e^{-THETA} - 1) + N(0, S_ION² (1 - e^{-2 THETA})):
+    the model learns that small std (0.040 nm) for the ions, where a Gaussian of the ion alone would need
+    sqrt(SIGMA_C² + 0.040²) = 0.108 nm, and SIGMA_C = 0.1 nm for the carriers (their acceleration given h)."""
+    model, bm = carried_run
+    test = _carried_ions(32, 2, seed=1)
+    x = torch.tensor(test[1], dtype=torch.float32)
+    h = torch.tensor(test[1] - test[0], dtype=torch.float32).unsqueeze(0)
+    step = LearnedStep.from_model(model, bm, refine=False)
+    assert step.shell_radius == pytest.approx(0.35) and step.carried.tolist() == [False, True] * 32
+    with torch.no_grad():
+        mean, std, _ = model.dynamics(x, h, step.embed, step.masses, step.bonds, None, None)
+    relative = S_ION * math.sqrt(1 - math.exp(-2 * THETA))
+    assert float(std[1::2].mean()) == pytest.approx(relative, rel=0.05)  # measured 1.002 x
+    assert float(std[0::2].mean()) == pytest.approx(SIGMA_C, rel=0.05)
+    true_mean = (math.exp(-THETA) - 1) * (test[1][1::2] - test[1][0::2])
+    assert float(np.sqrt(((mean[1::2].numpy() - true_mean) ** 2).mean())) < 0.1 * relative  # measured 0.04
+
+
+def test_shell_motion_step_adds_the_shell_acceleration(carried_run):
+    """The step draws each ion's displacement relative to its carrier and adds the carrier's drawn one: the
+    scripted and the batched step agree with that sum, and an ion stays by its carrier (0.04 nm, not 0.1)."""
+    model, bm = carried_run
+    test = _carried_ions(32, 2, seed=2)
+    x = torch.tensor(test[1], dtype=torch.float32)
+    h = torch.tensor(test[1] - test[0], dtype=torch.float32).unsqueeze(0)
+    step = LearnedStep.from_model(model, bm, refine=False)
+    scripted = torch.jit.script(step)
+    dyn = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    empty = torch.zeros(0)
+    with torch.no_grad():
+        x1, _ = scripted(x, h, empty, dyn, torch.zeros(0, 64, 3))
+        mean, std, _ = model.dynamics(x, h, step.embed, step.masses, step.bonds, None, None)
+        two, _ = torch.jit.script(step.batched(2))(torch.cat([x, x]), torch.cat([h, h], 1), empty,
+                                                   torch.cat([dyn, dyn]), torch.zeros(0, 128, 3))
+    a = mean + std.unsqueeze(1) * dyn
+    moved = h[0] + a
+    moved[1::2] = a[1::2] + moved[0::2]
+    torch.testing.assert_close(x1, x + moved)
+    torch.testing.assert_close(two[:64], x1)
+    moved_apart = (x1[1::2] - x1[0::2]) - (x[1::2] - x[0::2])
+    assert float(moved_apart.std()) < 0.06
+
+
 def _gaussian_pairs(n_pairs: int, n_frames: int, seed: int) -> np.ndarray:
     """Independent frames of dimers with separation r ~ N(0, S0² I) and random placement (flat in the centre)."""
     rng = np.random.default_rng(seed)

@@ -4,6 +4,9 @@
 
     a      = mu + sigma * dyn_noise        dynamics GNN: Gaussian over the acceleration, nm/step² (with molecule
                                            noise, a noise shared within each molecule: ``sample_acceleration``)
+                                           shell motion (carried beads, e.g. Li+): their Gaussian is over the
+                                           displacement relative to the mean one of the beads within
+                                           shell_radius, so x_pred = x + shell_mean(h[-1] + a) + a for them
     x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
@@ -27,7 +30,7 @@ from torch import nn
 
 from ..data.contacts import contact_table
 from ..nn.backbone import scatter_sum
-from ..nn.dynamics import sample_acceleration
+from ..nn.dynamics import sample_acceleration, shell_mean, shell_pairs
 from ..nn.score import SCHEMES, refine_evaluations
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
 from .excluded_volume import bond_keys, push_apart
@@ -220,13 +223,14 @@ class LearnedStep(nn.Module):
     molecule_noise: bool
     hard_core: float
     bond_cap: float
+    shell_radius: float
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
                  step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1,
                  scheme: str = "langevin", hard_core: float = 0.0, core: Optional[torch.Tensor] = None,
                  bead_types: Optional[torch.Tensor] = None, bond_cap: float = 0.0,
-                 cap: Optional[torch.Tensor] = None):
+                 cap: Optional[torch.Tensor] = None, carried: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -255,6 +259,10 @@ class LearnedStep(nn.Module):
         self.register_buffer("cap", (off if cap is None or self.bond_cap <= 0 else torch.as_tensor(cap))
                              .to(torch.float32).clone())
         self.register_buffer("bonded", bond_keys(self.bonds.cpu(), n))
+        # shell motion: (N,) which beads move relative to their shell; none when the model has no shell radius
+        carried = torch.zeros(n, dtype=torch.bool) if carried is None else torch.as_tensor(carried, dtype=torch.bool)
+        self.shell_radius = float(dynamics.shell_radius) if bool(carried.any()) else 0.0
+        self.register_buffer("carried", carried.reshape(n).clone())
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
         self.scheme = str(scheme)
@@ -315,11 +323,13 @@ class LearnedStep(nn.Module):
         score = copy.deepcopy(model.score).eval()
         for p in list(dynamics.parameters()) + list(score.parameters()):
             p.requires_grad_(False)
+        carried = torch.as_tensor(model.carried(beadmap.type_names), dtype=torch.bool)[
+            torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64))]
         return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
                    levels, steps, size, scheme=scheme, hard_core=hard_core, core=core,
                    bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64)), bond_cap=bond_cap,
-                   cap=cap).to(device)
+                   cap=cap, carried=carried).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -366,7 +376,7 @@ class LearnedStep(nn.Module):
             torch.arange(len(steps), device=first.bonds.device).repeat_interleave(sizes), len(steps), first.scheme,
             first.hard_core, torch.block_diag(*[s.core for s in steps]),
             torch.cat([s.bead_types + int(o) for s, o in zip(steps, type_offsets)]),
-            first.bond_cap, torch.block_diag(*[s.cap for s in steps]),
+            first.bond_cap, torch.block_diag(*[s.cap for s in steps]), torch.cat([s.carried for s in steps]),
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -400,9 +410,14 @@ class LearnedStep(nn.Module):
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
         mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
         if self.molecule_noise:
-            x_pred = x + h[-1] + sample_acceleration(mean, std, shared, self.molecule, self.n_molecules, dyn_noise)
+            a = sample_acceleration(mean, std, shared, self.molecule, self.n_molecules, dyn_noise)
         else:
-            x_pred = x + h[-1] + mean + std.unsqueeze(1) * dyn_noise
+            a = mean + std.unsqueeze(1) * dyn_noise
+        moved = h[-1] + a
+        if self.shell_radius > 0:
+            ion, shell = shell_pairs(x, self.carried, self.shell_radius, box_opt, self.batch)
+            moved = torch.where(self.carried.unsqueeze(1), a + shell_mean(moved, ion, shell), moved)
+        x_pred = x + moved
         x_new = x_pred
         # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
         # as it is, so every wrapper reports it as a blow-up of this step.

@@ -70,6 +70,10 @@ class ArchitectureConfig(Config):
     history_length: int = 4
     min_std: float = 1e-3  # in units of accel_scale
     molecule_noise: bool = False  # a noise shared by each molecule's beads (DynamicsGNN)
+    # residue names of the beads whose Gaussian is relative to their shell's mean acceleration (e.g. [LI]): the
+    # beads not carried within shell_radius nm at the current step (DynamicsGNN, "shell motion")
+    carried_species: List[str] = field(default_factory=list)
+    shell_radius: float = 0.35  # nm
     # score GNN and its noise ladder
     score_hidden: int = 64
     score_layers: int = 4
@@ -101,6 +105,9 @@ class ArchitectureConfig(Config):
         check(self.cutoff > 0 and (self.score_cutoff is None or self.score_cutoff > 0) and self.sigma_min > 0
               and self.sigma_max >= self.sigma_min, "need cutoff > 0 nm and sigma_max >= sigma_min > 0 nm")
         check(self.min_std > 0, f"min_std must be > 0, got {self.min_std}")
+        check(self.shell_radius > 0, f"shell_radius must be > 0 nm, got {self.shell_radius}")
+        check(all(isinstance(n, str) and n for n in self.carried_species),
+              f"carried_species must be a list of residue names (e.g. [LI]), got {self.carried_species!r}")
         check(0 <= self.refine_levels <= self.n_sigmas, f"refine_levels must be between 0 and n_sigmas ({self.n_sigmas})")
         check(0 <= self.refine_span <= self.n_sigmas, f"refine_span must be between 0 and n_sigmas ({self.n_sigmas})")
         check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
@@ -149,9 +156,15 @@ class CGModel(nn.Module):
         self.contacts: Optional[dict] = None
         self.embedding = BeadEmbedding(c.embed_dim, c.embed_hidden, c.embed_layers, c.mlp_layers)
         self.dynamics = DynamicsGNN(c.embed_dim, c.history_length, c.cutoff, c.hidden, c.n_layers, c.mlp_layers,
-                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise)
+                                    c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise,
+                                    c.shell_radius if c.carried_species else 0.0)
         self.score = ScoreGNN(c.embed_dim, c.score_cutoff or c.cutoff, c.score_hidden, c.score_layers, c.mlp_layers,
                               c.n_rbf)
+
+    def carried(self, type_names) -> List[bool]:
+        """Whether each bead type (names "RESIDUE:..." as in ``BeadMap.type_names``) moves relative to its shell
+        (``ModelConfig.carried_species``)."""
+        return [name.split(":")[0] in self.config.carried_species for name in type_names]
 
     @property
     def mapping(self) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..data import contact_distances, read_contacts, write_contacts
-from ..nn.dynamics import gaussian_nll
+from ..nn.dynamics import gaussian_nll, shell_mean, shell_pairs
 from ..nn.embedding import TypeGraphs
 from ..nn.score import denoising_loss
 from ..pbc import bond_forest
@@ -224,6 +224,11 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
         hist = inputs[1:] - inputs[:-1]
         x = inputs[-1]
         target = wb.next - x - hist[-1]
+        if model.dynamics.shell_radius > 0:  # carried beads: their displacement relative to their shell's mean
+            carried = torch.tensor(model.carried(model.vocab.type_names), device=device)[wb.types]
+            ion, shell = shell_pairs(x, carried, model.dynamics.shell_radius, wb.box, wb.batch)
+            moved = wb.next - x
+            target = torch.where(carried.unsqueeze(1), moved - shell_mean(moved, ion, shell), target)
         mean, std, shared = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch)
         if model.dynamics.molecule_noise:
             nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale, shared, wb.molecule, wb.n_molecules)
