@@ -6,7 +6,7 @@ import torch
 
 from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll, sample_acceleration
 from openmm_cgml.nn.embedding import BeadEmbedding, TypeGraphs
-from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels
+from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels, type_balance
 
 
 
@@ -149,6 +149,13 @@ def test_losses_and_levels():
     z = torch.randn(10, 3, generator=gen)
     sigma = torch.full((10,), 0.2)
     assert float(denoising_loss(-z / 0.2, z, sigma)) == pytest.approx(0.0, abs=1e-10)
+    # Type balance: each bead type's mean loss weighs the same, however many beads it has.
+    types = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+    score = torch.randn(10, 3, generator=gen)
+    per_bead = ((sigma.unsqueeze(1) * score + z) ** 2).mean(dim=1)
+    balanced = denoising_loss(score, z, sigma, type_balance(types))
+    assert float(balanced) == pytest.approx(float(0.5 * (per_bead[:8].mean() + per_bead[8:].mean())), rel=1e-6)
+    assert float(denoising_loss(score, z, sigma)) == pytest.approx(float(per_bead.mean()), rel=1e-6)
 
 
 def test_molecule_noise_samples_and_scores_its_covariance():

@@ -152,10 +152,22 @@ def refine_evaluations(scheme: str, n_levels: int, steps_per_level: int) -> int:
     raise ValueError("unknown refinement scheme " + scheme + "; use langevin or pc")
 
 
-def denoising_loss(score: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def denoising_loss(score: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
+                   weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Denoising score matching with sigma² weighting: mean |sigma s(x + sigma z) + z|² per coordinate.
 
-    ``score`` (N, 3) nm^-1 evaluated at the noised positions, ``noise`` (N, 3) the standard normals z, ``sigma`` (N,).
+    ``score`` (N, 3) nm^-1 evaluated at the noised positions, ``noise`` (N, 3) the standard normals z, ``sigma`` (N,);
+    ``weight`` (N,) >= 0 makes it the weighted mean over beads (e.g. :func:`type_balance`).
     """
-    return ((sigma.unsqueeze(1) * score + noise) ** 2).mean()
+    per_bead = ((sigma.unsqueeze(1) * score + noise) ** 2).mean(dim=1)
+    if weight is None:
+        return per_bead.mean()
+    return (weight * per_bead).sum() / weight.sum()
+
+
+def type_balance(types: torch.Tensor) -> torch.Tensor:
+    """(N,) weights 1 / (number of beads of the same type): every bead type present weighs the same in a mean.
+    A rare type (a few Li+ among hundreds of polymer beads) otherwise hardly shapes what the score GNN learns."""
+    counts = torch.bincount(types)
+    return 1.0 / counts[types].to(torch.float32)
 

@@ -27,6 +27,7 @@ class TrainConfig(OptimConfig, ArchitectureConfig):
     input_noise: float = 0.0  # nm, std of the random-walk noise added to the input positions (GNS)
     dynamics_weight: float = 1.0  # weight of the Gaussian NLL (0 skips the dynamics/embedding loss)
     score_weight: float = 1.0  # weight of the denoising score-matching loss (0 skips the score GNN)
+    score_type_balance: bool = False  # every bead type weighs the same in the score loss (else every bead does)
 
     def validate(self):
         super().validate()

@@ -28,7 +28,7 @@ import torch
 from ..data import contact_distances, read_contacts, write_contacts
 from ..nn.dynamics import gaussian_nll, shell_mean, shell_pairs
 from ..nn.embedding import TypeGraphs
-from ..nn.score import denoising_loss
+from ..nn.score import denoising_loss, type_balance
 from ..pbc import bond_forest
 from . import distributed
 from .config import TrainConfig
@@ -238,7 +238,7 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
         sigma = levels[level[share.graphs]].to(device)[wb.batch]
         z = z[share.beads].to(device)
         score = model.score(wb.next + sigma.unsqueeze(1) * z, sigma, embed, wb.masses, wb.bonds, wb.box, wb.batch)
-        dsm = denoising_loss(score, z, sigma)
+        dsm = denoising_loss(score, z, sigma, type_balance(wb.types) if config.score_type_balance else None)
     return nll, dsm
 
 
