@@ -162,6 +162,8 @@ def summary_markdown() -> str:
         if refine:
             title += f", refinement {refine['scheme'] if refine['evaluations'] else 'none'} ({refine['evaluations']} " \
                      "score evaluations per step)"
+            if "step=" in acc.get("command", ""):  # a step size other than the model's own
+                title += f", step size {refine['step_size']:g} nm²"
             if refine.get("hard_core"):
                 title += f", hard core {refine['hard_core']:g} × closest approach"
             if refine.get("bond_cap"):

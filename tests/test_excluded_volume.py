@@ -150,7 +150,10 @@ def test_hard_core_spec_errors_are_one_line():
     assert parse_refine("none,core=0.5") == {"n_levels": 0, "hard_core": 0.5}
     assert parse_refine("pc:4x0,core=1") == {"scheme": "pc", "n_levels": 4, "steps_per_level": 0, "hard_core": 1.0}
     assert parse_refine("model,cap=1.5,core=0.8") == {"bond_cap": 1.5, "hard_core": 0.8}
-    for bad in ("model,core=1.5", "model,hard=0.9", "model,core=x", "model,cap=0.5"):
+    assert parse_refine("pc:8x4,step=2e-6") == {"scheme": "pc", "n_levels": 8, "steps_per_level": 4,
+                                                "step_size": 2e-6}
+    for bad in ("model,core=1.5", "model,hard=0.9", "model,core=x", "model,cap=0.5", "model,step=0",
+                "none,step=1e-6"):
         with pytest.raises(ValueError, match="core=F") as err:
             parse_refine(bad)
         assert "\n" not in str(err.value)

@@ -148,7 +148,8 @@ def parse_refine(spec: str):
     Langevin steps each; for ``pc`` L levels spread over the noise range of the model's default refinement
     (``refine_span`` levels, else ``refine_levels``) and K corrector steps each. Suffixes ``,core=F`` and
     ``,cap=G`` set the hard-core fraction and the bond cap (``ModelConfig.hard_core``, ``.bond_cap``; e.g.
-    ``"model,core=0.9,cap=1.2"``, ``"none,core=0.9"``).
+    ``"model,core=0.9,cap=1.2"``, ``"none,core=0.9"``); ``,step=S`` the Langevin step size at the lowest level, nm²
+    (``ModelConfig.refine_step_size``; e.g. ``"pc:8x4,step=2e-6"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
@@ -165,9 +166,11 @@ def parse_refine(spec: str):
             repairs["hard_core"] = number
         elif key == "cap" and (number == 0.0 or number >= 1.0):
             repairs["bond_cap"] = number
+        elif key == "step" and number > 0 and settings is not False:
+            repairs["step_size"] = number
         else:
-            raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1] or ,cap=G "
-                             "with G 0 or >= 1 (e.g. ,core=0.9,cap=1.2)")
+            raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1], ,cap=G "
+                             "with G 0 or >= 1, or ,step=S with S > 0 nm² (e.g. ,core=0.9,cap=1.2,step=2e-6)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
     return {**base, **repairs}
 
