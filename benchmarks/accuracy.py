@@ -10,6 +10,7 @@ temperature was part of the model's training data is read from the model's prove
 """
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -98,6 +99,8 @@ def main(argv=None) -> None:
         "reference": os.path.abspath(args.reference), "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
         "reference_system": provenance.get("system", provenance.get("builder_args")),
         "model": os.path.abspath(args.model), "model_trained_on": load_model_extra(args.model),
+        # the summary's titles read the refinement spec from it (e.g. a ,step=S override)
+        "command": "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
         "refine": refine_settings(model.config, refine),
         "replicas": args.replicas, "cg_ns_per_replica": n_steps * model.timestep_ps / 1000.0,
         "engine": stats,

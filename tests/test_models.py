@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll, sample_acceleration
+from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll, sample_acceleration, shell_mean, shell_pairs
 from openmm_cgml.nn.embedding import BeadEmbedding, TypeGraphs
 from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels, type_balance
 
@@ -189,8 +189,6 @@ def test_molecule_noise_samples_and_scores_its_covariance():
 def test_shell_pairs_and_mean_match_a_brute_force_search():
     """Shell pairs: every bead not carried within the radius of a carried bead of the same graph, minimum image
     across periodic boxes of two graphs of different sizes; a carried bead without a shell gets a zero mean."""
-    from openmm_cgml.nn.dynamics import shell_mean, shell_pairs
-
     gen = torch.Generator().manual_seed(4)
     box = torch.tensor([[1.2, 1.5, 1.3], [2.0, 1.1, 1.7]])
     batch = torch.tensor([0] * 30 + [1] * 30)
