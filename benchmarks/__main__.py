@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+from openmm_cgml.analysis.comparison import exponent_text
+
 from .common import DATA, HERE, RESULTS, Stopwatch, result_path, write_text
 
 ROOT = os.path.dirname(HERE)
@@ -183,8 +185,8 @@ def summary_markdown() -> str:
 
         for species, row in acc["diffusivity"].items():
             lines.append(f"| {species} | {cell(row, 'allatom')} | {cell(row, 'cg')} | "
-                         f"{_fmt(row['log10_error'], '+.2f')} | {_fmt(row.get('allatom_msd_exponent'), '.2f')} / "
-                         f"{_fmt(row.get('cg_msd_exponent'), '.2f')} | {_msd_ratio(row)} |")
+                         f"{_fmt(row['log10_error'], '+.2f')} | {exponent_text(row, 'allatom')} / "
+                         f"{exponent_text(row, 'cg')} | {_msd_ratio(row)} |")
         lines.append("")
         lines.append("| RDF pair | first peak all-atom (nm, g) | CG (nm, g) |")
         lines.append("|---|---|---|")
@@ -371,16 +373,19 @@ def _hmr_lines(hmr) -> list:
              f"{den['2fs']['ns_per_day']:.1f} against {den['4fs_hmr']['ns_per_day']:.1f} ns/day "
              f"({den['speedup']:.2f}×, {hmr['machine']['threads']} thread, same process)",
              f"- D over the first {dif['compared_ns']:.2f} ns of each run (2 fs: the campaign's reference):",
-             "| species | D 2 fs (cm²/s) | D 4 fs HMR (cm²/s) | MSD exponent 2 fs / 4 fs | D agree | MSD at 1 ns: "
-             "2 fs segments (mean ± sd), 4 fs | within 2 sd |", "|---|---|---|---|---|---|---|"]
+             "| species | D 2 fs (cm²/s) | D 4 fs HMR (cm²/s) | MSD exponent 2 fs / 4 fs | D agree | MSD at 1 ns, 2 fs / "
+             "4 fs (nm², ± block s.e.) | MSD agree |", "|---|---|---|---|---|---|---|"]
     for species, row in dif["by_species"].items():
         cells = ["withheld (sub-diffusive)" if row[f"{side}_D_cm2_per_s"] is None else
                  f"{row[f'{side}_D_cm2_per_s']:.2e} ± {row[f'{side}_err_cm2_per_s']:.1e}" for side in ("allatom", "cg")]
-        scatter = (f"{row['segment_msd_nm2_mean']:.2f} ± {row['segment_msd_nm2_sd']:.2f} ({row['segments']}), "
-                   f"{row['hmr_msd_nm2']:.2f} nm² | {'yes' if row['msd_within_scatter'] else 'no'}"
-                   if row["msd_within_scatter"] is not None else f"{row['segments']} segment(s): no scatter | –")
-        lines.append(f"| {species} | {cells[0]} | {cells[1]} | {row['allatom_msd_exponent']:.2f} / "
-                     f"{row['cg_msd_exponent']:.2f} | {'yes' if row['agree'] else 'no'} | {scatter} |")
+        if "msd_agree" in row:
+            msd = (f"{row['allatom_msd_nm2_at_lag']:.2f} ± {row['allatom_msd_nm2_at_lag_err']:.2f} / "
+                   f"{row['cg_msd_nm2_at_lag']:.2f} ± {row['cg_msd_nm2_at_lag_err']:.2f} | "
+                   f"{'yes' if row['msd_agree'] else 'no'}")
+        else:  # written before the block errors existed
+            msd = "not recorded | –"
+        lines.append(f"| {species} | {cells[0]} | {cells[1]} | {exponent_text(row, 'allatom')} / "
+                     f"{exponent_text(row, 'cg')} | {'yes' if row['agree'] else 'no'} | {msd} |")
     return lines + [f"- `{den.get('command', '')}`; `{dif.get('command', '')}`", ""]
 
 

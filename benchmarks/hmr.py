@@ -11,8 +11,8 @@ Both checks run the same built box (default: the held-out EO4 + 9 LiTFSI at 450 
   five blocks; the ns/day of both, measured in this process on the same thread count.
 
 HMR counts as validated when the density and every species' D agree within two combined standard errors (so every
-species must be diffusive on both runs). Beside it, each species' MSD at 1 ns is set against the run-to-run
-scatter of the 2 fs reference (its consecutive segments of the HMR run's length): a verdict before D exists.
+species must be diffusive on both runs). Beside it, each species' MSD at 1 ns is compared the same way, with the
+standard errors of the five time blocks that D is fit on: a verdict before D exists.
 
     python -m benchmarks.hmr                       # both checks; the 4 fs run is continued to --ns first
     python -m benchmarks.hmr --checks density      # only the NPT comparison
@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 from openmm_cgml.analysis import compare_diffusivities, format_diffusivity_table
-from openmm_cgml.analysis.comparison import MSD_LAG_PS, species_positions
+from openmm_cgml.analysis.comparison import species_positions
 from openmm_cgml.analysis.transport import msd_per_particle
 from openmm_cgml.data import CGDataset
 from openmm_cgml.reference import ReferenceConfig, run_reference
@@ -76,12 +76,13 @@ def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float, figure: st
     (ref_x, dt, species), (hmr_x, hmr_dt, hmr_species) = species_positions(reference), species_positions(path)
     if hmr_species != species or hmr_dt != dt:
         raise SystemExit("the HMR run maps to other beads or frames than the reference; rerun it with its settings")
-    spread = segment_spread(ref_x, hmr_x, dt, species)
     ref_x = ref_x[:hmr_x.shape[0]]
     table = compare_diffusivities(ref_x, dt, hmr_x[None], dt, species)
     print(format_diffusivity_table(table).replace("all-atom", "2 fs").replace("learned CG", "4 fs HMR"))
     for name, row in table.items():
-        row.update(spread[name])
+        # the MSD at 1 ns of both runs, each ± its standard error over the same 5 time blocks: a verdict before D
+        row["msd_agree"] = _agree(row["allatom_msd_nm2_at_lag"], row["allatom_msd_nm2_at_lag_err"],
+                                  row["cg_msd_nm2_at_lag"], row["cg_msd_nm2_at_lag_err"])
         both = row["allatom_D_cm2_per_s"] is not None and row["cg_D_cm2_per_s"] is not None
         row["agree"] = both and _agree(row["allatom_D_cm2_per_s"], row["allatom_err_cm2_per_s"],
                                        row["cg_D_cm2_per_s"], row["cg_err_cm2_per_s"])
@@ -89,35 +90,6 @@ def diffusion_check(system_dir: str, ns: float, hydrogen_mass: float, figure: st
     return {"reference": os.path.relpath(reference), "hmr_run": os.path.relpath(path),
             "compared_ns": (hmr_x.shape[0] - 1) * dt / 1000.0, "sides": {"allatom": "2 fs", "cg": "4 fs HMR"},
             "by_species": table}
-
-
-def segment_spread(ref_x, hmr_x, dt: float, species) -> dict:
-    """Run-to-run scatter of the MSD at :data:`~openmm_cgml.analysis.comparison.MSD_LAG_PS` per species: its mean
-    and standard deviation over the 2 fs reference's consecutive segments as long as the HMR run, and whether the
-    HMR run's value lies within :data:`AGREE_SIGMAS` of them (also for species not yet diffusive). With fewer than
-    three such segments there is no scatter to compare with: every species gets ``msd_within_scatter`` None and the
-    reason, and the verdict rests on D alone."""
-    labels, n = np.asarray(species), hmr_x.shape[0]
-    lag = int(round(MSD_LAG_PS / dt))
-    if lag >= n:
-        raise SystemExit(f"the HMR run is shorter than the {MSD_LAG_PS:g}-ps MSD lag; extend it with --ns")
-    segments = [ref_x[s:s + n] for s in range(0, ref_x.shape[0] - n + 1, n - 1)]
-    if len(segments) < 3:
-        reason = (f"the reference holds {len(segments)} segment(s) of {(n - 1) * dt / 1000:g} ns, fewer than 3: "
-                  "no run-to-run scatter")
-        print(reason)
-        return {name: {"segments": len(segments), "msd_within_scatter": None, "scatter_withheld": reason}
-                for name in dict.fromkeys(labels.tolist())}
-    at_lag = [msd_per_particle(x, dt)[1][lag] for x in segments]  # (N,) per segment: one MSD per run
-    mine_at_lag = msd_per_particle(hmr_x, dt)[1][lag]
-    out = {}
-    for name in dict.fromkeys(labels.tolist()):
-        values = [per[labels == name].mean() for per in at_lag]
-        mine = mine_at_lag[labels == name].mean()
-        mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
-        out[name] = {"segments": len(values), "segment_msd_nm2_mean": mean, "segment_msd_nm2_sd": sd,
-                     "hmr_msd_nm2": float(mine), "msd_within_scatter": bool(abs(mine - mean) <= AGREE_SIGMAS * sd)}
-    return out
 
 
 def _plot_msd(ref_x, hmr_x, dt, species, path):

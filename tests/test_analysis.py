@@ -355,6 +355,60 @@ def test_diffusive_regime_detector_refuses_subdiffusion_and_recovers_known_d():
         diffusive_coefficient(lag, curve)
 
 
+def caged_walkers(rng, n_frames, n_particles, diffusion, tau, dt):
+    """Ornstein-Uhlenbeck walkers started in equilibrium (nm, ps): per axis MSD(t) = 2 D tau (1 - exp(-t / tau)),
+    diffusive (2 D t) at lags << tau and caged at lags >~ tau."""
+    variance, decay = diffusion * tau, math.exp(-dt / tau)
+    kicks = rng.normal(scale=math.sqrt(variance * (1.0 - decay ** 2)), size=(n_frames, n_particles, 3))
+    x = np.empty_like(kicks)
+    x[0] = rng.normal(scale=math.sqrt(variance), size=(n_particles, 3))
+    for t in range(1, n_frames):
+        x[t] = decay * x[t - 1] + kicks[t]
+    return x
+
+
+def test_msd_exponent_is_measured_on_the_blocks_that_d_is_fit_on():
+    """Walkers caged on a 1-ns time scale are close to diffusive over the lags a 400-ps block's D is fit on
+    (40-200 ps; exponent 0.95 in theory) but not over the whole 2-ns run's long lags (200-1000 ps; 0.77). The
+    comparison fits D on 5 blocks, so it certifies D with the blocks' exponent and window, ± their spread."""
+    from openmm_cgml.analysis import compare_diffusivities, msd_exponent
+
+    rng = np.random.default_rng(5)
+    d, dt = 1e-3, 1.0  # nm²/ps, ps
+    x = caged_walkers(rng, 2000, 100, d, 1000.0, dt)
+    lag, curve = msd(x, dt)
+    assert msd_exponent(lag, curve) == pytest.approx(0.77, abs=0.06)  # the window that used to certify D
+    row = compare_diffusivities(x, dt, x[None], dt, ["A"] * 100)["A"]
+    for side in ("allatom", "cg"):  # a single CG run is cut into blocks as the reference is
+        assert row[f"{side}_n_segments"] == 5
+        assert (row[f"{side}_fit_start_ps"], row[f"{side}_fit_end_ps"]) == (40.0, 200.0)
+        assert row[f"{side}_msd_exponent"] == pytest.approx(0.95, abs=0.04)
+        assert 0.0 < row[f"{side}_msd_exponent_err"] < 0.04
+        assert row[f"{side}_withheld"] is None
+        # the block slope of 6 D tau (1 - exp(-t / tau)) over 40-200 ps is 0.94 x 6 D
+        assert row[f"{side}_D_cm2_per_s"] == pytest.approx(0.94 * d * 1e-2, rel=0.1)
+    assert row["msd_lag_ps"] == 200.0  # the fixed-lag MSD is cut to a block's longest lag
+
+
+def test_msd_exponent_error_bars_have_the_right_size():
+    """Over many independent Brownian systems the MSD exponent of the block-mean MSD scatters about 1 by its
+    standard error over blocks: (alpha - 1) / err spreads like Student's t with 9 degrees of freedom (std 1.13)."""
+    from openmm_cgml.analysis import msd_exponents_by_species
+
+    rng = np.random.default_rng(11)
+    n_systems = 300
+    x = brownian(rng, 400, 8 * n_systems, 0.05, 1.0)
+    result = msd_exponents_by_species(x, 1.0, np.repeat(np.arange(n_systems), 8), n_blocks=10)
+    alpha = np.array([r["msd_exponent"] for r in result.values()])
+    err = np.array([r["msd_exponent_err"] for r in result.values()])
+    assert alpha.std() == pytest.approx(err.mean(), rel=0.2)
+    z = (alpha - 1.0) / err
+    assert 0.85 < z.std() < 1.5 and abs(z.mean()) < 0.3
+    assert {r["fit_end_ps"] for r in result.values()} == {20.0}  # half of a 40-frame block
+    whole = msd_exponents_by_species(x, 1.0, np.repeat(np.arange(n_systems), 8), n_blocks=1)
+    assert whole[0]["msd_exponent_err"] is None and whole[0]["fit_end_ps"] == 200.0
+
+
 def test_js_divergence_limits_and_symmetry_of_bins():
     from openmm_cgml.analysis import js_divergence
 

@@ -82,6 +82,37 @@ def test_a_system_s_own_run_settings_override_the_defaults(tmp_path):
     assert (plain.timestep_fs, plain.hydrogen_mass_amu, plain.platform) == (2.0, None, "Reference")
 
 
+def test_status_gives_msd_exponents_on_the_blocks_a_diffusivity_is_fit_on(tmp_path, capsys):
+    """Once a run has 100 frames the status gives each species' MSD exponent as the reference side of a
+    diffusivity comparison measures it: 5 time blocks, over each block's fit lags, ± the standard error over
+    the blocks; the table names the window."""
+    from openmm_cgml.data import write_dataset
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.systems import peo_litfsi_system, peo_litfsi_topology
+    from test_simulate import MAPPING
+
+    top = peo_litfsi_topology(4, 3, 4)
+    beadmap = BeadMap.from_openmm(top, peo_litfsi_system(top), **MAPPING)
+    rng = np.random.default_rng(2)
+    dt, n_frames, d = 2.0, 500, 1e-3  # ps, frames, nm²/ps: blocks of 100 frames, lags up to 100 ps
+    brownian = np.cumsum(rng.normal(scale=np.sqrt(2 * d * dt), size=(n_frames, beadmap.n_beads, 3)), axis=0)
+    os.makedirs(tmp_path / "a" / "reference")
+    write_dataset(str(tmp_path / "a" / "reference" / "cg.h5"), beadmap, brownian, None, np.arange(n_frames) * dt)
+    path = _manifest(tmp_path)
+    ran, idle = campaign_status(load_campaign(path))
+    assert idle["msd_exponents"] is None and ran["ns_done"] == pytest.approx(0.998)
+    assert set(ran["msd_exponents"]) == set(beadmap.bead_species())
+    for row in ran["msd_exponents"].values():
+        assert (row["n_segments"], row["fit_start_ps"], row["fit_end_ps"]) == (5, 20.0, 100.0)
+        assert 0.0 < row["msd_exponent_err"] < 0.2
+        assert abs(row["msd_exponent"] - 1.0) < 4 * row["msd_exponent_err"] + 0.05
+    assert cli.main(["campaign", "status", path]) == 0
+    table = capsys.readouterr().out
+    peo = ran["msd_exponents"]["PEO"]
+    assert "0.02-0.1" in table and f"PEO={peo['msd_exponent']:.2f}±{peo['msd_exponent_err']:.2f}" in table
+    assert "5 time blocks" in table
+
+
 def test_killed_campaign_resumes_every_system_exactly(tiny_peo_litfsi, tmp_path):
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     for d in (full_dir, killed_dir):

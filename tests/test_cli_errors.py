@@ -90,6 +90,10 @@ def ws(tiny_peo_litfsi, tmp_path_factory):
     box = np.tile(np.diag(peo.box_vectors.value_in_unit(unit.nanometer)), (n, 1)).astype(np.float32)
     p["good_h5"] = write_dataset(str(root / "good.h5"), bm, pos, box, np.arange(n) * 2.0, {"note": "synthetic"})
 
+    p["init_from_yaml"] = str(root / "init_from.yaml")  # fine-tuning a model trained on other bead types
+    with open(p["init_from_yaml"], "w") as handle:
+        handle.write("init_from: peo-litfsi-molecule\ncutoff: 0.3\n")
+
     def variant(name, edit):
         path = str(root / name)
         shutil.copy(p["good_h5"], path)
@@ -205,6 +209,9 @@ ROWS = [
      "--frame-ps must be", ["{out}"]),
     ("train HDF5 time shorter than positions", "train {short_time} -o {out}", "time has 21 entries", ["{out}"]),
     ("train HDF5 bead map of the wrong size", "train {wrong_beadmap} -o {out}", "bead map has", ["{out}"]),
+    ("train --threads 0", "train {good_h5} -o {out} --threads 0", "--threads must be", ["{out}"]),
+    ("train init_from with other bead types", "train {good_h5} -o {out} --config {init_from_yaml}", "bead types",
+     ["{out}"]),
     ("train --device cuda on a CPU build", "train {good_h5} -o {out} --device cuda", "no CUDA device", ["{out}"]),
     ("simulate --ns inf", "simulate {model} --system {peo} --ns inf -o {out}", "--ns must be", ["{out}"]),
     ("simulate --report-every-ps 0", "simulate {model} --system {peo} --ns 0.001 --report-every-ps 0 -o {out}",

@@ -304,6 +304,47 @@ def test_resume_is_exact(small_run):
         train(data, killed, TrainConfig(**SMALL), progress=False, resume=False)
 
 
+def test_fine_tuning_starts_from_the_model_and_keeps_frozen_parts(small_run):
+    """init_from copies the trained weights and data scales; freeze holds those parts bit for bit while the rest
+    (the score here) moves; a model with other bead types is refused in one line."""
+    start = small_run["model"]
+    config = TrainConfig(**{**SMALL, "init_from": small_run["full"], "freeze": ["embedding", "dynamics"],
+                            "dynamics_weight": 0.0, "n_iterations": 4, "checkpoint_every": 0})
+    tuned = train(small_run["data"], None, config, progress=False)
+    before, after = start.state_dict(), tuned.state_dict()
+    for name, value in after.items():
+        if name.startswith(("embedding.", "dynamics.")):
+            assert torch.equal(value, before[name]), name
+    moved = [n for n, v in after.items() if n.startswith("score.") and not torch.equal(v, before[n])]
+    assert moved, "the score GNN did not train"
+    assert tuned.config.velocity_scale == start.config.velocity_scale
+    assert tuned.config.accel_scale == start.config.accel_scale
+    # From scratch the same config gives other dynamics weights: the copy above is not vacuous.
+    scratch = train(small_run["data"], None, TrainConfig(**{**SMALL, "n_iterations": 1}), progress=False)
+    assert not torch.equal(scratch.state_dict()["dynamics.vector_head.weight_mlp.0.weight"],
+                           before["dynamics.vector_head.weight_mlp.0.weight"])
+    other = str(small_run["root"] / "other_types.h5")
+    _small_dataset(other, 1, element="Si")
+    with pytest.raises(ValueError, match="bead types"):
+        train(other, None, config, progress=False)
+    with pytest.raises(ValueError, match="freeze must list"):
+        TrainConfig(**{**SMALL, "freeze": ["embedding", "dynamics", "score"]})
+
+
+def test_score_levels_draws_only_the_lowest_noise_levels():
+    """score_levels=k trains the score on the k smallest sigmas only (the levels run from sigma_max down)."""
+    from openmm_cgml.training.train import BatchShare, draw_noise
+
+    config = TrainConfig(**{**SMALL, "score_levels": 2})
+    share = BatchShare(500, slice(0, 500), 10, slice(0, 10))
+    _, level, _ = draw_noise(torch.Generator().manual_seed(0), config, 3, share, 4)
+    assert set(level.tolist()) == {2, 3}
+    _, level, _ = draw_noise(torch.Generator().manual_seed(0), TrainConfig(**SMALL), 3, share, 4)
+    assert set(level.tolist()) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="score_levels"):
+        TrainConfig(**{**SMALL, "score_levels": 5})
+
+
 def test_contacts_written_by_train(small_run):
     """train() writes the collision yardstick itself: equal to contact_distances of the training data."""
     from openmm_cgml.data import contact_distances

@@ -87,7 +87,7 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
     top = peo_litfsi_topology(8, 3, 8)  # 32 PEO, 8 TFSI and 8 Li beads
     beadmap = BeadMap.from_openmm(top, peo_litfsi_system(top), **MAPPING)
     rng = np.random.default_rng(4)
-    dt, n_frames, d_ref = 2.0, 2000, 1e-3  # ps, frames, nm²/ps
+    dt, n_frames, d_ref = 5.0, 2000, 1e-3  # ps, frames, nm²/ps: 5 reference blocks of 2 ns reach the 1-ns lag
 
     def brownian(d, path):
         steps = rng.normal(scale=np.sqrt(2 * d * dt), size=(n_frames, beadmap.n_beads, 3))
@@ -97,6 +97,7 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
     ref = brownian(d_ref, tmp_path / "ref.h5")
     runs = [brownian(2 * d_ref, tmp_path / f"cg{r}.h5") for r in range(4)]
     table = diffusivity_comparison(ref, runs)
+    peo = table["PEO"]
     assert set(table) == set(beadmap.bead_species())
     for row in table.values():  # single-bead species (Li, TFSI) are noisy: judge them by their error bars
         assert row["cg_err_cm2_per_s"] > 0 and row["allatom_err_cm2_per_s"] > 0
@@ -104,16 +105,31 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
         z_cg = (row["cg_D_cm2_per_s"] - 2 * d_ref * 1e-2) / row["cg_err_cm2_per_s"]
         assert abs(z_ref) < 4 and abs(z_cg) < 4
     assert table["PEO"]["log10_error"] == pytest.approx(np.log10(2.0), abs=0.1)  # 32 beads: precise
-    # Brownian beads: MSD exponent 1 (8-bead species' estimates scatter by ~0.2 over one run)
+    # Brownian beads: MSD exponent 1, within a few of its standard errors over the segments D is fit on
     assert table["PEO"]["allatom_msd_exponent"] == pytest.approx(1.0, abs=0.1)
-    assert all(row[f"{side}_msd_exponent"] == pytest.approx(1.0, abs=0.25) for row in table.values()
-               for side in ("allatom", "cg"))
-    assert "log10 err" in format_diffusivity_table(table)
+    for row in table.values():
+        for side in ("allatom", "cg"):
+            assert 0 < row[f"{side}_msd_exponent_err"] < 0.15
+            assert abs(row[f"{side}_msd_exponent"] - 1.0) < 4 * row[f"{side}_msd_exponent_err"] + 0.05
+    # ... measured on the reference's 5 time blocks (400 frames: lags 200-1000 ps) and on the 4 CG replicas
+    # (lags 1-5 ns), the windows of the D fits.
+    assert (peo["allatom_n_segments"], peo["allatom_fit_start_ps"], peo["allatom_fit_end_ps"]) == (5, 200.0, 1000.0)
+    assert (peo["cg_n_segments"], peo["cg_fit_start_ps"], peo["cg_fit_end_ps"]) == (4, 1000.0, 5000.0)
+    text = format_diffusivity_table(table)
+    assert "log10 err" in text and "all-atom lags 0.2-1 ns, 5 segments" in text
+    assert f"{peo['allatom_msd_exponent']:.2f}±{peo['allatom_msd_exponent_err']:.2f}" in text
+    # One CG run is cut into time blocks as the reference is.
+    single = diffusivity_comparison(ref, runs[0])["PEO"]
+    assert (single["cg_n_segments"], single["cg_fit_start_ps"], single["cg_fit_end_ps"]) == (5, 200.0, 1000.0)
+    assert single["cg_D_cm2_per_s"] == pytest.approx(2 * d_ref * 1e-2, rel=0.2)
     # The fixed-lag MSD (reported even where D is withheld) is 6 D t at the 1-ns lag: 6 and 12 nm² here.
-    peo = table["PEO"]
     assert peo["msd_lag_ps"] == 1000.0
     assert peo["allatom_msd_nm2_at_lag"] == pytest.approx(6.0, rel=0.25)
     assert peo["cg_msd_nm2_at_lag"] == pytest.approx(12.0, rel=0.2)
+    # Its error is the standard error over the same segments: the true value lies within a few of them.
+    assert abs(peo["allatom_msd_nm2_at_lag"] - 6.0) < 4 * peo["allatom_msd_nm2_at_lag_err"]
+    assert abs(peo["cg_msd_nm2_at_lag"] - 12.0) < 4 * peo["cg_msd_nm2_at_lag_err"]
+    assert 0.01 < peo["allatom_msd_nm2_at_lag_err"] / peo["allatom_msd_nm2_at_lag"] < 0.2
     # A caged reference (beads bound to fixed sites: the MSD plateaus) is not diffusive: no D, no error.
     caged = rng.normal(scale=0.05, size=(n_frames, beadmap.n_beads, 3)) + rng.normal(size=(1, beadmap.n_beads, 3))
     write_dataset(str(tmp_path / "caged.h5"), beadmap, caged, None, np.arange(n_frames) * dt)

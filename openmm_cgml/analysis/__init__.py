@@ -20,8 +20,10 @@ from .regime import (
     NotDiffusiveError,
     diffusive_coefficient,
     msd_exponent,
+    msd_exponent_stderr,
     msd_exponents_by_species,
     reported_diffusivity,
+    reported_diffusivity_of_segments,
 )
 from .report import analyze_trajectory, format_table
 from .structure import (
@@ -37,8 +39,10 @@ from .transport import (
     DiffusionFit,
     diffusion_by_species,
     diffusion_coefficient,
+    independent_segments,
     msd,
     msd_per_particle,
+    species_msd_by_segment,
     unwrap,
 )
 
@@ -48,8 +52,10 @@ __all__ = [
     "NotDiffusiveError",
     "diffusive_coefficient",
     "msd_exponent",
+    "msd_exponent_stderr",
     "msd_exponents_by_species",
     "reported_diffusivity",
+    "reported_diffusivity_of_segments",
     "NM2_PER_PS_IN_CM2_PER_S",
     "COLLISION_FRACTION",
     "DiffusionFit",
@@ -67,6 +73,7 @@ __all__ = [
     "diffusivity_comparison",
     "compare_diffusivities",
     "first_peak",
+    "independent_segments",
     "fit_stretched_exponential",
     "format_diffusivity_table",
     "format_table",
@@ -81,6 +88,7 @@ __all__ = [
     "plot_rg2_hist",
     "radius_of_gyration_squared",
     "rdf",
+    "species_msd_by_segment",
     "stretched_exponential_mean_time",
     "unwrap",
 ]

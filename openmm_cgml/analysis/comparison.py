@@ -1,12 +1,12 @@
 """A learned CG model against its all-atom reference: diffusion coefficients per species side by side."""
 import numpy as np
 
-from .regime import reported_diffusivity
-from .transport import NM2_PER_PS_IN_CM2_PER_S, diffusion_by_species, msd_per_particle
+from .regime import reported_diffusivity_of_segments
+from .transport import NM2_PER_PS_IN_CM2_PER_S, diffusion_by_species, independent_segments, species_msd_by_segment
 
 
 #: Lag (ps) of the fixed-lag MSD that :func:`diffusivity_comparison` reports beside D (shortened to the shorter
-#: run's longest lag).
+#: side's longest lag: half a time block, or half a replica).
 MSD_LAG_PS = 1000.0
 LAGS, MSD = "lag_times_ps", "msd_nm2"
 
@@ -26,6 +26,12 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
 
     The reference error comes from ``n_blocks`` time blocks, the CG error from the spread over replicas (one
     replica: time blocks as for the reference). Species are the bead species (e.g. "LI", "TFS", "PEO").
+
+    D is reported only where the MSD exponent is >= 0.9, and that exponent is measured on the segments D is fit
+    on (the blocks or the replicas): the slope of their mean MSD over the lags of each segment's fit, reported
+    with that window (``*_fit_start_ps``, ``*_fit_end_ps``) and a standard error over the segments
+    (``*_msd_exponent_err``; None with one segment). The long lags of a whole run would describe another
+    window, sampled by too few independent stretches of trajectory to say much.
     """
     ref_x, ref_dt, species = species_positions(reference_path)
     runs = [species_positions(p) for p in ([cg_paths] if isinstance(cg_paths, str) else list(cg_paths))]
@@ -40,24 +46,34 @@ def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_b
                           fit_range=0.2) -> dict:
     """:func:`diffusivity_comparison` of arrays: ``ref_x`` (T, N, 3) and ``cg_x`` (R, T', N, 3) unwrapped bead
     positions, nm, every ``ref_dt`` / ``cg_dt`` ps, and the species of the N beads."""
-    reference = diffusion_by_species(ref_x, ref_dt, species, n_blocks=n_blocks, fit_range=fit_range)
-    cg = diffusion_by_species(cg_x if len(cg_x) > 1 else cg_x[0], cg_dt, species, n_blocks=n_blocks,
-                              fit_range=fit_range)
-    regime = {"allatom": _regime_by_species(ref_x[None], ref_dt, species, fit_range),
-              "cg": _regime_by_species(cg_x, cg_dt, species, fit_range)}
+    segments = {"allatom": independent_segments(ref_x, n_blocks),
+                "cg": independent_segments(cg_x if len(cg_x) > 1 else cg_x[0], n_blocks)}
+    dt = {"allatom": ref_dt, "cg": cg_dt}
+    # D and the exponent that certifies it come from the same segments and the same fit window.
+    estimates = {side: diffusion_by_species(x, dt[side], species, fit_range=fit_range) for side, x in segments.items()}
+    regime = {side: _regime_by_species(x, dt[side], species, fit_range) for side, x in segments.items()}
     lag = min(MSD_LAG_PS, regime["allatom"][LAGS][-1], regime["cg"][LAGS][-1])
     out = {}
-    for name in reference:
+    for name in estimates["allatom"]:
         row = {}
-        for side, (d, e) in (("allatom", reference[name]), ("cg", cg[name])):
-            rule = regime[side][name]
+        for side in ("allatom", "cg"):
+            (d, e), rule = estimates[side][name], regime[side][name]
             row[f"{side}_D_cm2_per_s"] = d * NM2_PER_PS_IN_CM2_PER_S if rule["diffusive"] else None
             row[f"{side}_err_cm2_per_s"] = e * NM2_PER_PS_IN_CM2_PER_S if rule["diffusive"] else None
             row[f"{side}_msd_exponent"] = rule["msd_exponent"]
+            row[f"{side}_msd_exponent_err"] = rule["msd_exponent_err"]
+            row[f"{side}_fit_start_ps"] = rule["fit_start_ps"]
+            row[f"{side}_fit_end_ps"] = rule["fit_end_ps"]
+            row[f"{side}_n_segments"] = rule["n_segments"]
             row[f"{side}_withheld"] = rule["withheld"]
         # Mobility at a fixed lag, reported whether or not either side is diffusive yet: not a diffusivity.
+        # Its error is the standard error over the same segments (None with one), so two sides can be set against
+        # each other before either is diffusive.
         for side in ("allatom", "cg"):
-            row[f"{side}_msd_nm2_at_lag"] = float(np.interp(lag, regime[side][LAGS], regime[side][MSD][name]))
+            at_lag = np.array([np.interp(lag, regime[side][LAGS], curve) for curve in regime[side][MSD][name]])
+            row[f"{side}_msd_nm2_at_lag"] = float(at_lag.mean())
+            row[f"{side}_msd_nm2_at_lag_err"] = (float(at_lag.std(ddof=1) / np.sqrt(at_lag.size))
+                                                 if at_lag.size > 1 else None)
         row["msd_lag_ps"] = float(lag)
         both = row["allatom_D_cm2_per_s"] is not None and row["cg_D_cm2_per_s"] is not None
         row["log10_error"] = (float(np.log10(row["cg_D_cm2_per_s"] / row["allatom_D_cm2_per_s"]))
@@ -66,34 +82,50 @@ def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_b
     return out
 
 
-def _regime_by_species(x, dt, species, fit_range) -> dict:
-    """:func:`reported_diffusivity` of each species' MSD averaged over its beads and the runs in (R, T, N, 3),
-    and those MSD curves (under ``MSD``, with their lags under ``LAGS``)."""
-    labels = np.asarray(species)
-    curves = []
-    for run in x:
-        lag_times, per_particle = msd_per_particle(run, dt)
-        curves.append(per_particle)
-    mean = np.mean(curves, axis=0)
-    by_species = {name: mean[:, labels == name].mean(axis=1) for name in dict.fromkeys(labels.tolist())}
-    out = {name: reported_diffusivity(lag_times, curve, fit_range) for name, curve in by_species.items()}
-    out[LAGS], out[MSD] = lag_times, by_species
+def _regime_by_species(segments, dt, species, fit_range) -> dict:
+    """:func:`reported_diffusivity_of_segments` of each species' MSD in the (S, T, N, 3) segments, and the
+    MSD curves of every segment (under ``MSD``, species -> (S, L + 1) nm², with their lags under ``LAGS``)."""
+    lag_times, curves = species_msd_by_segment(segments, dt, species)
+    out = {name: reported_diffusivity_of_segments(lag_times, by_segment, fit_range)
+           for name, by_segment in curves.items()}
+    out[LAGS], out[MSD] = lag_times, curves
     return out
 
 
 def format_diffusivity_table(table: dict) -> str:
     """The :func:`diffusivity_comparison` result as a plain-text table."""
     lines = [f"{'species':8s} {'all-atom D (cm2/s)':>24s} {'learned CG D (cm2/s)':>24s} {'log10 err':>9s} "
-             f"{'MSD exp. AA / CG':>17s}"]
+             f"{'MSD exp. AA / CG':>23s}"]
 
     def cell(d, e):
         return f"{'withheld':>24s}" if d is None else f"{d:11.3e} ± {e:9.2e}  "
 
     for name, row in table.items():
         err = row["log10_error"]
+        exponents = f"{exponent_text(row, 'allatom')} / {exponent_text(row, 'cg')}"
         lines.append(f"{name:8s} {cell(row['allatom_D_cm2_per_s'], row['allatom_err_cm2_per_s'])}"
                      f"{cell(row['cg_D_cm2_per_s'], row['cg_err_cm2_per_s'])}"
-                     f"{'n/a' if err is None else format(err, '+.2f'):>9s} "
-                     f"{row['allatom_msd_exponent']:>8.2f} / {row['cg_msd_exponent']:.2f}")
-    lines.append("D is withheld where the MSD exponent over the fit window is below 0.9 (not yet diffusive).")
+                     f"{'n/a' if err is None else format(err, '+.2f'):>9s} {exponents:>23s}")
+    lines.append("D is withheld where the MSD exponent is below 0.9 (not yet diffusive).")
+    row = next(iter(table.values()), None)
+    if row is not None:  # every species of a side shares its segments and window
+        lines.append("MSD exponent ± standard error over the segments D is fit on, over its fit window: "
+                     + "; ".join(f"{label} {_window(row, side)}" for label, side in (("all-atom", "allatom"),
+                                                                                    ("learned CG", "cg"))) + ".")
     return "\n".join(lines)
+
+
+def exponent_text(row: dict, side: str) -> str:
+    """A comparison row's MSD exponent of ``side`` ("allatom" or "cg") as ``1.01±0.05``: no ± with a single segment
+    or in rows written before the error existed, "n/a" in rows written before the exponent existed."""
+    alpha, err = row.get(f"{side}_msd_exponent"), row.get(f"{side}_msd_exponent_err")
+    if alpha is None:
+        return "n/a"
+    return f"{alpha:.2f}" + ("" if err is None else f"±{err:.2f}")
+
+
+def _window(row: dict, side: str) -> str:
+    if f"{side}_fit_start_ps" not in row:
+        return "n/a"
+    return (f"lags {row[f'{side}_fit_start_ps'] / 1000:.3g}-{row[f'{side}_fit_end_ps'] / 1000:.3g} ns, "
+            f"{row[f'{side}_n_segments']} segments")

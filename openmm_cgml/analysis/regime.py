@@ -4,6 +4,12 @@ A diffusivity D = MSD / (2 dim t) means something only where MSD ∝ t. Polymer 
 sub-diffusive (MSD ∝ t^α, α < 1) long after the ballistic regime, so a straight-line fit over a short
 trajectory yields a number that depends on the trajectory length. The rule used throughout the project:
 fit the log-log slope α over the same window as the linear fit, and refuse to report D where α < 0.9.
+
+Where D is the mean of fits to independent segments (time blocks of one run, or replicas), α is measured on
+those same segments: the slope of their mean MSD over the window each segment's D is fit on, with a standard
+error from the spread of the segments' own slopes. The longer lags of a whole run would certify a window that D
+was not fit on, and there they average over only a few independent stretches of trajectory, so α is mostly
+noise.
 """
 from dataclasses import asdict, dataclass
 
@@ -11,7 +17,8 @@ import numpy as np
 from openmm import unit
 
 from ._arrays import as_float_array
-from .transport import FitRange, _fit_window, diffusion_coefficient
+from .transport import (FitRange, _fit_window, diffusion_coefficient, independent_segments,
+                        species_msd_by_segment)
 
 #: Smallest MSD exponent accepted as diffusive.
 MIN_DIFFUSIVE_EXPONENT = 0.9
@@ -100,15 +107,69 @@ def reported_diffusivity(lag_times, msd_nm2, fit_range: FitRange = 0.2, dim: int
                                                 f"{fit.fit_start_ps:g}-{fit.fit_end_ps:g} ps")}
 
 
-def msd_exponents_by_species(positions, dt_ps, species, fit_range: FitRange = 0.2, max_lag=None) -> dict:
-    """MSD exponent α of each species' mean all-origins MSD (unwrapped (T, N, 3) positions, nm; ``dt_ps`` ps).
+def msd_exponent_stderr(lag_times, segment_msds, fit_range: FitRange = 0.2) -> float:
+    """Standard error of the MSD exponent of S independent segments' mean MSD.
 
-    The default window, lags from 20 % to 100 % of half the trajectory, is the one the diffusivity fits use.
+    Each segment's own exponent is fit over the same window; the error is their std (ddof=1) / sqrt(S), NaN
+    with a single segment.
+
+    Parameters
+    ----------
+    lag_times : time
+        (L,) lag times, ps.
+    segment_msds : area
+        (S, L) MSD of each segment, nm².
+    fit_range : float or (time, time)
+        The window, as in :func:`msd_exponent`.
     """
-    from ._arrays import as_labels
-    from .transport import msd_per_particle
+    curves = as_float_array(segment_msds, unit.nanometer ** 2, "segment_msds")
+    if curves.ndim != 2:
+        raise ValueError(f"segment_msds must be (S, L), got shape {curves.shape}")
+    if curves.shape[0] < 2:
+        return float("nan")
+    alphas = np.array([msd_exponent(lag_times, curve, fit_range) for curve in curves])
+    return float(alphas.std(ddof=1) / np.sqrt(alphas.size))
 
-    lag_times, per_particle = msd_per_particle(positions, dt_ps, max_lag)
-    labels = as_labels(species, per_particle.shape[1])
-    return {kind: msd_exponent(lag_times, per_particle[:, labels == kind].mean(axis=1), fit_range)
-            for kind in dict.fromkeys(labels.tolist())}
+
+def reported_diffusivity_of_segments(lag_times, segment_msds, fit_range: FitRange = 0.2, dim: int = 3,
+                                     min_exponent: float = MIN_DIFFUSIVE_EXPONENT) -> dict:
+    """:func:`reported_diffusivity` of the mean MSD of S independent segments (nm², (S, L)), with
+    ``msd_exponent_err`` (:func:`msd_exponent_stderr`; None with one segment) and ``n_segments`` added.
+
+    The rule is applied to the segment-mean MSD, over the window that each segment's D is fit on.
+    """
+    curves = as_float_array(segment_msds, unit.nanometer ** 2, "segment_msds")
+    out = reported_diffusivity(lag_times, curves.mean(axis=0), fit_range, dim, min_exponent)
+    err = msd_exponent_stderr(lag_times, curves, fit_range)
+    out["msd_exponent_err"] = None if np.isnan(err) else err
+    out["n_segments"] = int(curves.shape[0])
+    return out
+
+
+def msd_exponents_by_species(positions, dt_ps, species, n_blocks: int = 5, fit_range: FitRange = 0.2,
+                             max_lag=None) -> dict:
+    """Each species' MSD exponent measured as its diffusivity is: on the segments of
+    :func:`~openmm_cgml.analysis.transport.independent_segments` ((T, N, 3) positions cut into ``n_blocks``
+    time blocks; (R, T, N, 3) replicas as they are), over the window each segment's D is fit on (by default
+    lags from 20 % to 100 % of half a segment).
+
+    Parameters
+    ----------
+    positions : length
+        (T, N, 3) or (R, T, N, 3) unwrapped positions, nm.
+    dt_ps : time
+        Time between frames, ps.
+    species : (N,) labels
+    n_blocks : int
+        Time blocks of a single run; ``n_blocks=1`` measures the whole run.
+
+    Returns
+    -------
+    dict
+        species -> :func:`reported_diffusivity_of_segments` record (``msd_exponent``, ``msd_exponent_err``,
+        ``fit_start_ps``, ``fit_end_ps`` in ps, ``diffusive``, ...).
+    """
+    segments = independent_segments(positions, n_blocks)
+    lag_times, curves = species_msd_by_segment(segments, dt_ps, species, max_lag)
+    return {kind: reported_diffusivity_of_segments(lag_times, by_segment, fit_range)
+            for kind, by_segment in curves.items()}

@@ -198,6 +198,61 @@ def _mean_and_stderr(values: np.ndarray) -> Tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
 
 
+def independent_segments(positions, n_blocks: int = 5, box=None) -> np.ndarray:
+    """The independent runs that a diffusivity and its error bar are estimated from, as (S, T', N, 3).
+
+    (R, T, N, 3) replicas are the segments as they are (``n_blocks`` is ignored); a single (T, N, 3) run is cut
+    into ``n_blocks`` consecutive time blocks of T // n_blocks frames (the last T mod n_blocks frames are left out).
+    This is the one place where runs are cut into blocks, so a D and the MSD exponent that certifies it are
+    measured on the same segments.
+
+    Args:
+        positions: (T, N, 3) or (R, T, N, 3) positions, nm; unwrapped unless ``box`` is given.
+        n_blocks: number of time blocks when no replica axis is given.
+        box: optional orthorhombic box (3,) or (T, 3) nm; when given, each run is unwrapped before it is cut.
+
+    Returns:
+        (S, T', N, 3) float64 unwrapped positions, nm.
+    """
+    x = as_float_array(positions, unit.nanometer, "positions")
+    if x.ndim == 4 and x.shape[-1] == 3:
+        return np.stack([unwrap(r, box) for r in x]) if box is not None else x
+    if x.ndim != 3:
+        raise ValueError(f"positions must have shape (T, N, 3) or (R, T, N, 3) in nm, got {x.shape}")
+    n_blocks = int(n_blocks)
+    if n_blocks < 1:
+        raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
+    block_len = x.shape[0] // n_blocks
+    if block_len < 4:
+        raise ValueError(f"{x.shape[0]} frames are too few for {n_blocks} blocks (need >= 4 frames each)")
+    if box is not None:
+        x = unwrap(x, box)
+    return x[:n_blocks * block_len].reshape(n_blocks, block_len, *x.shape[1:])
+
+
+def species_msd_by_segment(segments, dt_ps, species,
+                           max_lag: Optional[int] = None) -> Tuple[np.ndarray, Dict[object, np.ndarray]]:
+    """Each species' bead-averaged all-origins MSD in each segment.
+
+    Args:
+        segments: (S, T, N, 3) unwrapped positions, nm (see :func:`independent_segments`).
+        dt_ps: time between frames, ps.
+        species: (N,) label of each bead.
+        max_lag: largest lag in frames; default T // 2.
+
+    Returns:
+        lag_times_ps (L + 1,) and a dict species -> (S, L + 1) MSD, nm², in order of first appearance.
+    """
+    labels = as_labels(species, np.shape(segments)[-2])
+    kinds = list(dict.fromkeys(labels.tolist()))
+    curves = {kind: [] for kind in kinds}
+    for segment in segments:
+        lag_times, per_particle = msd_per_particle(segment, dt_ps, max_lag)
+        for kind in kinds:
+            curves[kind].append(per_particle[:, labels == kind].mean(axis=1))
+    return lag_times, {kind: np.asarray(values) for kind, values in curves.items()}
+
+
 def diffusion_by_species(
     positions,
     dt_ps,
@@ -211,8 +266,9 @@ def diffusion_by_species(
     """Diffusion coefficient of each species with a standard error from independent estimates.
 
     With (T, N, 3) positions the trajectory is cut into ``n_blocks`` consecutive time blocks; with
-    (R, T, N, 3) positions each replica is one estimate (``n_blocks`` is ignored). D is the mean of the
-    estimates and the error their standard error (NaN with a single estimate).
+    (R, T, N, 3) positions each replica is one estimate (``n_blocks`` is ignored); see
+    :func:`independent_segments`. D is the mean of the estimates and the error their standard error (NaN with a
+    single estimate).
 
     Args:
         positions: (T, N, 3) or (R, T, N, 3) positions, nm; unwrapped unless ``box`` is given.
@@ -227,27 +283,8 @@ def diffusion_by_species(
     Returns:
         dict species -> (D, stderr), both nm²/ps.
     """
-    x = as_float_array(positions, unit.nanometer, "positions")
-    if x.ndim == 3:
-        n_blocks = int(n_blocks)
-        if n_blocks < 1:
-            raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
-        block_len = x.shape[0] // n_blocks
-        if block_len < 4:
-            raise ValueError(f"{x.shape[0]} frames are too few for {n_blocks} blocks (need >= 4 frames each)")
-        if box is not None:
-            x = unwrap(x, box)
-        segments = [x[i * block_len:(i + 1) * block_len] for i in range(n_blocks)]
-    elif x.ndim == 4 and x.shape[-1] == 3:
-        segments = [unwrap(r, box) if box is not None else r for r in x]
-    else:
-        raise ValueError(f"positions must have shape (T, N, 3) or (R, T, N, 3) in nm, got {x.shape}")
-    labels = as_labels(species, x.shape[-2])
-    kinds = list(dict.fromkeys(labels.tolist()))
-    estimates = {kind: [] for kind in kinds}
-    for segment in segments:
-        lag_times, per_particle = msd_per_particle(segment, dt_ps, max_lag)
-        for kind in kinds:
-            curve = per_particle[:, labels == kind].mean(axis=1)
-            estimates[kind].append(diffusion_coefficient(lag_times, curve, fit_range, dim).D_nm2_per_ps)
-    return {kind: _mean_and_stderr(np.asarray(values)) for kind, values in estimates.items()}
+    segments = independent_segments(positions, n_blocks, box)
+    lag_times, curves = species_msd_by_segment(segments, dt_ps, species, max_lag)
+    return {kind: _mean_and_stderr(np.array([diffusion_coefficient(lag_times, curve, fit_range, dim).D_nm2_per_ps
+                                             for curve in by_segment]))
+            for kind, by_segment in curves.items()}

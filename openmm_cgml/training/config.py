@@ -1,11 +1,15 @@
 """Training configuration of the learned CG model (a validated dataclass <-> YAML)."""
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from .loop import OptimConfig
 from .model import ArchitectureConfig, ModelConfig
 from .schema import check
+
+
+#: The parts of a :class:`~openmm_cgml.training.model.CGModel` that ``TrainConfig.freeze`` can hold fixed.
+TRAINABLE_PARTS = ("embedding", "dynamics", "score")
 
 
 @dataclass
@@ -28,6 +32,12 @@ class TrainConfig(OptimConfig, ArchitectureConfig):
     dynamics_weight: float = 1.0  # weight of the Gaussian NLL (0 skips the dynamics/embedding loss)
     score_weight: float = 1.0  # weight of the denoising score-matching loss (0 skips the score GNN)
     score_type_balance: bool = False  # every bead type weighs the same in the score loss (else every bead does)
+    # the score loss on only the lowest score_levels noise levels (0: all): those the refinement visits
+    score_levels: int = 0
+    # fine-tuning: start from a trained model's weights and data scales (a model directory or shipped name; same
+    # architecture and bead types), and keep the parameters of the named parts fixed (embedding, dynamics, score)
+    init_from: Optional[str] = None
+    freeze: List[str] = dataclasses.field(default_factory=list)
 
     def validate(self):
         super().validate()
@@ -42,6 +52,10 @@ class TrainConfig(OptimConfig, ArchitectureConfig):
         check(self.input_noise >= 0, f"input_noise must be >= 0 nm, got {self.input_noise}")
         check(self.dynamics_weight >= 0 and self.score_weight >= 0 and self.dynamics_weight + self.score_weight > 0,
               "dynamics_weight and score_weight must be >= 0 and not both 0")
+        check(0 <= self.score_levels <= self.n_sigmas,
+              f"score_levels must be between 0 (all) and n_sigmas ({self.n_sigmas}), got {self.score_levels}")
+        check(set(self.freeze) <= set(TRAINABLE_PARTS) and len(set(self.freeze)) < len(TRAINABLE_PARTS),
+              f"freeze must list some (not all) of {list(TRAINABLE_PARTS)}, got {self.freeze!r}")
 
     def model_config(self, **derived) -> ModelConfig:
         """The :class:`ModelConfig` of this run, with the data-derived fields given as keywords."""

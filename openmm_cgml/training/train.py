@@ -33,7 +33,7 @@ from ..pbc import bond_forest
 from . import distributed
 from .config import TrainConfig
 from .loop import TrainingLoop, array_digest, prepare_run_dir, provenance_path
-from .model import BeadVocabulary, CGModel
+from .model import BeadVocabulary, CGModel, load_model
 
 MAPPING_KEYS = ("atoms_per_bead", "single_bead_residues", "whole_residues")
 
@@ -195,7 +195,8 @@ def draw_noise(gen: torch.Generator, config: TrainConfig, n_inputs: int, share: 
     if config.dynamics_weight > 0 and config.input_noise > 0:
         steps = torch.randn((n_inputs, share.n_beads, 3), generator=gen)
     if config.score_weight > 0:
-        level = torch.randint(0, n_levels, (share.n_graphs,), generator=gen)
+        lowest = int(config.score_levels) or n_levels  # levels fall from sigma_max: the lowest are the last
+        level = torch.randint(n_levels - lowest, n_levels, (share.n_graphs,), generator=gen)
         z = torch.randn((share.n_beads, 3), generator=gen)
     return steps, level, z
 
@@ -345,6 +346,30 @@ def data_fingerprint(trajectories: List[Trajectory]) -> dict:
     }
 
 
+def _initial_model(config: TrainConfig, vocab: BeadVocabulary) -> Optional[CGModel]:
+    """The model that ``config.init_from`` names (None without one), checked against the training data's bead
+    types: fine-tuning keeps its embedding table, so the types must be the same, in the same order."""
+    if config.init_from is None:
+        return None
+    start = load_model(config.init_from)
+    if list(start.vocab.type_names) != list(vocab.type_names):
+        raise ValueError(f"init_from {config.init_from!r} was trained on the bead types {list(start.vocab.type_names)},"
+                         f" the training data have {list(vocab.type_names)}; fine-tune on data with the same types")
+    return start
+
+
+def _take_weights(model: CGModel, start: CGModel, config: TrainConfig):
+    """Copy ``start``'s weights into ``model`` (same architecture) and hold the parts in ``config.freeze`` fixed."""
+    try:
+        model.load_state_dict(start.state_dict())
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1 if len(str(err).splitlines()) > 1 else 0].strip()
+        raise ValueError(f"init_from {config.init_from!r} has another architecture than this config ({first}); "
+                         "use its architecture fields") from None
+    for part in config.freeze:
+        getattr(model, part).requires_grad_(False)  # no gradient, so Adam never moves it
+
+
 def train(
     dataset_paths: Union[str, Sequence[str]],
     out_dir: Optional[str],
@@ -373,7 +398,9 @@ def train(
     if config.validation_fraction > 0 and val_windows.shape[0] == 0:
         warnings.warn("no validation windows: the held-out part of the data is shorter than one window "
                       f"({(config.history_length + 1) * config.frames_per_step + 1} frames); training without validation")
-    v_scale, a_scale = data_scales(trajectories, train_windows, config)
+    start = _initial_model(config, vocab)
+    v_scale, a_scale = (data_scales(trajectories, train_windows, config) if start is None else
+                        (start.config.velocity_scale, start.config.accel_scale))
     model_config = config.model_config(timestep_ps=interval * int(config.frames_per_step), periodic=periodic,
                                        velocity_scale=v_scale, accel_scale=a_scale, mapping=mapping)
     # rank 0 prepares the run directory; under torchrun every rank learns whether to resume (or rank 0's error)
@@ -381,6 +408,8 @@ def train(
     with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the global RNG
         torch.manual_seed(int(config.seed))
         model = CGModel(model_config, vocab)
+    if start is not None:
+        _take_weights(model, start, config)
     objective = DynamicsScoreObjective(model, config, trajectories, train_windows, val_windows, device)
     loop = TrainingLoop(model, config, objective, out_dir, device, desc="CG model")
     loop.run(resume=has_ckpt, progress=progress and distributed.is_main(),
