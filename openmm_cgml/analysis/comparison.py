@@ -2,7 +2,8 @@
 import numpy as np
 
 from .regime import reported_diffusivity_of_segments
-from .transport import NM2_PER_PS_IN_CM2_PER_S, diffusion_by_species, independent_segments, species_msd_by_segment
+from .transport import (NM2_PER_PS_IN_CM2_PER_S, diffusion_of_segments, independent_segments,
+                        species_msd_by_segment)
 
 
 #: Lag (ps) of the fixed-lag MSD that :func:`diffusivity_comparison` reports beside D (shortened to the shorter
@@ -49,9 +50,10 @@ def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_b
     segments = {"allatom": independent_segments(ref_x, n_blocks),
                 "cg": independent_segments(cg_x if len(cg_x) > 1 else cg_x[0], n_blocks)}
     dt = {"allatom": ref_dt, "cg": cg_dt}
-    # D and the exponent that certifies it come from the same segments and the same fit window.
-    estimates = {side: diffusion_by_species(x, dt[side], species, fit_range=fit_range) for side, x in segments.items()}
-    regime = {side: _regime_by_species(x, dt[side], species, fit_range) for side, x in segments.items()}
+    # D and the exponent that certifies it come from the same segments' MSDs and the same fit window.
+    curves = {side: species_msd_by_segment(x, dt[side], species) for side, x in segments.items()}
+    estimates = {side: diffusion_of_segments(*curves[side], fit_range) for side in segments}
+    regime = {side: _regime_by_species(*curves[side], fit_range) for side in segments}
     lag = min(MSD_LAG_PS, regime["allatom"][LAGS][-1], regime["cg"][LAGS][-1])
     out = {}
     for name in estimates["allatom"]:
@@ -82,10 +84,9 @@ def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_b
     return out
 
 
-def _regime_by_species(segments, dt, species, fit_range) -> dict:
-    """:func:`reported_diffusivity_of_segments` of each species' MSD in the (S, T, N, 3) segments, and the
-    MSD curves of every segment (under ``MSD``, species -> (S, L + 1) nm², with their lags under ``LAGS``)."""
-    lag_times, curves = species_msd_by_segment(segments, dt, species)
+def _regime_by_species(lag_times, curves, fit_range) -> dict:
+    """:func:`reported_diffusivity_of_segments` of each species' (S, L + 1) segment MSDs ``curves`` (nm²), and
+    those curves (under ``MSD``, with their lags under ``LAGS``)."""
     out = {name: reported_diffusivity_of_segments(lag_times, by_segment, fit_range)
            for name, by_segment in curves.items()}
     out[LAGS], out[MSD] = lag_times, curves

@@ -285,6 +285,13 @@ def diffusion_by_species(
     """
     segments = independent_segments(positions, n_blocks, box)
     lag_times, curves = species_msd_by_segment(segments, dt_ps, species, max_lag)
+    return diffusion_of_segments(lag_times, curves, fit_range, dim)
+
+
+def diffusion_of_segments(lag_times, curves: Dict[object, np.ndarray], fit_range: FitRange = 0.2,
+                          dim: int = 3) -> Dict[object, Tuple[float, float]]:
+    """species -> (D, standard error), nm²/ps, from each species' (S, L) MSD in S independent segments
+    (:func:`species_msd_by_segment`): the mean and standard error of the segments' fits over ``fit_range``."""
     return {kind: _mean_and_stderr(np.array([diffusion_coefficient(lag_times, curve, fit_range, dim).D_nm2_per_ps
                                              for curve in by_segment]))
             for kind, by_segment in curves.items()}
