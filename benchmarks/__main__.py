@@ -390,11 +390,17 @@ def _hmr_lines(hmr) -> list:
 
 
 def _refine_screen_lines() -> list:
-    """Refinement settings of one model on one held-out box (benchmarks/results/refine_screen/, each file a
-    ``benchmarks.accuracy`` run with its command), sorted by score evaluations per step."""
-    where = os.path.join(RESULTS, "refine_screen")
-    runs = [_load(os.path.join("refine_screen", name)) for name in sorted(os.listdir(where))
-            if name.endswith(".json")] if os.path.isdir(where) else []
+    """One table per screen of refinement settings (benchmarks/results/refine_screen*/: one model on one held-out
+    box, each file a ``benchmarks.accuracy`` run with its command)."""
+    screens = sorted(name for name in os.listdir(RESULTS) if name.startswith("refine_screen")
+                     and os.path.isdir(os.path.join(RESULTS, name)))
+    return [line for screen in screens for line in _refine_screen_table(screen)]
+
+
+def _refine_screen_table(screen: str) -> list:
+    """The runs of one screen directory, sorted by score evaluations per step."""
+    runs = [_load(os.path.join(screen, name)) for name in sorted(os.listdir(os.path.join(RESULTS, screen)))
+            if name.endswith(".json")]
     if not runs:
         return []
     first = runs[0]
