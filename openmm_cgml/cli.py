@@ -170,12 +170,15 @@ def _check_beadmap_matches_topology(beadmap, topology, beadmap_path: str, top_pa
 
 
 def _set_torch_threads(threads):
-    """``--threads N`` of the training verbs: torch's intra-op threads here and in torchrun's ranks (which read
-    OMP_NUM_THREADS at start). One thread beside a busy core trains ~3x faster than torch's default of two."""
+    """``--threads N`` of the training, simulation and demo verbs: torch's intra-op threads here and in torchrun's
+    ranks (which read OMP_NUM_THREADS at start), and OpenMM's CPU threads (read when a CPU context starts). Threads
+    that spin on cores another job uses cost far more than they give: measured on 2 cores with reference MD on one,
+    `cgml demo` took 60 s per learned step with torch's default of 2 threads against 1.6 s with 1, and training ran
+    ~3x faster with 1."""
     if threads:
         import torch
 
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["OPENMM_CPU_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 
 
@@ -227,6 +230,7 @@ def _benchmark(args):
 
 
 def _simulate(args):
+    _set_torch_threads(args.threads)
     from .simulate import parse_refine
     from .workflows import simulate_ensemble, simulate_main
 
@@ -251,6 +255,7 @@ def _simulate(args):
 
 
 def _demo(args):
+    _set_torch_threads(args.threads)
     from .training import model_path
     from .workflows import run_demo
 
@@ -408,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="run each replica as a Dask task (own directory OUT/replica_r/, resumable on another worker "
                         "if one dies): local:N (LocalCluster), tcp://HOST:PORT or a scheduler file")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and OpenMM (default: theirs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_simulate)
 
@@ -421,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="shipped model name or model directory (default: the shipped "
                    "default model)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch and OpenMM (default 1: the demo's 220 beads gain little from more, "
+                        "and threads competing with other jobs for cores slow it many times over)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)
     return parser

@@ -106,3 +106,20 @@ def test_default_demo_starts_from_the_shipped_box_and_keeps_chains_intact(tmp_pa
     lengths = np.linalg.norm(d, axis=-1)
     assert np.isfinite(lengths).all() and lengths.max() < 0.8, lengths.max()
     assert 0.28 < lengths.mean() < 0.38
+
+
+def test_cgml_demo_runs_on_the_threads_it_is_given(tmp_path, monkeypatch):
+    """`cgml demo` uses one torch and one OpenMM CPU thread unless told otherwise: with torch's default of two on a
+    two-core machine whose other core is busy, a step took 40x longer (README, "The command line")."""
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENMM_CPU_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli_main(["demo", "--ns", "0.5", "-o", str(tmp_path / "demo"), "--quiet"]) in (0, None)
+        assert torch.get_num_threads() == 1 and os.environ["OPENMM_CPU_THREADS"] == "1"
+        assert json.loads((tmp_path / "demo" / "demo.json").read_text())["cg_ns"] == pytest.approx(0.5)
+    finally:
+        torch.set_num_threads(before)
