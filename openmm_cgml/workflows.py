@@ -22,6 +22,10 @@ def _empty_output_dir(out_dir: str):
         raise ValueError(f"{out_dir} is a file; choose an output directory")
 
 
+#: Fewest learned steps of a demo: its MSD fit needs three lags in [0.2, 1] x half the run.
+MIN_DEMO_STEPS = 5
+
+
 def _check_ns(ns) -> float:
     try:
         value = float(ns)
@@ -423,6 +427,9 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
                                     box_vectors=built.box_vectors, seed=seed)
     beadmap, timestep_ps = setup.beadmap, setup.integrator.timestep_ps
     n_steps = int(math.ceil(ns * 1000.0 / timestep_ps))
+    if n_steps < MIN_DEMO_STEPS:  # the MSD fit needs 3 lags in the last 80 % of half the run
+        raise ValueError(f"ns={ns:g} is {n_steps} learned step(s) of {timestep_ps:g} ps; the demo's MSD analysis needs "
+                         f"at least {MIN_DEMO_STEPS}: use ns >= {MIN_DEMO_STEPS * timestep_ps / 1000.0:g}")
     every = max(1, n_steps // 200)
     with open(os.path.join(out_dir, "cg.pdb"), "w") as f:
         app.PDBFile.writeFile(setup.topology, setup.positions, f)

@@ -225,6 +225,7 @@ ROWS = [
     ("simulate NaN weights", "simulate {model_nan} --system {peo} --ns 0.001 -o {out}", "finite", ["{out}"]),
     ("demo --ns -1", "demo --ns -1 -o {out}", "--ns must be", ["{out}"]),
     ("demo --threads 0", "demo --threads 0 -o {out}", "--threads must be", ["{out}"]),
+    ("demo --ns too short for its MSD fit", "demo --ns 0.3 -o {out}", "use ns >= 0.5", ["{out}"]),
 ]
 
 #: Rows also run as a real `python -m openmm_cgml.cli` process.
