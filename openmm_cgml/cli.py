@@ -169,7 +169,7 @@ def _check_beadmap_matches_topology(beadmap, topology, beadmap_path: str, top_pa
                              f"bead map but {atom.name}/{atom.residue.name} in the topology (wrong order or species?)")
 
 
-def _set_torch_threads(threads):
+def _set_threads(threads):
     """``--threads N`` of the training, simulation and demo verbs: torch's intra-op threads here and in torchrun's
     ranks (which read OMP_NUM_THREADS at start), and OpenMM's CPU threads (read when a CPU context starts). Threads
     that spin on cores another job uses cost far more than they give: measured on 2 cores with reference MD on one,
@@ -183,7 +183,7 @@ def _set_torch_threads(threads):
 
 
 def _train(args):
-    _set_torch_threads(args.threads)
+    _set_threads(args.threads)
     if args.nproc > 1:  # data-parallel: the same training under torchrun, N ranks on this machine
         from .training.distributed import run_torchrun
 
@@ -201,7 +201,7 @@ def _train(args):
 
 
 def _train_dig(args):
-    _set_torch_threads(args.threads)
+    _set_threads(args.threads)
     from .training.dig import train_dig_main
 
     train_dig_main(args.datasets, args.output, config_path=args.config, device=args.device,
@@ -230,7 +230,7 @@ def _benchmark(args):
 
 
 def _simulate(args):
-    _set_torch_threads(args.threads)
+    _set_threads(args.threads)
     from .simulate import parse_refine
     from .workflows import simulate_ensemble, simulate_main
 
@@ -255,7 +255,7 @@ def _simulate(args):
 
 
 def _demo(args):
-    _set_torch_threads(args.threads)
+    _set_threads(args.threads)
     from .training import model_path
     from .workflows import run_demo
 
