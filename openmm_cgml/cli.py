@@ -57,19 +57,21 @@ def _reference(args):
 
 def _campaign_table(campaign) -> str:
     """ns done / target per system, and each species' MSD exponent (± error) once a run has 100 frames."""
+    from .analysis import dataset_msd_exponents
     from .reference import campaign_status
 
     n_blocks = 5
     lines = [f"{'system':28s} {'role':7s} {'EO:Li':>5s} {'T/K':>4s} {'atoms':>5s} {'ns done/target':>15s}  "
              f"{'α lags (ns)':>11s}  MSD exponent α"]
-    for row in campaign_status(campaign, n_blocks):
+    for row in campaign_status(campaign):
         window, alphas = "", ""
-        if row["msd_exponents"]:
-            first = next(iter(row["msd_exponents"].values()))
+        exponents = dataset_msd_exponents(row["dataset"], n_blocks) if row["ns_done"] > 0 else None
+        if exponents:
+            first = next(iter(exponents.values()))
             window = f"{first['fit_start_ps'] / 1000:.2g}-{first['fit_end_ps'] / 1000:.2g}"
             alphas = " ".join(f"{k}={v['msd_exponent']:.2f}"
                               + ("" if v["msd_exponent_err"] is None else f"±{v['msd_exponent_err']:.2f}")
-                              for k, v in row["msd_exponents"].items())
+                              for k, v in exponents.items())
         lines.append(f"{row['name']:28s} {row['role']:7s} {row['eo_per_li']:5.1f} {row['temperature_K']:4.0f} "
                      f"{row['atoms']:5d} {row['ns_done']:7.2f}/{row['ns_target']:<7g}  {window:>11s}  {alphas}")
     lines.append(f"α: log-log slope of the mean MSD of {n_blocks} time blocks over the lags each block's D is fit on "

@@ -86,6 +86,8 @@ def test_status_gives_msd_exponents_on_the_blocks_a_diffusivity_is_fit_on(tmp_pa
     """Once a run has 100 frames the status gives each species' MSD exponent as the reference side of a
     diffusivity comparison measures it: 5 time blocks, over each block's fit lags, ± the standard error over
     the blocks; the table names the window."""
+    from openmm_cgml.analysis import dataset_msd_exponents
+    from openmm_cgml.analysis.comparison import MIN_FRAMES_FOR_EXPONENTS
     from openmm_cgml.data import write_dataset
     from openmm_cgml.mapping import BeadMap
     from openmm_cgml.systems import peo_litfsi_system, peo_litfsi_topology
@@ -100,15 +102,20 @@ def test_status_gives_msd_exponents_on_the_blocks_a_diffusivity_is_fit_on(tmp_pa
     write_dataset(str(tmp_path / "a" / "reference" / "cg.h5"), beadmap, brownian, None, np.arange(n_frames) * dt)
     path = _manifest(tmp_path)
     ran, idle = campaign_status(load_campaign(path))
-    assert idle["msd_exponents"] is None and ran["ns_done"] == pytest.approx(0.998)
-    assert set(ran["msd_exponents"]) == set(beadmap.bead_species())
-    for row in ran["msd_exponents"].values():
+    assert idle["ns_done"] == 0 and not os.path.exists(idle["dataset"]) and ran["ns_done"] == pytest.approx(0.998)
+    exponents = dataset_msd_exponents(ran["dataset"])
+    assert set(exponents) == set(beadmap.bead_species())
+    short = str(tmp_path / "short.h5")  # too few frames for exponents: none, rather than a fit over 2 lags
+    write_dataset(short, beadmap, brownian[:MIN_FRAMES_FOR_EXPONENTS - 1], None,
+                  np.arange(MIN_FRAMES_FOR_EXPONENTS - 1) * dt)
+    assert dataset_msd_exponents(short) is None
+    for row in exponents.values():
         assert (row["n_segments"], row["fit_start_ps"], row["fit_end_ps"]) == (5, 20.0, 100.0)
         assert 0.0 < row["msd_exponent_err"] < 0.2
         assert abs(row["msd_exponent"] - 1.0) < 4 * row["msd_exponent_err"] + 0.05
     assert cli.main(["campaign", "status", path]) == 0
     table = capsys.readouterr().out
-    peo = ran["msd_exponents"]["PEO"]
+    peo = exponents["PEO"]
     assert "0.02-0.1" in table and f"PEO={peo['msd_exponent']:.2f}±{peo['msd_exponent_err']:.2f}" in table
     assert "5 time blocks" in table
 

@@ -1,7 +1,7 @@
 """A learned CG model against its all-atom reference: diffusion coefficients per species side by side."""
 import numpy as np
 
-from .regime import reported_diffusivity_of_segments
+from .regime import msd_exponents_by_species, reported_diffusivity_of_segments
 from .transport import (NM2_PER_PS_IN_CM2_PER_S, diffusion_of_segments, independent_segments,
                         species_msd_by_segment)
 
@@ -10,6 +10,8 @@ from .transport import (NM2_PER_PS_IN_CM2_PER_S, diffusion_of_segments, independ
 #: side's longest lag: half a time block, or half a replica).
 MSD_LAG_PS = 1000.0
 LAGS, MSD = "lag_times_ps", "msd_nm2"
+#: :func:`dataset_msd_exponents` reports exponents from this many frames on (5 blocks of 20: 9 lags in each window).
+MIN_FRAMES_FOR_EXPONENTS = 100
 
 
 def species_positions(path: str):
@@ -19,6 +21,21 @@ def species_positions(path: str):
 
     with CGDataset(path) as ds:
         return np.asarray(ds.positions[:], dtype=np.float64), ds.frame_interval_ps, ds.beadmap.bead_species()
+
+
+def dataset_msd_exponents(path: str, n_blocks: int = 5):
+    """Each bead species' MSD exponent in a CG dataset, measured as the reference side of
+    :func:`diffusivity_comparison` measures it: the run cut into ``n_blocks`` time blocks, the slope of the block-mean
+    MSD over each block's D-fit lags, ± the standard error over the blocks (:func:`msd_exponents_by_species`).
+    None below :data:`MIN_FRAMES_FOR_EXPONENTS` frames.
+
+    Returns species -> dict with ``msd_exponent``, ``msd_exponent_err``, ``fit_start_ps``, ``fit_end_ps`` (ps),
+    ``n_segments`` and ``diffusive``.
+    """
+    x, dt, species = species_positions(path)
+    if x.shape[0] < MIN_FRAMES_FOR_EXPONENTS:
+        return None
+    return msd_exponents_by_species(x, dt, species, n_blocks=n_blocks)
 
 
 def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit_range=0.2) -> dict:

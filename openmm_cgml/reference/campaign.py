@@ -36,8 +36,6 @@ ESTIMATE_DENSITY_G_CM3 = 1.10
 _AMU_NM3_TO_G_CM3 = 1.66053906660e-3
 _EO_AMU, _END_GROUPS_AMU, _LITFSI_AMU = 44.053, 46.069, 287.09
 ROLES = ("train", "heldout")
-#: The status reports MSD exponents once a run has this many frames (5 blocks of 20: 9 lags in each fit window).
-MIN_FRAMES_FOR_EXPONENTS = 100
 
 
 @dataclass
@@ -251,38 +249,11 @@ def run_campaign_system(manifest: str, name: str) -> float:
     return simulated_ns(campaign, system)
 
 
-def campaign_status(campaign: Campaign, n_blocks: int = 5) -> List[dict]:
-    """One row per system: name, role, composition, ns done / target, whether it is built, and each species'
-    MSD exponent as the reference side of a diffusivity comparison measures it (:func:`run_msd_exponents`;
-    None before the run has :data:`MIN_FRAMES_FOR_EXPONENTS` frames)."""
-    rows = []
-    for s in campaign.systems:
-        dataset, ns_done = os.path.join(campaign.run_dir(s), DATASET), simulated_ns(campaign, s)
-        rows.append({"name": s.name, "role": s.role, "chains": s.chains, "eo": s.eo, "salt": s.salt,
-                     "eo_per_li": round(s.eo_per_li, 1), "temperature_K": s.temperature_K, "atoms": s.n_atoms,
-                     "built": os.path.exists(os.path.join(campaign.system_dir(s), "metadata.json")),
-                     "ns_done": ns_done, "ns_target": s.ns, "dataset": dataset,
-                     "msd_exponents": run_msd_exponents(dataset, n_blocks) if ns_done > 0 else None})
-    return rows
-
-
-def run_msd_exponents(dataset: str, n_blocks: int = 5) -> Optional[dict]:
-    """Each bead species' MSD exponent in a reference run, measured where its diffusivity is fit: the run cut into
-    ``n_blocks`` time blocks, the slope of the block-mean MSD over each block's D-fit lags, ± the standard error
-    over blocks (:func:`openmm_cgml.analysis.msd_exponents_by_species`). None below
-    :data:`MIN_FRAMES_FOR_EXPONENTS` frames.
-
-    Returns species -> dict with ``msd_exponent``, ``msd_exponent_err``, ``fit_start_ps``, ``fit_end_ps`` (ps),
-    ``n_segments`` and ``diffusive``.
-    """
-    import numpy as np
-
-    from ..analysis import msd_exponents_by_species
-    from ..data import CGDataset
-
-    with CGDataset(dataset) as ds:
-        if ds.n_frames < MIN_FRAMES_FOR_EXPONENTS:
-            return None
-        x = np.asarray(ds.positions[:], dtype=np.float64)
-        dt, species = ds.frame_interval_ps, ds.beadmap.bead_species()
-    return msd_exponents_by_species(x, dt, species, n_blocks=n_blocks)
+def campaign_status(campaign: Campaign) -> List[dict]:
+    """One row per system: name, role, composition, ns done / target, whether it is built, and its dataset (whose
+    MSD exponents :func:`openmm_cgml.analysis.dataset_msd_exponents` gives: analysis is a later stage)."""
+    return [{"name": s.name, "role": s.role, "chains": s.chains, "eo": s.eo, "salt": s.salt,
+             "eo_per_li": round(s.eo_per_li, 1), "temperature_K": s.temperature_K, "atoms": s.n_atoms,
+             "built": os.path.exists(os.path.join(campaign.system_dir(s), "metadata.json")),
+             "ns_done": simulated_ns(campaign, s), "ns_target": s.ns,
+             "dataset": os.path.join(campaign.run_dir(s), DATASET)} for s in campaign.systems]
