@@ -45,10 +45,16 @@ class Scenario:
 
 
 def cli(argv: List[str]) -> int:
-    """``cgml ARGV`` in this process (fast: no interpreter start-up)."""
+    """``cgml ARGV`` in this process (fast: no interpreter start-up), under the killed processes' CPU-thread
+    setting: OPENMM_CPU_THREADS changes the CPU platform's PME bits, so it must be the same in every run compared."""
     from openmm_cgml.cli import main
 
-    return main(argv)
+    saved = os.environ.pop("OPENMM_CPU_THREADS", None)
+    try:
+        return main(argv)
+    finally:
+        if saved is not None:
+            os.environ["OPENMM_CPU_THREADS"] = saved
 
 
 def start(argv: List[str]) -> subprocess.Popen:

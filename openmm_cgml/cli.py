@@ -273,9 +273,12 @@ def _demo(args):
           f"{summary['n_beads']} beads; {summary['cg_ns']:g} ns of CG time in {summary['simulate_seconds']:.1f} s "
           f"({summary['cg_ns_per_day']:.3g} ns/day)")
     for name, d in summary["D_cm2_per_s"].items():
-        alpha = summary["msd_exponent"][name]
-        print(f"  D({name}) = {d:.3g} cm^2/s (MSD exponent {alpha:.2f})" if d is not None else
-              f"  D({name}) withheld: sub-diffusive over this run (MSD exponent {alpha:.2f} < 0.9)")
+        alpha, err = summary["msd_exponent"][name], summary["msd_exponent_err"][name]
+        start_ps, end_ps = summary["msd_fit_window_ps"][name]
+        exponent = f"MSD exponent {alpha:.2f}" + (f" ± {err:.2f}" if err is not None else "")
+        window = f"over {start_ps:g}-{end_ps:g} ps"
+        print(f"  D({name}) = {d:.3g} cm^2/s ({exponent} {window})" if d is not None else
+              f"  D({name}) withheld: sub-diffusive ({exponent} < 0.9 {window})")
     print(f"wrote {args.output}/ (cg.dcd, cg.pdb, msd.png, demo.json); wall time {summary['wall_seconds']:.1f} s")
 
 

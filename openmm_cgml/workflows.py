@@ -408,8 +408,7 @@ def _run_simulation(setup, platform: str, n_steps: int, every: int, out_dir: str
 
 def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str, build_options: Optional[dict],
              platform: str, progress: bool, t_start: float) -> dict:
-    from .analysis import (bond_lengths, collision_thresholds, count_collisions, diffusion_coefficient, msd, plot_msd,
-                           reported_diffusivity)
+    from .analysis import bond_lengths, collision_thresholds, count_collisions, plot_msd, species_diffusion
     from .simulate import coarse_grain_simulation
     from .systems import build_peo_litfsi, default_box
     from .training.model import load_model
@@ -436,14 +435,9 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
     beadmap.to_json(os.path.join(out_dir, "beadmap.json"))  # for `cgml analyze cg.dcd`
     positions, t_sim = _run_simulation(setup, platform, n_steps, every, out_dir, progress)
 
-    species = np.asarray(beadmap.bead_species())
     dt_frame = every * timestep_ps
-    curves, diffusivity, exponents = {}, {}, {}
-    for name in sorted(set(species.tolist())):
-        lags, curve = msd(positions[:, species == name], dt_frame)
-        curves[name] = {"lag_times_ps": lags, "msd_nm2": curve, "fit": diffusion_coefficient(lags, curve)}
-        reported = reported_diffusivity(lags, curve)  # None where the MSD is not yet diffusive
-        diffusivity[name], exponents[name] = reported["D_cm2_per_s"], reported["msd_exponent"]
+    # D only where each species' MSD exponent over the time blocks' fit window is >= 0.9, else None
+    curves, diffusion = species_diffusion(positions, dt_frame, beadmap.bead_species())
     png = plot_msd(curves, os.path.join(out_dir, "msd.png"))
     thresholds = collision_thresholds(model_path, beadmap)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
@@ -459,8 +453,10 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
         "simulate_seconds": t_sim,
         "cg_ns_per_day": n_steps * timestep_ps / 1000.0 / t_sim * 86400.0,
         "frame_ps": dt_frame,
-        "D_cm2_per_s": diffusivity,
-        "msd_exponent": exponents,
+        "D_cm2_per_s": {name: d["D_cm2_per_s"] for name, d in sorted(diffusion.items())},
+        "msd_exponent": {name: d["msd_exponent"] for name, d in sorted(diffusion.items())},
+        "msd_exponent_err": {name: d["msd_exponent_err"] for name, d in sorted(diffusion.items())},
+        "msd_fit_window_ps": {name: [d["fit_start_ps"], d["fit_end_ps"]] for name, d in sorted(diffusion.items())},
         "mean_cg_bond_nm": float(bond_nm.mean()) if bond_nm is not None else None,
         "max_cg_bond_nm": float(bond_nm.max()) if bond_nm is not None else None,
         "collisions_per_frame": (float(count_collisions(positions, box, beadmap, thresholds).mean())

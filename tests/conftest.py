@@ -7,6 +7,25 @@ from openmm import unit
 # (measured on 2 shared cores: 2 threads made a small matmul ~270x slower).
 torch.set_num_threads(1)
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENMM_CPU_THREADS")
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_settings_leak():
+    """Verbs run in-process with ``--threads`` (the demo's default is 1) set these process-wide; a leaked
+    OPENMM_CPU_THREADS changes the CPU platform's PME bits in later tests (test_faults' bit-exact resume)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    threads = torch.get_num_threads()
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    torch.set_num_threads(threads)
+
 
 @pytest.fixture(scope="session")
 def tiny_peo_litfsi():

@@ -388,6 +388,12 @@ def test_msd_exponent_is_measured_on_the_blocks_that_d_is_fit_on():
         # the block slope of 6 D tau (1 - exp(-t / tau)) over 40-200 ps is 0.94 x 6 D
         assert row[f"{side}_D_cm2_per_s"] == pytest.approx(0.94 * d * 1e-2, rel=0.1)
     assert row["msd_lag_ps"] == 200.0  # the fixed-lag MSD is cut to a block's longest lag
+    # `cgml analyze` and the demo (analyze_trajectory, species_diffusion) apply the same rule to one run
+    table = analyze_trajectory(x, None, np.arange(2000) * dt, ["A"] * 100)["diffusion"]["A"]
+    assert table["n_blocks"] == 5 and (table["fit_start_ps"], table["fit_end_ps"]) == (40.0, 200.0)
+    for key in ("msd_exponent", "msd_exponent_err", "D_cm2_per_s", "withheld"):
+        assert table[key] == pytest.approx(row[f"allatom_{key}"]) if row[f"allatom_{key}"] else table[key] is None
+    assert table["D_err_cm2_per_s"] == pytest.approx(row["allatom_err_cm2_per_s"])
 
 
 def test_msd_exponent_error_bars_have_the_right_size():

@@ -25,7 +25,7 @@ from .regime import (
     reported_diffusivity,
     reported_diffusivity_of_segments,
 )
-from .report import analyze_trajectory, format_table
+from .report import analyze_trajectory, format_table, species_diffusion
 from .structure import (
     bond_lengths,
     coordination_number,
@@ -78,6 +78,7 @@ __all__ = [
     "fit_stretched_exponential",
     "format_diffusivity_table",
     "format_table",
+    "species_diffusion",
     "integrated_time",
     "js_divergence",
     "make_molecules_whole",

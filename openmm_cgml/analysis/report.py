@@ -11,9 +11,10 @@ from openmm import unit
 from ._arrays import as_box, as_float_array, as_labels, as_trajectory
 from .correlation import autocorrelation, fit_stretched_exponential, integrated_time
 from .plots import plot_acf, plot_msd, plot_rdf, plot_rg2_hist
-from .regime import reported_diffusivity
+from .regime import reported_diffusivity_of_segments
 from .structure import first_peak, make_molecules_whole, radius_of_gyration_squared, rdf
-from .transport import diffusion_by_species, diffusion_coefficient, msd_per_particle, unwrap
+from .transport import (diffusion_coefficient, diffusion_of_segments, independent_segments, msd_per_particle,
+                        species_msd_by_segment, unwrap)
 
 # Blocks shorter than this many frames give MSD fits too noisy to be worth an error bar.
 _MIN_FRAMES_PER_BLOCK = 8
@@ -44,30 +45,50 @@ def _block_stderr(series: np.ndarray, n_blocks: int) -> float:
     return float(means.std(ddof=1) / math.sqrt(n_blocks))
 
 
-def _diffusion(x, dt, labels, kinds, n_blocks, fit_range):
-    lag_times, per_particle = msd_per_particle(x, dt)
-    usable_blocks = min(int(n_blocks), x.shape[0] // _MIN_FRAMES_PER_BLOCK)
-    blocks = diffusion_by_species(x, dt, labels, usable_blocks, fit_range) if usable_blocks >= 2 else {}
+def species_diffusion(positions, dt_ps, species, n_blocks: int = 5, fit_range=0.2):
+    """Each species' diffusivity by the project's rule, measured on independent time blocks.
+
+    The run is cut into ``n_blocks`` blocks (fewer when a block would hold under 8 frames; one block for short
+    runs). D is fit to the blocks' mean MSD over ``fit_range`` of a block's lags and reported only where the MSD
+    exponent over that same window is >= 0.9 (:func:`reported_diffusivity_of_segments`); the error bars are the
+    standard errors of D and of the exponent over the blocks. The whole run's MSD (lags up to T/2) is returned for
+    plotting, with the block-window fit as its line.
+
+    Args:
+        positions: (T, N, 3) unwrapped positions, nm.
+        dt_ps: time between frames, ps.
+        species: (N,) label of each bead.
+
+    Returns:
+        (curves, table): species -> {"lag_times_ps", "msd_nm2", "fit"} and species -> record with
+        ``D_cm2_per_s`` (None where withheld), ``D_err_cm2_per_s``, ``msd_exponent``, ``msd_exponent_err``,
+        ``fit_start_ps``, ``fit_end_ps``, ``n_blocks``, ``diffusive``, ``withheld``, ``n_beads``.
+    """
+    x = as_trajectory(positions)
+    labels = as_labels(species, x.shape[1])
+    lag_times, per_particle = msd_per_particle(x, dt_ps)
+    n_segments = max(1, min(int(n_blocks), x.shape[0] // _MIN_FRAMES_PER_BLOCK))
+    segment_lags, by_segment = species_msd_by_segment(independent_segments(x, n_segments), dt_ps, labels)
+    spread = diffusion_of_segments(segment_lags, by_segment, fit_range)
     curves, table = {}, {}
-    for kind in kinds:
-        curve = per_particle[:, labels == kind].mean(axis=1)
-        fit = diffusion_coefficient(lag_times, curve, fit_range)
-        reported = reported_diffusivity(lag_times, curve, fit_range)
-        block_mean, block_err = blocks.get(kind, (float("nan"), float("nan")))
-        curves[str(kind)] = {"lag_times_ps": lag_times.tolist(), "msd_nm2": curve.tolist(), "fit": fit.to_dict()}
-        # D only from the diffusive regime (analysis.regime): a sub-diffusive species gets None and the reason.
-        shown = reported["diffusive"]
+    for kind, segment_msds in by_segment.items():
+        rule = reported_diffusivity_of_segments(segment_lags, segment_msds, fit_range)
+        fit = diffusion_coefficient(segment_lags, segment_msds.mean(axis=0), fit_range)
+        curves[str(kind)] = {"lag_times_ps": lag_times.tolist(),
+                             "msd_nm2": per_particle[:, labels == kind].mean(axis=1).tolist(), "fit": fit.to_dict()}
+        shown = rule["diffusive"]  # a sub-diffusive species gets None and the reason
         table[str(kind)] = {
             "n_beads": int((labels == kind).sum()),
-            "D_cm2_per_s": reported["D_cm2_per_s"],
-            "D_err_cm2_per_s": block_err * 1e-2 if shown else None,
-            "D_block_mean_cm2_per_s": block_mean * 1e-2 if shown else None,
-            "n_blocks": usable_blocks if usable_blocks >= 2 else 1,
-            "fit_start_ps": fit.fit_start_ps,
-            "fit_end_ps": fit.fit_end_ps,
-            "msd_exponent": reported["msd_exponent"],
+            "D_cm2_per_s": rule["D_cm2_per_s"],
+            "D_err_cm2_per_s": spread[kind][1] * 1e-2 if shown else None,
+            "D_block_mean_cm2_per_s": spread[kind][0] * 1e-2 if shown else None,
+            "n_blocks": n_segments,
+            "fit_start_ps": rule["fit_start_ps"],
+            "fit_end_ps": rule["fit_end_ps"],
+            "msd_exponent": rule["msd_exponent"],
+            "msd_exponent_err": rule["msd_exponent_err"],
             "diffusive": shown,
-            "withheld": reported["withheld"],
+            "withheld": rule["withheld"],
         }
     return curves, table
 
@@ -139,8 +160,9 @@ def analyze_trajectory(
 ) -> dict:
     """Diffusion coefficients, RDFs and Rg² of a CG trajectory; writes analysis.json and PNGs to ``out_dir``.
 
-    - Diffusion: MSD per species over all origins (lags up to T/2), D from a linear fit (``fit_range``, see
-      :func:`diffusion_coefficient`) in cm²/s; the error bar is the standard error over ``n_blocks`` time blocks.
+    - Diffusion (:func:`species_diffusion`): D in cm²/s fit on ``n_blocks`` time blocks over ``fit_range`` of a
+      block's lags, reported only where the MSD exponent over that window is >= 0.9, both with block standard
+      errors; the MSD plot shows the whole run's MSD (lags up to T/2).
     - RDF between every pair of species (needs ``box``), with first-peak position and height; at most
       ``rdf_max_frames`` evenly spaced frames, r up to ``rdf_r_max`` nm (default min(L/2, 2 nm)).
     - Rg² of multi-bead molecules (needs ``masses`` and ``molecule_index``), grouped by bead composition:
@@ -180,7 +202,7 @@ def analyze_trajectory(
     else:
         x_unwrapped = x
 
-    curves, diffusion = _diffusion(x_unwrapped, dt, labels, kinds, n_blocks, fit_range)
+    curves, diffusion = species_diffusion(x_unwrapped, dt, labels, n_blocks, fit_range)
     rdfs = _rdfs(x, box, labels, kinds, rdf_r_max, rdf_bins, rdf_max_frames) if box is not None else {}
     rg2, rg2_samples = ({}, {})
     if masses is not None:
@@ -232,12 +254,14 @@ def _fmt(value, spec: str) -> str:
 def format_table(result: dict) -> str:
     """Plain-text summary of an :func:`analyze_trajectory` result, for printing."""
     lines = [f"{result['n_frames']} frames x {result['n_beads']} beads, dt = {result['dt_ps']:g} ps", "",
-             f"{'species':<12}{'beads':>7}{'D (cm^2/s)':>14}{'+/-':>12}{'fit window (ps)':>22}{'MSD exp.':>10}"]
+             f"{'species':<12}{'beads':>7}{'D (cm^2/s)':>14}{'+/-':>12}{'fit window (ps)':>22}{'MSD exp.':>15}"
+             f"{'blocks':>8}"]
     for kind, d in result["diffusion"].items():
         window = f"{d['fit_start_ps']:g}-{d['fit_end_ps']:g}"
+        alpha = f"{d['msd_exponent']:.2f}" + (f" ± {d['msd_exponent_err']:.2f}" if d.get("msd_exponent_err") else "")
         flag = "" if d["diffusive"] else "  D withheld: sub-diffusive (MSD exponent < 0.9)"
         lines.append(f"{kind:<12}{d['n_beads']:>7}{_fmt(d['D_cm2_per_s'], '14.3e')}"
-                     f"{_fmt(d['D_err_cm2_per_s'], '12.2e')}{window:>22}{d['msd_exponent']:>10.2f}{flag}")
+                     f"{_fmt(d['D_err_cm2_per_s'], '12.2e')}{window:>22}{alpha:>15}{d['n_blocks']:>8}{flag}")
     if result["rdf"]:
         lines += ["", f"{'pair':<20}{'first peak (nm)':>17}{'g(peak)':>10}"]
         for pair, v in result["rdf"].items():
