@@ -15,8 +15,9 @@ import tempfile
 
 import numpy as np
 
-from openmm_cgml.analysis import (collision_thresholds, coordination_number, count_collisions, diffusivity_comparison,
-                                  first_peak, format_diffusivity_table, radius_of_gyration_squared, rdf)
+from openmm_cgml.analysis import (collision_thresholds, compare_diffusivities, coordination_number, count_collisions,
+                                  first_peak, format_diffusivity_table, radius_of_gyration_squared, rdf,
+                                  species_positions)
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
 from openmm_cgml.simulate.step import refine_settings
@@ -84,12 +85,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stats = engine.run(n_steps, out_dir=tmp, beadmap=beadmap, progress=True)
         paths = [os.path.join(tmp, f"replica_{r}.h5") for r in range(args.replicas)]
-        table = diffusivity_comparison(args.reference, paths)
-        cg_x = []
-        for p in paths:
-            with CGDataset(p) as ds:
-                cg_x.append(np.asarray(ds.positions[:]))
-        cg_x = np.concatenate(cg_x)
+        runs = [species_positions(p) for p in paths]  # (T, N, 3) nm, frame interval ps, bead species
+    cg_runs = np.stack([x for x, _, _ in runs])
+    table = compare_diffusivities(ref_x.astype(np.float64), interval, cg_runs, runs[0][1], beadmap.bead_species())
+    cg_x = cg_runs.reshape(-1, *cg_runs.shape[2:])
     r_max = 0.45 * float(np.min(box)) if box is not None else 1.5
     ref_peaks, ref_contacts, ref_rg2 = structure(ref_x[::max(1, stride // 2)], ref_box[::max(1, stride // 2)], beadmap, r_max)
     cg_peaks, cg_contacts, cg_rg2 = structure(cg_x, np.tile(box, (cg_x.shape[0], 1)), beadmap, r_max)

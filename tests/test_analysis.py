@@ -396,6 +396,24 @@ def test_msd_exponent_is_measured_on_the_blocks_that_d_is_fit_on():
     assert table["D_err_cm2_per_s"] == pytest.approx(row["allatom_err_cm2_per_s"])
 
 
+def test_comparison_fits_both_sides_over_the_reference_window():
+    """Long CG replicas are fit over the reference blocks' lags (the walkers are caged at the replicas' own long
+    lags: alpha 0.77 there, 0.95 over the reference window); replicas too short for that window use their own."""
+    from openmm_cgml.analysis import compare_diffusivities
+
+    rng = np.random.default_rng(6)
+    d, dt = 1e-3, 1.0
+    reference = caged_walkers(rng, 2000, 60, d, 1000.0, dt)  # 5 blocks of 400 ps: window 40-200 ps
+    long_runs = np.stack([caged_walkers(rng, 2000, 60, d, 1000.0, dt) for _ in range(4)])
+    row = compare_diffusivities(reference, dt, long_runs, dt, ["A"] * 60)["A"]
+    assert (row["cg_fit_start_ps"], row["cg_fit_end_ps"]) == (40.0, 200.0)
+    assert row["cg_msd_exponent"] == pytest.approx(0.95, abs=0.04) and row["cg_withheld"] is None
+    assert abs(row["log10_error"]) < 0.05
+    short_runs = long_runs[:, :300]  # lags up to 150 ps: their own window, 30-150 ps
+    row = compare_diffusivities(reference, dt, short_runs, dt, ["A"] * 60)["A"]
+    assert (row["cg_fit_start_ps"], row["cg_fit_end_ps"]) == (30.0, 150.0)
+
+
 def test_msd_exponent_error_bars_have_the_right_size():
     """Over many independent Brownian systems the MSD exponent of the block-mean MSD scatters about 1 by its
     standard error over blocks: (alpha - 1) / err spreads like Student's t with 9 degrees of freedom (std 1.13)."""

@@ -103,7 +103,8 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
         assert row["cg_err_cm2_per_s"] > 0 and row["allatom_err_cm2_per_s"] > 0
         z_ref = (row["allatom_D_cm2_per_s"] - d_ref * 1e-2) / row["allatom_err_cm2_per_s"]
         z_cg = (row["cg_D_cm2_per_s"] - 2 * d_ref * 1e-2) / row["cg_err_cm2_per_s"]
-        assert abs(z_ref) < 4 and abs(z_cg) < 4
+        # Standard errors over 5 blocks / 4 replicas: z spreads like Student's t with 4 / 3 degrees of freedom
+        assert abs(z_ref) < 4 and abs(z_cg) < 6
     assert table["PEO"]["log10_error"] == pytest.approx(np.log10(2.0), abs=0.1)  # 32 beads: precise
     # Brownian beads: MSD exponent 1, within a few of its standard errors over the segments D is fit on
     assert table["PEO"]["allatom_msd_exponent"] == pytest.approx(1.0, abs=0.1)
@@ -111,10 +112,10 @@ def test_diffusivity_comparison_recovers_known_ratio(tmp_path):
         for side in ("allatom", "cg"):
             assert 0 < row[f"{side}_msd_exponent_err"] < 0.15
             assert abs(row[f"{side}_msd_exponent"] - 1.0) < 4 * row[f"{side}_msd_exponent_err"] + 0.05
-    # ... measured on the reference's 5 time blocks (400 frames: lags 200-1000 ps) and on the 4 CG replicas
-    # (lags 1-5 ns), the windows of the D fits.
+    # ... measured on the reference's 5 time blocks (400 frames: lags 200-1000 ps) and on the 4 CG replicas, over
+    # the same window of lags (the replicas' own would be 1-5 ns).
     assert (peo["allatom_n_segments"], peo["allatom_fit_start_ps"], peo["allatom_fit_end_ps"]) == (5, 200.0, 1000.0)
-    assert (peo["cg_n_segments"], peo["cg_fit_start_ps"], peo["cg_fit_end_ps"]) == (4, 1000.0, 5000.0)
+    assert (peo["cg_n_segments"], peo["cg_fit_start_ps"], peo["cg_fit_end_ps"]) == (4, 200.0, 1000.0)
     text = format_diffusivity_table(table)
     assert "log10 err" in text and "all-atom lags 0.2-1 ns, 5 segments" in text
     assert f"{peo['allatom_msd_exponent']:.2f}±{peo['allatom_msd_exponent_err']:.2f}" in text

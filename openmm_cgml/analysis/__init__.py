@@ -4,7 +4,8 @@ Pure functions over NumPy arrays (positions nm, times ps, masses amu; ``openmm.u
 accepted and converted). Orthorhombic boxes are given as edge lengths, (3,) or one row per frame.
 """
 from .collisions import COLLISION_FRACTION, collision_count, collision_rate, collision_thresholds, count_collisions
-from .comparison import compare_diffusivities, dataset_msd_exponents, diffusivity_comparison, format_diffusivity_table
+from .comparison import (compare_diffusivities, dataset_msd_exponents, diffusivity_comparison,
+                         format_diffusivity_table, species_positions)
 from .correlation import (
     StretchedExponential,
     autocorrelation,
@@ -73,6 +74,7 @@ __all__ = [
     "diffusivity_comparison",
     "compare_diffusivities",
     "dataset_msd_exponents",
+    "species_positions",
     "first_peak",
     "independent_segments",
     "fit_stretched_exponential",

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .regime import msd_exponents_by_species, reported_diffusivity_of_segments
-from .transport import (NM2_PER_PS_IN_CM2_PER_S, diffusion_of_segments, independent_segments,
+from .transport import (NM2_PER_PS_IN_CM2_PER_S, diffusion_of_segments, fit_window, independent_segments,
                         species_msd_by_segment)
 
 
@@ -49,7 +49,9 @@ def diffusivity_comparison(reference_path: str, cg_paths, n_blocks: int = 5, fit
     on (the blocks or the replicas): the slope of their mean MSD over the lags of each segment's fit, reported
     with that window (``*_fit_start_ps``, ``*_fit_end_ps``) and a standard error over the segments
     (``*_msd_exponent_err``; None with one segment). The long lags of a whole run would describe another
-    window, sampled by too few independent stretches of trajectory to say much.
+    window, sampled by too few independent stretches of trajectory to say much. The CG side is fit over the
+    reference's window where its segments reach it (:func:`common_fit_window`), so both D are slopes over the
+    same time scale.
     """
     ref_x, ref_dt, species = species_positions(reference_path)
     runs = [species_positions(p) for p in ([cg_paths] if isinstance(cg_paths, str) else list(cg_paths))]
@@ -69,8 +71,11 @@ def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_b
     dt = {"allatom": ref_dt, "cg": cg_dt}
     # D and the exponent that certifies it come from the same segments' MSDs and the same fit window.
     curves = {side: species_msd_by_segment(x, dt[side], species) for side, x in segments.items()}
-    estimates = {side: diffusion_of_segments(*curves[side], fit_range) for side in segments}
-    regime = {side: _regime_by_species(*curves[side], fit_range) for side in segments}
+    # Both sides over the reference's window of lags where the CG segments reach it: a D compared is then the
+    # slope over the same time scale (a sub-diffusive side's apparent D depends on the window).
+    window = {"allatom": fit_range, "cg": common_fit_window(curves["allatom"][0], curves["cg"][0], fit_range)}
+    estimates = {side: diffusion_of_segments(*curves[side], window[side]) for side in segments}
+    regime = {side: _regime_by_species(*curves[side], window[side]) for side in segments}
     lag = min(MSD_LAG_PS, regime["allatom"][LAGS][-1], regime["cg"][LAGS][-1])
     out = {}
     for name in estimates["allatom"]:
@@ -99,6 +104,13 @@ def compare_diffusivities(ref_x, ref_dt: float, cg_x, cg_dt: float, species, n_b
                               if both and row["cg_D_cm2_per_s"] > 0 and row["allatom_D_cm2_per_s"] > 0 else None)
         out[str(name)] = row
     return out
+
+
+def common_fit_window(reference_lags, cg_lags, fit_range=0.2):
+    """The CG side's fit window in :func:`compare_diffusivities`: the reference's window, (t0, t1) ps, where the
+    CG lags reach its end, else ``fit_range`` of the CG's own lags (each row states both windows)."""
+    start, end = fit_window(np.asarray(reference_lags, dtype=float), fit_range)
+    return (start, end) if float(cg_lags[-1]) >= end * (1.0 - 1e-9) else fit_range
 
 
 def _regime_by_species(lag_times, curves, fit_range) -> dict:

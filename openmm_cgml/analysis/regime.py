@@ -17,7 +17,7 @@ import numpy as np
 from openmm import unit
 
 from ._arrays import as_float_array
-from .transport import (FitRange, _fit_window, diffusion_coefficient, independent_segments,
+from .transport import (FitRange, diffusion_coefficient, fit_window, independent_segments,
                         species_msd_by_segment)
 
 #: Smallest MSD exponent accepted as diffusive.
@@ -44,7 +44,7 @@ def msd_exponent(lag_times, msd_nm2, fit_range: FitRange = 0.2) -> float:
     y = as_float_array(msd_nm2, unit.nanometer ** 2, "msd_nm2")
     if t.ndim != 1 or t.shape != y.shape:
         raise ValueError(f"lag_times and msd_nm2 must be 1-D of equal length, got {t.shape} and {y.shape}")
-    t0, t1 = _fit_window(t, fit_range)
+    t0, t1 = fit_window(t, fit_range)
     sel = (t >= t0) & (t <= t1) & (t > 0) & (y > 0)
     if sel.sum() < 3:
         raise ValueError(f"fit window ({t0:g}, {t1:g}) ps holds {int(sel.sum())} positive lags; at least 3 are needed")

@@ -137,7 +137,9 @@ class DiffusionFit:
 FitRange = Union[float, Tuple[float, float]]
 
 
-def _fit_window(lag_times: np.ndarray, fit_range) -> Tuple[float, float]:
+def fit_window(lag_times: np.ndarray, fit_range) -> Tuple[float, float]:
+    """(t0, t1) ps of a fit over ``lag_times``: ``fit_range`` as a (t0, t1) pair, or a fraction f for
+    (f x longest lag, longest lag)."""
     t_max = float(lag_times[-1])
     if isinstance(fit_range, (tuple, list)):
         if len(fit_range) != 2:
@@ -172,7 +174,7 @@ def diffusion_coefficient(lag_times, msd_nm2, fit_range: FitRange = 0.2, dim: in
         raise ValueError(f"lag_times and msd_nm2 must be 1-D of equal length, got {t.shape} and {y.shape}")
     if dim not in (1, 2, 3):
         raise ValueError(f"dim must be 1, 2 or 3, got {dim}")
-    t0, t1 = _fit_window(t, fit_range)
+    t0, t1 = fit_window(t, fit_range)
     sel = (t >= t0) & (t <= t1)
     if sel.sum() < 3:
         raise ValueError(f"fit_range ({t0:g}, {t1:g}) ps holds {int(sel.sum())} lags; at least 3 are needed")
