@@ -63,6 +63,14 @@ BENCHMARKS = [
                   "2", "--ns", "20", "--out", result_path("accuracy_eo4_li9")], ["accuracy_eo4_li9.json"]),
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li8_450K", "reference", "cg.h5"), "--replicas",
                   "2", "--ns", "20", "--out", result_path("accuracy_eo6_li8")], ["accuracy_eo6_li8.json"]),
+    # Where the default model's structure error comes from: refinement alone vs one learned step from true frames.
+    ("structure_repair", ["--reference", os.path.join(DATA, "peo_litfsi_eo4_li9_450K", "reference", "cg.h5"),
+                          "--out", result_path("structure_repair_eo4")], ["structure_repair_eo4.json"]),
+    ("structure_repair", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li8_450K", "reference", "cg.h5"),
+                          "--out", result_path("structure_repair_eo6")], ["structure_repair_eo6.json"]),
+    ("structure_repair", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li15_450K", "reference", "cg.h5"),
+                          "--out", result_path("structure_repair_train_eo6_li15")],
+     ["structure_repair_train_eo6_li15.json"]),
     # HMR at 4 fs against 2 fs on the held-out EO4 box (runs its own 2-ns all-atom MD first: ~1 h on one core).
     ("hmr", [], ["hmr.json"]),
     # The shipped model's own training system (in distribution; not a held-out test).
@@ -131,6 +139,7 @@ def summary_markdown() -> str:
     lines += _model_step_lines(_load("model_step.json"))
     lines += _pareto_lines(_load("pareto.json"))
     lines += _refine_screen_lines()
+    lines += _structure_repair_lines()
     lines += _hmr_lines(_load("hmr.json"))
     dg = _load("dig.json")
     if dg:
@@ -395,6 +404,29 @@ def _refine_screen_lines() -> list:
     screens = sorted(name for name in os.listdir(RESULTS) if name.startswith("refine_screen")
                      and os.path.isdir(os.path.join(RESULTS, name)))
     return [line for screen in screens for line in _refine_screen_table(screen)]
+
+
+def _structure_repair_lines() -> list:
+    """benchmarks/results/structure_repair*.json: the model's structure error on true frames, refined alone and
+    after one learned step (benchmarks/structure_repair.py)."""
+    runs = [_load(name) for name in sorted(os.listdir(RESULTS))
+            if name.startswith("structure_repair") and name.endswith(".json")]
+    if not runs:
+        return []
+    lines = ["## Structure repair: the refinement alone and one learned step, from true frames",
+             "| reference | set | Li–PEO peak | Li–TFSI peak | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | "
+             "repair MSD / true step MSD (Li, TFSI, PEO) |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        name = run["reference"].split("/")[-3]
+        shares = ", ".join(f"{run['repair_displacement'][k]['ratio']:.2f}" for k in ("LI", "TFS", "PEO"))
+        for label, row in run["sets"].items():
+            error = row.get("peak_error", {})
+            peaks = [f"{row['first_peak_height'][pair]:.2f}" + (f" ({100 * error[pair]:+.0f} %)" if error else "")
+                     for pair in ("LI-PEO", "LI-TFS")]
+            rg2 = f"{row['rg2_nm2']:.4f}" + (f" ({100 * row['rg2_error']:+.1f} %)" if "rg2_error" in row else "")
+            lines.append(f"| {name} | {label} | {peaks[0]} | {peaks[1]} | {row['li_li_within_0.5nm']:.3f} | {rg2} | "
+                         f"{shares if label == 'refined' else ''} |")
+    return lines + [f"- `{runs[0]['command']}` ({runs[0]['frames']} frames each)", ""]
 
 
 def _refine_screen_table(screen: str) -> list:

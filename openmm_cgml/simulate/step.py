@@ -397,6 +397,17 @@ class LearnedStep(nn.Module):
         d = (d / scatter_sum(w, self.molecule, self.n_molecules))[self.molecule]
         return whole - bead_box * torch.round(d / bead_box)
 
+    def repair(self, x: torch.Tensor, box: Optional[torch.Tensor], refine_noise: torch.Tensor) -> torch.Tensor:
+        """The second half of a step: the score GNN's refinement of positions x (N, 3) nm, then the hard core and
+        the bond cap; ``box`` (3,) / (B, 3) nm or None, ``refine_noise`` one row of normals per evaluation."""
+        if self.n_refine > 0:
+            x = self.score.refine(x, self.levels, self.steps_per_level, self.step_size, refine_noise, self.embed,
+                                  self.masses, self.bonds, box, self.batch, self.scheme, self.skin)
+        if self.hard_core > 0 or self.bond_cap > 0:
+            x = push_apart(x, self.bead_types, self.core, self.masses, self.bonded, box, self.batch, self.bonds,
+                           self.cap)
+        return x
+
     def forward(self, x: torch.Tensor, h: torch.Tensor, box: torch.Tensor, dyn_noise: torch.Tensor,
                 refine_noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One step: x (N, 3) nm, h (H, N, 3) nm/step, box (3,) / (B, 3) nm or empty -> (x_new, h_new)."""
@@ -421,16 +432,10 @@ class LearnedStep(nn.Module):
             ion, shell = shell_pairs(x, self.carried, self.shell_radius, box_opt, self.batch)
             moved = torch.where(self.carried.unsqueeze(1), a + shell_mean(moved, ion, shell), moved)
         x_pred = x + moved
-        x_new = x_pred
         # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
         # as it is, so every wrapper reports it as a blow-up of this step.
         finite = bool(torch.isfinite(x_pred).all())
-        if self.n_refine > 0 and finite:
-            x_new = self.score.refine(x_pred, self.levels, self.steps_per_level, self.step_size, refine_noise,
-                                      self.embed, self.masses, self.bonds, box_opt, self.batch, self.scheme, self.skin)
-        if (self.hard_core > 0 or self.bond_cap > 0) and finite:
-            x_new = push_apart(x_new, self.bead_types, self.core, self.masses, self.bonded, box_opt, self.batch,
-                               self.bonds, self.cap)
+        x_new = self.repair(x_pred, box_opt, refine_noise) if finite else x_pred
         moved = x_new - x
         if box_opt is not None and self.tree_child.numel() > 0 and finite:
             bead_box = box_opt if box_opt.dim() == 1 else box_opt[self.batch]

@@ -1,0 +1,156 @@
+"""Where a learned model's structure error comes from, measured in minutes instead of a long run.
+
+    python -m benchmarks.structure_repair --reference REF.h5 [--model MODEL] [--refine SPEC] [--frames 60]
+
+From ``--frames`` frames spread over an all-atom CG dataset (never a training set, for a verdict on transfer):
+
+- ``true``: the frames themselves;
+- ``refined``: each frame through the second half of a learned step alone (the score GNN's refinement, then the
+  hard core and bond cap: ``LearnedStep.repair``). A score that knew the equilibrium distribution would leave the
+  frames' statistics unchanged, so what changes here is the score's own bias;
+- ``one_step``: one whole learned step (dynamics, then repair) from each frame with its true velocity history.
+  A long run inherits this error, so what ``one_step`` loses beyond ``refined`` is what the repair fails to undo
+  of the dynamics' prediction.
+
+For each: the RDF first-peak heights of every species pair, Li⁺ neighbours of a Li⁺ within 0.5 nm (all-atom: 0)
+and the mean chain Rg²; per species the mean squared displacement (nm²) that the repair alone adds to a true frame,
+against the true displacement over one model step: the repair's share of transport. Writes JSON and a figure of
+the Li–PEO and Li–TFSI RDFs of the three sets.
+"""
+import json
+import sys
+
+import numpy as np
+import torch
+
+from openmm_cgml.analysis import rdf
+from openmm_cgml.data import CGDataset
+from openmm_cgml.simulate import LearnedStep, parse_refine
+from openmm_cgml.simulate.step import refine_settings, step_noise
+from openmm_cgml.training.model import load_model, model_path
+
+from .accuracy import CONTACT_NM, structure
+from .common import benchmark_parser, figure_path, machine, set_threads, write_json
+
+SETS = ("true", "refined", "one_step")
+#: Species pairs drawn in the figure.
+DRAWN = ("LI-PEO", "LI-TFS")
+
+
+def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray, box: np.ndarray, seed: int):
+    """(F, N, 3) nm positions of the three sets for reference frames ``frames`` of unwrapped positions ``x``."""
+    h = step.history_length
+    box_t = torch.as_tensor(box, dtype=torch.float32)
+    out = {name: [] for name in SETS}
+    with torch.no_grad():
+        for k, i in enumerate(frames):
+            dyn_noise, refine_noise = step_noise(seed, k, x.shape[1], int(step.n_refine))
+            now = torch.as_tensor(x[i], dtype=torch.float32)
+            history = torch.as_tensor(np.stack([x[i - (h - j - 1) * stride] - x[i - (h - j) * stride]
+                                                for j in range(h)]), dtype=torch.float32)
+            out["true"].append(x[i])
+            out["refined"].append(step.repair(now, box_t, refine_noise).numpy())
+            out["one_step"].append(step(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
+    return {name: np.stack(values).astype(np.float64) for name, values in out.items()}
+
+
+def repair_displacement(true: np.ndarray, refined: np.ndarray, x: np.ndarray, frames: np.ndarray, stride: int,
+                        species: np.ndarray) -> dict:
+    """Per species: mean squared displacement (nm²) the repair adds to a true frame, and the true one over a model
+    step (``stride`` dataset frames); frames too close to the end for a step are left out of the latter."""
+    ahead = frames[frames + stride < x.shape[0]]
+    added = ((refined - true) ** 2).sum(-1)
+    step = ((x[ahead + stride] - x[ahead]) ** 2).sum(-1)
+    out = {}
+    for name in sorted(set(species.tolist())):
+        mask = species == name
+        out[name] = {"repair_nm2": float(added[:, mask].mean()), "true_step_nm2": float(step[:, mask].mean())}
+        out[name]["ratio"] = out[name]["repair_nm2"] / out[name]["true_step_nm2"]
+    return out
+
+
+def draw(curves: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DRAWN), figsize=(5 * len(DRAWN), 3.6))
+    for ax, pair in zip(axes, DRAWN):
+        for name in SETS:
+            r, g = curves[name][pair]
+            ax.plot(r, g, label=name.replace("_", " "))
+        ax.set_xlabel("r (nm)")
+        ax.set_ylabel(f"g(r), {pair}")
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> dict:
+    parser = benchmark_parser(__doc__, "structure_repair", threads=1)
+    parser.add_argument("--reference", required=True, help="all-atom CG dataset (.h5) of a held-out system")
+    parser.add_argument("--model", default=None, help="shipped model name or directory (default: the default model)")
+    parser.add_argument("--refine", default="model", help="refinement spec, as `cgml simulate --refine`")
+    parser.add_argument("--frames", type=int, default=60, help="reference frames, spread over the run")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    path = model_path(args.model)
+    model = load_model(path)
+    with CGDataset(args.reference) as ds:
+        x = np.asarray(ds.positions[:], dtype=np.float64)
+        box, beadmap, interval = np.asarray(ds.box[0], dtype=np.float64), ds.beadmap, ds.frame_interval_ps
+    stride = int(round(model.timestep_ps / interval))
+    if stride < 1 or abs(stride * interval - model.timestep_ps) > 1e-6:
+        raise SystemExit(f"model step {model.timestep_ps} ps is not a multiple of the reference interval {interval} ps")
+    first = model.history_length * stride
+    if x.shape[0] <= first + args.frames:
+        raise SystemExit(f"{args.reference} holds {x.shape[0]} frames: too few for {args.frames} frames after a "
+                         f"velocity history of {first}")
+    refine = parse_refine(args.refine)
+    step = LearnedStep.from_model(model, beadmap, refine).eval()
+    frames = np.linspace(first, x.shape[0] - 1, args.frames).astype(int)
+    sets = learned_sets(step, x, stride, frames, box, args.seed)
+
+    species = np.asarray(beadmap.bead_species())
+    r_max = 0.45 * float(box.min())
+    boxes = np.tile(box, (frames.size, 1))
+    table, curves = {}, {}
+    for name, positions in sets.items():
+        peaks, contacts, rg2 = structure(positions, boxes, beadmap, r_max)
+        table[name] = {"first_peak_height": {pair: peak[1] for pair, peak in peaks.items()},
+                       f"li_li_within_{CONTACT_NM}nm": contacts.get("LI-LI"), "rg2_nm2": rg2}
+        curves[name] = {pair: rdf(positions, boxes, species == pair.split("-")[0], species == pair.split("-")[1],
+                                  r_max, n_bins=60) for pair in DRAWN}
+    true = table["true"]
+    for name in SETS[1:]:
+        table[name]["peak_error"] = {pair: height / true["first_peak_height"][pair] - 1.0
+                                     for pair, height in table[name]["first_peak_height"].items()}
+        table[name]["rg2_error"] = table[name]["rg2_nm2"] / true["rg2_nm2"] - 1.0
+    result = {
+        "machine": machine(args.threads),
+        "command": "python -m benchmarks.structure_repair " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "reference": args.reference, "reference_ns": float(x.shape[0] * interval / 1000.0),
+        "model": path, "refine": refine_settings(model.config, refine), "frames": int(frames.size),
+        "sets": table,
+        "repair_displacement": repair_displacement(sets["true"], sets["refined"], x, frames, stride, species),
+    }
+    write_json(result, args.out)
+    result["figure"] = draw({k: {p: (np.asarray(r), np.asarray(g)) for p, (r, g) in v.items()}
+                             for k, v in curves.items()}, figure_path(args.out))
+    write_json(result, args.out)
+    for name in SETS:
+        row = table[name]
+        errors = row.get("peak_error", {})
+        print(f"{name:9s} " + "  ".join(f"{pair} {h:6.2f}" + (f" ({errors[pair]:+.0%})" if errors else "")
+                                       for pair, h in row["first_peak_height"].items() if pair.startswith("LI"))
+              + f"  Li-Li<{CONTACT_NM} nm {row[f'li_li_within_{CONTACT_NM}nm']:.3f}  Rg2 {row['rg2_nm2']:.4f}")
+    print(json.dumps(result["repair_displacement"], indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
