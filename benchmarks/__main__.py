@@ -65,11 +65,13 @@ BENCHMARKS = [
                   "2", "--ns", "20", "--out", result_path("accuracy_eo6_li8")], ["accuracy_eo6_li8.json"]),
     # Where the default model's structure error comes from: refinement alone vs one learned step from true frames.
     ("structure_repair", ["--reference", os.path.join(DATA, "peo_litfsi_eo4_li9_450K", "reference", "cg.h5"),
-                          "--out", result_path("structure_repair_eo4")], ["structure_repair_eo4.json"]),
+                          "--cluster-noise", "0.95", "--out", result_path("structure_repair_eo4")],
+     ["structure_repair_eo4.json"]),
     ("structure_repair", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li8_450K", "reference", "cg.h5"),
-                          "--out", result_path("structure_repair_eo6")], ["structure_repair_eo6.json"]),
+                          "--cluster-noise", "0.95", "--out", result_path("structure_repair_eo6")],
+     ["structure_repair_eo6.json"]),
     ("structure_repair", ["--reference", os.path.join(DATA, "peo_litfsi_eo6_li15_450K", "reference", "cg.h5"),
-                          "--out", result_path("structure_repair_train_eo6_li15")],
+                          "--cluster-noise", "0.95", "--out", result_path("structure_repair_train_eo6_li15")],
      ["structure_repair_train_eo6_li15.json"]),
     # HMR at 4 fs against 2 fs on the held-out EO4 box (runs its own 2-ns all-atom MD first: ~1 h on one core).
     ("hmr", [], ["hmr.json"]),

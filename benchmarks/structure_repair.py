@@ -12,6 +12,12 @@ From ``--frames`` frames spread over an all-atom CG dataset (never a training se
   A long run inherits this error, so what ``one_step`` loses beyond ``refined`` is what the repair fails to undo
   of the dynamics' prediction.
 
+``--cluster-noise F`` adds ``cluster_step``, an experiment that needs no training: the same step, but each Li⁺
+joins the noise group of its nearest binding partner (a PEO bead within 0.35 nm or a TFSI⁻ within 0.57 nm, the
+first minima of the all-atom RDFs), with a fraction F of its (and a TFSI⁻ partner's) variance moved to the group's
+shared noise, its sign that of the partner's loading. Every bead's marginal variance is the model's; only the
+ions' independence from what binds them is dropped.
+
 For each: the RDF first-peak heights of every species pair, Li⁺ neighbours of a Li⁺ within 0.5 nm (all-atom: 0)
 and the mean chain Rg²; per species the mean squared displacement (nm²) that the repair alone adds to a true frame,
 against the true displacement over one model step: the repair's share of transport. Writes JSON and a figure of
@@ -25,6 +31,7 @@ import torch
 
 from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
+from openmm_cgml.nn.dynamics import sample_acceleration
 from openmm_cgml.simulate import LearnedStep, parse_refine
 from openmm_cgml.simulate.step import refine_settings, step_noise
 from openmm_cgml.training.model import load_model, model_path
@@ -33,15 +40,49 @@ from .accuracy import CONTACT_NM, structure
 from .common import benchmark_parser, figure_path, machine, set_threads, write_json
 
 SETS = ("true", "refined", "one_step")
+#: Li⁺–partner distances below which a Li⁺ joins its partner's noise group in ``cluster_step``: the first minima of
+#: the all-atom Li–PEO and Li–TFSI RDFs of the held-out boxes, nm.
+BINDING_NM = {"PEO": 0.35, "TFS": 0.57}
 #: Species pairs drawn in the figure.
 DRAWN = ("LI-PEO", "LI-TFS")
 
 
-def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray, box: np.ndarray, seed: int):
-    """(F, N, 3) nm positions of the three sets for reference frames ``frames`` of unwrapped positions ``x``."""
+def noise_groups(x: np.ndarray, box: np.ndarray, species: np.ndarray, molecule: torch.Tensor):
+    """Noise group of every bead (its molecule; a Li⁺ within ``BINDING_NM`` of a partner takes the partner's) as
+    indices 0..G-1, and Li⁺ bead -> partner bead."""
+    reach = np.array([BINDING_NM.get(name, 0.0) for name in species])
+    group, partner = molecule.clone(), {}
+    for i in np.flatnonzero(species == "LI"):
+        d = x - x[i]
+        r = np.linalg.norm(d - box * np.round(d / box), axis=1)
+        ratio = np.where(reach > 0, r / np.where(reach > 0, reach, 1.0), np.inf)
+        j = int(np.argmin(ratio))
+        if ratio[j] < 1.0:
+            group[i], partner[int(i)] = molecule[j], j
+    return torch.unique(group, return_inverse=True)[1], partner
+
+
+def cluster_step(step: LearnedStep, x: torch.Tensor, history: torch.Tensor, box: torch.Tensor, dyn_noise, refine_noise,
+                 groups: torch.Tensor, partner: dict, species: np.ndarray, fraction: float) -> torch.Tensor:
+    """One learned step with ion-cluster noise (see the module docstring); positions (N, 3) nm."""
+    mean, std, shared = step.dynamics(x, history, step.embed, step.masses, step.bonds, box, step.batch)
+    std, shared = std.clone(), shared.clone()
+    for ion, j in partner.items():
+        sign = 1.0 if float(shared[j]) >= 0 else -1.0
+        for b in ([ion, j] if species[j] == "TFS" else [ion]):  # a one-bead partner's split is arbitrary too
+            total = float(torch.sqrt(std[b] ** 2 + shared[b] ** 2))
+            shared[b] = sign * fraction * total
+            std[b] = max(total * (1.0 - fraction ** 2) ** 0.5, 1e-4)
+    accel = sample_acceleration(mean, std, shared, groups, int(groups.max()) + 1, dyn_noise)
+    return step.repair(x + history[-1] + accel, box, refine_noise)
+
+
+def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray, box: np.ndarray, seed: int,
+                 species: np.ndarray, cluster_noise: float = 0.0):
+    """(F, N, 3) nm positions of the sets for reference frames ``frames`` of unwrapped positions ``x``."""
     h = step.history_length
     box_t = torch.as_tensor(box, dtype=torch.float32)
-    out = {name: [] for name in SETS}
+    out = {name: [] for name in SETS + (("cluster_step",) if cluster_noise else ())}
     with torch.no_grad():
         for k, i in enumerate(frames):
             dyn_noise, refine_noise = step_noise(seed, k, x.shape[1], int(step.n_refine))
@@ -51,6 +92,10 @@ def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarr
             out["true"].append(x[i])
             out["refined"].append(step.repair(now, box_t, refine_noise).numpy())
             out["one_step"].append(step(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
+            if cluster_noise:
+                groups, partner = noise_groups(x[i], box, species, step.molecule)
+                out["cluster_step"].append(cluster_step(step, now, history, box_t, dyn_noise, refine_noise, groups,
+                                                        partner, species, cluster_noise).numpy())
     return {name: np.stack(values).astype(np.float64) for name, values in out.items()}
 
 
@@ -77,7 +122,7 @@ def draw(curves: dict, path: str) -> str:
 
     fig, axes = plt.subplots(1, len(DRAWN), figsize=(5 * len(DRAWN), 3.6))
     for ax, pair in zip(axes, DRAWN):
-        for name in SETS:
+        for name in curves:
             r, g = curves[name][pair]
             ax.plot(r, g, label=name.replace("_", " "))
         ax.set_xlabel("r (nm)")
@@ -96,6 +141,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--refine", default="model", help="refinement spec, as `cgml simulate --refine`")
     parser.add_argument("--frames", type=int, default=60, help="reference frames, spread over the run")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cluster-noise", type=float, default=0.0, metavar="F",
+                        help="also run the ion-cluster noise experiment with shared fraction F in (0, 1]")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     path = model_path(args.model)
@@ -112,10 +159,12 @@ def main(argv=None) -> dict:
                          f"velocity history of {first}")
     refine = parse_refine(args.refine)
     step = LearnedStep.from_model(model, beadmap, refine).eval()
+    if not 0.0 <= args.cluster_noise <= 1.0:
+        raise SystemExit(f"--cluster-noise must lie in [0, 1], got {args.cluster_noise}")
     frames = np.linspace(first, x.shape[0] - 1, args.frames).astype(int)
-    sets = learned_sets(step, x, stride, frames, box, args.seed)
-
     species = np.asarray(beadmap.bead_species())
+    sets = learned_sets(step, x, stride, frames, box, args.seed, species, args.cluster_noise)
+
     r_max = 0.45 * float(box.min())
     boxes = np.tile(box, (frames.size, 1))
     table, curves = {}, {}
@@ -123,10 +172,14 @@ def main(argv=None) -> dict:
         peaks, contacts, rg2 = structure(positions, boxes, beadmap, r_max)
         table[name] = {"first_peak_height": {pair: peak[1] for pair, peak in peaks.items()},
                        f"li_li_within_{CONTACT_NM}nm": contacts.get("LI-LI"), "rg2_nm2": rg2}
+        if name != "true":  # transport over the step (the refined set's is the repair's own)
+            moved = ((positions - sets["true"]) ** 2).sum(-1)
+            table[name]["msd_from_frame_nm2"] = {kind: float(moved[:, species == kind].mean())
+                                                 for kind in sorted(set(species.tolist()))}
         curves[name] = {pair: rdf(positions, boxes, species == pair.split("-")[0], species == pair.split("-")[1],
                                   r_max, n_bins=60) for pair in DRAWN}
     true = table["true"]
-    for name in SETS[1:]:
+    for name in list(sets)[1:]:
         table[name]["peak_error"] = {pair: height / true["first_peak_height"][pair] - 1.0
                                      for pair, height in table[name]["first_peak_height"].items()}
         table[name]["rg2_error"] = table[name]["rg2_nm2"] / true["rg2_nm2"] - 1.0
@@ -137,12 +190,13 @@ def main(argv=None) -> dict:
         "model": path, "refine": refine_settings(model.config, refine), "frames": int(frames.size),
         "sets": table,
         "repair_displacement": repair_displacement(sets["true"], sets["refined"], x, frames, stride, species),
+        "cluster_noise": args.cluster_noise,
     }
     write_json(result, args.out)
     result["figure"] = draw({k: {p: (np.asarray(r), np.asarray(g)) for p, (r, g) in v.items()}
                              for k, v in curves.items()}, figure_path(args.out))
     write_json(result, args.out)
-    for name in SETS:
+    for name in sets:
         row = table[name]
         errors = row.get("peak_error", {})
         print(f"{name:9s} " + "  ".join(f"{pair} {h:6.2f}" + (f" ({errors[pair]:+.0%})" if errors else "")
