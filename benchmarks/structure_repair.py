@@ -99,19 +99,12 @@ def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarr
     return {name: np.stack(values).astype(np.float64) for name, values in out.items()}
 
 
-def repair_displacement(true: np.ndarray, refined: np.ndarray, x: np.ndarray, frames: np.ndarray, stride: int,
-                        species: np.ndarray) -> dict:
-    """Per species: mean squared displacement (nm²) the repair adds to a true frame, and the true one over a model
-    step (``stride`` dataset frames); frames too close to the end for a step are left out of the latter."""
+def true_step_msd(x: np.ndarray, frames: np.ndarray, stride: int, species: np.ndarray) -> dict:
+    """Per species, the all-atom mean squared displacement (nm²) over one model step (``stride`` dataset frames)
+    from ``frames``; frames too close to the end for a step are left out."""
     ahead = frames[frames + stride < x.shape[0]]
-    added = ((refined - true) ** 2).sum(-1)
-    step = ((x[ahead + stride] - x[ahead]) ** 2).sum(-1)
-    out = {}
-    for name in sorted(set(species.tolist())):
-        mask = species == name
-        out[name] = {"repair_nm2": float(added[:, mask].mean()), "true_step_nm2": float(step[:, mask].mean())}
-        out[name]["ratio"] = out[name]["repair_nm2"] / out[name]["true_step_nm2"]
-    return out
+    moved = ((x[ahead + stride] - x[ahead]) ** 2).sum(-1)
+    return {kind: float(moved[:, species == kind].mean()) for kind in sorted(set(species.tolist()))}
 
 
 def draw(curves: dict, path: str) -> str:
@@ -144,6 +137,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--cluster-noise", type=float, default=0.0, metavar="F",
                         help="also run the ion-cluster noise experiment with shared fraction F in (0, 1]")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.cluster_noise <= 1.0:
+        raise SystemExit(f"--cluster-noise must lie in [0, 1], got {args.cluster_noise}")
     set_threads(args.threads)
     path = model_path(args.model)
     model = load_model(path)
@@ -159,8 +154,6 @@ def main(argv=None) -> dict:
                          f"velocity history of {first}")
     refine = parse_refine(args.refine)
     step = LearnedStep.from_model(model, beadmap, refine).eval()
-    if not 0.0 <= args.cluster_noise <= 1.0:
-        raise SystemExit(f"--cluster-noise must lie in [0, 1], got {args.cluster_noise}")
     frames = np.linspace(first, x.shape[0] - 1, args.frames).astype(int)
     species = np.asarray(beadmap.bead_species())
     sets = learned_sets(step, x, stride, frames, box, args.seed, species, args.cluster_noise)
@@ -172,13 +165,13 @@ def main(argv=None) -> dict:
         peaks, contacts, rg2 = structure(positions, boxes, beadmap, r_max)
         table[name] = {"first_peak_height": {pair: peak[1] for pair, peak in peaks.items()},
                        f"li_li_within_{CONTACT_NM}nm": contacts.get("LI-LI"), "rg2_nm2": rg2}
-        if name != "true":  # transport over the step (the refined set's is the repair's own)
+        if name != "true":  # transport over the step (the refined set's is the repair's own displacement)
             moved = ((positions - sets["true"]) ** 2).sum(-1)
             table[name]["msd_from_frame_nm2"] = {kind: float(moved[:, species == kind].mean())
                                                  for kind in sorted(set(species.tolist()))}
         curves[name] = {pair: rdf(positions, boxes, species == pair.split("-")[0], species == pair.split("-")[1],
                                   r_max, n_bins=60) for pair in DRAWN}
-    true = table["true"]
+    true, true_step = table["true"], true_step_msd(x, frames, stride, species)
     for name in list(sets)[1:]:
         table[name]["peak_error"] = {pair: height / true["first_peak_height"][pair] - 1.0
                                      for pair, height in table[name]["first_peak_height"].items()}
@@ -189,12 +182,12 @@ def main(argv=None) -> dict:
         "reference": args.reference, "reference_ns": float(x.shape[0] * interval / 1000.0),
         "model": path, "refine": refine_settings(model.config, refine), "frames": int(frames.size),
         "sets": table,
-        "repair_displacement": repair_displacement(sets["true"], sets["refined"], x, frames, stride, species),
+        "repair_displacement": {kind: {"repair_nm2": repaired, "true_step_nm2": true_step[kind],
+                                       "ratio": repaired / true_step[kind]}
+                                for kind, repaired in table["refined"]["msd_from_frame_nm2"].items()},
         "cluster_noise": args.cluster_noise,
+        "figure": draw(curves, figure_path(args.out)),
     }
-    write_json(result, args.out)
-    result["figure"] = draw({k: {p: (np.asarray(r), np.asarray(g)) for p, (r, g) in v.items()}
-                             for k, v in curves.items()}, figure_path(args.out))
     write_json(result, args.out)
     for name in sets:
         row = table[name]

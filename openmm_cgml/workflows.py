@@ -438,6 +438,7 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
     dt_frame = every * timestep_ps
     # D only where each species' MSD exponent over the time blocks' fit window is >= 0.9, else None
     curves, diffusion = species_diffusion(positions, dt_frame, beadmap.bead_species())
+    by_species = sorted(diffusion.items())
     png = plot_msd(curves, os.path.join(out_dir, "msd.png"))
     thresholds = collision_thresholds(model_path, beadmap)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer))
@@ -453,10 +454,10 @@ def _demo_in(out_dir: str, final_dir: str, ns: float, seed: int, model_path: str
         "simulate_seconds": t_sim,
         "cg_ns_per_day": n_steps * timestep_ps / 1000.0 / t_sim * 86400.0,
         "frame_ps": dt_frame,
-        "D_cm2_per_s": {name: d["D_cm2_per_s"] for name, d in sorted(diffusion.items())},
-        "msd_exponent": {name: d["msd_exponent"] for name, d in sorted(diffusion.items())},
-        "msd_exponent_err": {name: d["msd_exponent_err"] for name, d in sorted(diffusion.items())},
-        "msd_fit_window_ps": {name: [d["fit_start_ps"], d["fit_end_ps"]] for name, d in sorted(diffusion.items())},
+        "D_cm2_per_s": {name: d["D_cm2_per_s"] for name, d in by_species},
+        "msd_exponent": {name: d["msd_exponent"] for name, d in by_species},
+        "msd_exponent_err": {name: d["msd_exponent_err"] for name, d in by_species},
+        "msd_fit_window_ps": {name: [d["fit_start_ps"], d["fit_end_ps"]] for name, d in by_species},
         "mean_cg_bond_nm": float(bond_nm.mean()) if bond_nm is not None else None,
         "max_cg_bond_nm": float(bond_nm.max()) if bond_nm is not None else None,
         "collisions_per_frame": (float(count_collisions(positions, box, beadmap, thresholds).mean())

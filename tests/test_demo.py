@@ -113,13 +113,10 @@ def test_cgml_demo_runs_on_the_threads_it_is_given(tmp_path, monkeypatch):
     two-core machine whose other core is busy, a step took 40x longer (README, "The command line")."""
     import torch
 
+    # conftest's autouse fixture restores the thread settings this test changes
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("OPENMM_CPU_THREADS", raising=False)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert cli_main(["demo", "--ns", "0.5", "-o", str(tmp_path / "demo"), "--quiet"]) in (0, None)
-        assert torch.get_num_threads() == 1 and os.environ["OPENMM_CPU_THREADS"] == "1"
-        assert json.loads((tmp_path / "demo" / "demo.json").read_text())["cg_ns"] == pytest.approx(0.5)
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    assert cli_main(["demo", "--ns", "0.5", "-o", str(tmp_path / "demo"), "--quiet"]) in (0, None)
+    assert torch.get_num_threads() == 1 and os.environ["OPENMM_CPU_THREADS"] == "1"
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["cg_ns"] == pytest.approx(0.5)
