@@ -12,11 +12,11 @@ From ``--frames`` frames spread over an all-atom CG dataset (never a training se
   A long run inherits this error, so what ``one_step`` loses beyond ``refined`` is what the repair fails to undo
   of the dynamics' prediction.
 
-``--cluster-noise F`` adds ``cluster_step``, an experiment that needs no training: the same step, but each Li⁺
-joins the noise group of its nearest binding partner (a PEO bead within 0.35 nm or a TFSI⁻ within 0.57 nm, the
-first minima of the all-atom RDFs), with a fraction F of its (and a TFSI⁻ partner's) variance moved to the group's
-shared noise, its sign that of the partner's loading. Every bead's marginal variance is the model's; only the
-ions' independence from what binds them is dropped.
+``--cluster-noise F`` adds ``cluster_step``: the same step with ion-cluster noise (``--refine ...,cluster=F``, see
+``openmm_cgml.nn.dynamics``): each Li⁺ joins the noise group of its nearest binding partner (within the model
+config's ``cluster_radius_nm``), with a fraction F of its (and a one-bead partner's) variance moved to the group's
+shared noise. Every bead's marginal variance is the model's; only the ions' independence from what binds them is
+dropped.
 
 For each: the RDF first-peak heights of every species pair, Li⁺ neighbours of a Li⁺ within 0.5 nm (all-atom: 0)
 and the mean chain Rg²; per species the mean squared displacement (nm²) that the repair alone adds to a true frame,
@@ -31,7 +31,6 @@ import torch
 
 from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
-from openmm_cgml.nn.dynamics import sample_acceleration
 from openmm_cgml.simulate import LearnedStep, parse_refine
 from openmm_cgml.simulate.step import refine_settings, step_noise
 from openmm_cgml.training.model import load_model, model_path
@@ -40,49 +39,17 @@ from .accuracy import CONTACT_NM, structure
 from .common import benchmark_parser, figure_path, machine, set_threads, write_json
 
 SETS = ("true", "refined", "one_step")
-#: Li⁺–partner distances below which a Li⁺ joins its partner's noise group in ``cluster_step``: the first minima of
-#: the all-atom Li–PEO and Li–TFSI RDFs of the held-out boxes, nm.
-BINDING_NM = {"PEO": 0.35, "TFS": 0.57}
 #: Species pairs drawn in the figure.
 DRAWN = ("LI-PEO", "LI-TFS")
 
 
-def noise_groups(x: np.ndarray, box: np.ndarray, species: np.ndarray, molecule: torch.Tensor):
-    """Noise group of every bead (its molecule; a Li⁺ within ``BINDING_NM`` of a partner takes the partner's) as
-    indices 0..G-1, and Li⁺ bead -> partner bead."""
-    reach = np.array([BINDING_NM.get(name, 0.0) for name in species])
-    group, partner = molecule.clone(), {}
-    for i in np.flatnonzero(species == "LI"):
-        d = x - x[i]
-        r = np.linalg.norm(d - box * np.round(d / box), axis=1)
-        ratio = np.where(reach > 0, r / np.where(reach > 0, reach, 1.0), np.inf)
-        j = int(np.argmin(ratio))
-        if ratio[j] < 1.0:
-            group[i], partner[int(i)] = molecule[j], j
-    return torch.unique(group, return_inverse=True)[1], partner
-
-
-def cluster_step(step: LearnedStep, x: torch.Tensor, history: torch.Tensor, box: torch.Tensor, dyn_noise, refine_noise,
-                 groups: torch.Tensor, partner: dict, species: np.ndarray, fraction: float) -> torch.Tensor:
-    """One learned step with ion-cluster noise (see the module docstring); positions (N, 3) nm."""
-    mean, std, shared = step.dynamics(x, history, step.embed, step.masses, step.bonds, box, step.batch)
-    std, shared = std.clone(), shared.clone()
-    for ion, j in partner.items():
-        sign = 1.0 if float(shared[j]) >= 0 else -1.0
-        for b in ([ion, j] if species[j] == "TFS" else [ion]):  # a one-bead partner's split is arbitrary too
-            total = float(torch.sqrt(std[b] ** 2 + shared[b] ** 2))
-            shared[b] = sign * fraction * total
-            std[b] = max(total * (1.0 - fraction ** 2) ** 0.5, 1e-4)
-    accel = sample_acceleration(mean, std, shared, groups, int(groups.max()) + 1, dyn_noise)
-    return step.repair(x + history[-1] + accel, box, refine_noise)
-
-
 def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray, box: np.ndarray, seed: int,
-                 species: np.ndarray, cluster_noise: float = 0.0):
-    """(F, N, 3) nm positions of the sets for reference frames ``frames`` of unwrapped positions ``x``."""
+                 cluster: "LearnedStep | None" = None):
+    """(F, N, 3) nm positions of the sets for reference frames ``frames`` of unwrapped positions ``x``; with
+    ``cluster`` (the step with ion-cluster noise) also ``cluster_step``."""
     h = step.history_length
     box_t = torch.as_tensor(box, dtype=torch.float32)
-    out = {name: [] for name in SETS + (("cluster_step",) if cluster_noise else ())}
+    out = {name: [] for name in SETS + (("cluster_step",) if cluster is not None else ())}
     with torch.no_grad():
         for k, i in enumerate(frames):
             dyn_noise, refine_noise = step_noise(seed, k, x.shape[1], int(step.n_refine))
@@ -92,10 +59,8 @@ def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarr
             out["true"].append(x[i])
             out["refined"].append(step.repair(now, box_t, refine_noise).numpy())
             out["one_step"].append(step(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
-            if cluster_noise:
-                groups, partner = noise_groups(x[i], box, species, step.molecule)
-                out["cluster_step"].append(cluster_step(step, now, history, box_t, dyn_noise, refine_noise, groups,
-                                                        partner, species, cluster_noise).numpy())
+            if cluster is not None:
+                out["cluster_step"].append(cluster(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
     return {name: np.stack(values).astype(np.float64) for name, values in out.items()}
 
 
@@ -135,10 +100,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--frames", type=int, default=60, help="reference frames, spread over the run")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cluster-noise", type=float, default=0.0, metavar="F",
-                        help="also run the ion-cluster noise experiment with shared fraction F in (0, 1]")
+                        help="also run one step with ion-cluster noise of shared fraction F in (0, 1)")
     args = parser.parse_args(argv)
-    if not 0.0 <= args.cluster_noise <= 1.0:
-        raise SystemExit(f"--cluster-noise must lie in [0, 1], got {args.cluster_noise}")
+    if not 0.0 <= args.cluster_noise < 1.0:
+        raise SystemExit(f"--cluster-noise must lie in [0, 1), got {args.cluster_noise}")
     set_threads(args.threads)
     path = model_path(args.model)
     model = load_model(path)
@@ -156,7 +121,11 @@ def main(argv=None) -> dict:
     step = LearnedStep.from_model(model, beadmap, refine).eval()
     frames = np.linspace(first, x.shape[0] - 1, args.frames).astype(int)
     species = np.asarray(beadmap.bead_species())
-    sets = learned_sets(step, x, stride, frames, box, args.seed, species, args.cluster_noise)
+    cluster = None
+    if args.cluster_noise:
+        base = {} if refine is None else {"n_levels": 0} if refine is False else refine
+        cluster = LearnedStep.from_model(model, beadmap, {**base, "cluster_noise": args.cluster_noise}).eval()
+    sets = learned_sets(step, x, stride, frames, box, args.seed, cluster)
 
     r_max = 0.45 * float(box.min())
     boxes = np.tile(box, (frames.size, 1))

@@ -121,6 +121,16 @@ def test_step_with_a_hard_core_is_scripted_batched_and_overlap_free(small_model)
     assert {k: refine_settings(model.config, spec)[k] for k in ("hard_core", "bond_cap")} == {"hard_core": 0.9,
                                                                                               "bond_cap": 1.2}
     assert LearnedStep.from_model(model, bm).hard_core == 0.0  # the model's default (ModelConfig.hard_core) is off
+    # ,rdf=G raises the core to where the training RDF first reaches G, never below the closest-approach core
+    with pytest.raises(ValueError, match="rdf_g"):
+        LearnedStep.from_model(model, bm, parse_refine("model,core=0.9,rdf=0.1"))
+    model.contacts.update(rdf_edges_nm=[0.0, 0.2, 0.4, 0.45, 0.5], rdf_g=[[[0.0, 0.02, 0.3, 1.0]]])
+    assert float(LearnedStep.from_model(model, bm, parse_refine("model,core=0.9,rdf=0.1")).core) == pytest.approx(0.4)
+    assert float(LearnedStep.from_model(model, bm, parse_refine("model,core=0.9,rdf=0.01")).core) == \
+        pytest.approx(0.36)  # the onset (0.2 nm) lies below 0.9 x the closest approach
+    with pytest.raises(ValueError, match="needs hard_core > 0"):
+        LearnedStep.from_model(model, bm, parse_refine("model,core=0,rdf=0.1"))
+    del model.contacts["rdf_g"], model.contacts["rdf_edges_nm"]
     g = torch.Generator().manual_seed(5)
     box = torch.tensor([1.3, 1.3, 1.3])
     x = torch.rand(bm.n_beads, 3, generator=g) * box

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgml.nn.dynamics import DynamicsGNN, gaussian_nll, sample_acceleration, shell_mean, shell_pairs
+from openmm_cgml.nn.dynamics import (DynamicsGNN, cluster_loadings, gaussian_nll, ion_partners, sample_acceleration,
+                                    shell_mean, shell_pairs)
 from openmm_cgml.nn.embedding import BeadEmbedding, TypeGraphs
 from openmm_cgml.nn.score import ScoreGNN, denoising_loss, sigma_levels, type_balance
 
@@ -184,6 +185,57 @@ def test_molecule_noise_samples_and_scores_its_covariance():
     assert torch.equal(sample_acceleration(mean, std, zero, molecule, 3, z[0]), mean + std.unsqueeze(1) * z[0])
     assert float(gaussian_nll(target, mean, std, 1.0, zero, molecule, 3)) == pytest.approx(
         float(gaussian_nll(target, mean, std)), rel=1e-6)
+
+
+def test_ion_partners_take_the_closest_bead_in_units_of_its_binding_radius():
+    """Each ion's partner is the bead of its own graph with the smallest distance / binding radius below 1
+    (minimum image, two periodic boxes); beads without a radius and ions with no partner in reach are skipped."""
+    gen = torch.Generator().manual_seed(5)
+    box = torch.tensor([[1.6, 1.8, 1.7], [2.0, 1.7, 1.9]])
+    batch = torch.tensor([0] * 40 + [1] * 40)
+    pos = torch.rand(80, 3, generator=gen) * box[batch]
+    ion = torch.zeros(80, dtype=torch.bool)
+    ion[[0, 3, 41, 50, 77]] = True
+    reach = torch.where(torch.arange(80) % 3 == 0, 0.3, 0.5)
+    reach[ion] = 0.0
+    pos[77] = pos[76] + torch.tensor([0.0, 0.0, 1.89])  # across the boundary from bead 76 of box 1 (0.01 nm)
+    got = dict(zip(*[t.tolist() for t in ion_partners(pos, ion, reach, box, batch)]))
+    want = {}
+    x, b = pos.double().numpy(), box.double().numpy()
+    for i in np.flatnonzero(ion.numpy()):
+        d = x - x[i]
+        d -= b[batch[i]] * np.round(d / b[batch[i]])
+        ratio = np.linalg.norm(d, axis=1) / np.where(reach.numpy() > 0, reach.numpy(), np.nan)
+        ratio[(batch != batch[i]).numpy()] = np.nan
+        if np.nanmin(ratio) < 1.0:
+            want[int(i)] = int(np.nanargmin(ratio))
+    assert got == want and got[77] == 76 and len(got) >= 3
+    none = ion_partners(pos, ion, torch.zeros(80), box, batch)
+    assert none[0].numel() == 0
+
+
+def test_cluster_loadings_keep_each_marginal_and_correlate_ion_and_partner():
+    """Ion-cluster noise: every bead keeps its variance, an ion joins its partner's molecule, and its draws
+    correlate with a one-bead partner's as fraction² and with a chain through the chain's loading."""
+    molecule = torch.tensor([0, 0, 0, 1, 2, 3])  # a 3-bead chain, a one-bead anion, two ions
+    std = torch.tensor([0.2, 0.3, 0.25, 0.4, 0.1, 0.15])
+    shared = torch.tensor([0.3, 0.1, 0.2, 0.5, 0.0, 0.2])
+    lone = torch.tensor([False, False, False, True, True, True])
+    ions, partners = torch.tensor([4, 5]), torch.tensor([3, 1])
+    new_std, new_shared, group = cluster_loadings(std, shared, molecule, ions, partners, lone, 0.9)
+    torch.testing.assert_close(new_std ** 2 + new_shared ** 2, std ** 2 + shared ** 2)
+    assert group.tolist() == [0, 0, 0, 1, 1, 0]
+    assert torch.equal(new_std[:3], std[:3]) and torch.equal(new_shared[:3], shared[:3])  # a chain keeps its own
+    n = 200000
+    z = torch.randn(n * 6, 3, generator=torch.Generator().manual_seed(6))
+    copies = (group + 4 * torch.arange(n).unsqueeze(1)).reshape(-1)
+    a = sample_acceleration(torch.zeros(n * 6, 3), new_std.repeat(n), new_shared.repeat(n), copies, 4 * n, z)
+    a = a.reshape(n, 6, 3)[..., 0]
+    corr = torch.corrcoef(a.t())
+    assert float(corr[4, 3]) == pytest.approx(0.81, abs=0.01)  # both split 0.9 : shared
+    chain = float(0.9 * shared[1] / torch.sqrt(std[1] ** 2 + shared[1] ** 2))
+    assert float(corr[5, 1]) == pytest.approx(chain, abs=0.01)
+    assert abs(float(corr[4, 5])) < 0.01  # different groups stay independent
 
 
 def test_shell_pairs_and_mean_match_a_brute_force_search():

@@ -19,15 +19,16 @@ MAPPING = {"atoms_per_bead": 7, "whole_residues": ["TFS"]}
 TIMESTEP_PS = 100.0
 
 
-def tiny_model(beadmap, periodic=True, drop_type=None, seed=0):
-    """A small, untrained but real CG model whose vocabulary holds ``beadmap``'s types (minus ``drop_type``)."""
+def tiny_model(beadmap, periodic=True, drop_type=None, seed=0, **options):
+    """A small, untrained but real CG model whose vocabulary holds ``beadmap``'s types (minus ``drop_type``);
+    ``options`` are further ModelConfig fields."""
     torch.manual_seed(seed)
     keep = [i for i, name in enumerate(beadmap.type_names) if name != drop_type]
     vocab = BeadVocabulary([beadmap.type_names[i] for i in keep], [beadmap.type_graphs[i] for i in keep])
     config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, score_hidden=16,
                          score_layers=1, n_rbf=8, cutoff=0.7, history_length=2, timestep_ps=TIMESTEP_PS,
                          periodic=periodic, velocity_scale=0.05, accel_scale=0.02, refine_levels=2,
-                         refine_steps_per_level=1, mapping=dict(MAPPING))
+                         refine_steps_per_level=1, mapping=dict(MAPPING), **options)
     model = CGModel(config, vocab)
     model.set_scales(0.05, 0.02)
     return model.eval()
@@ -326,6 +327,38 @@ def test_step_scripted_equals_eager_and_batched(small_model):
     # rollout() reproduces successive steps with step_noise(seed, k).
     traj, _ = rollout(scripted, x, h, box, seed=11, n_steps=2)
     torch.testing.assert_close(traj[0], x1)
+
+
+def test_ion_cluster_noise_in_the_step(setup):
+    """``,cluster=F``: the step draws the dynamics from the ion-cluster loadings (each Li+ in its partner's group),
+    scripted and batched alike; it is off by default and refused where the model cannot run it."""
+    from openmm_cgml.nn.dynamics import cluster_loadings, ion_partners, sample_acceleration
+    from openmm_cgml.simulate import parse_refine
+    from openmm_cgml.simulate.step import step_noise
+
+    built, beadmap, plain = setup
+    model = tiny_model(beadmap, molecule_noise=True, cluster_ions=["LI"], cluster_radius_nm={"PEO": 0.5, "TFS": 0.7})
+    step = LearnedStep.from_model(model, beadmap, parse_refine("none,cluster=0.9"))
+    assert step.cluster_noise == 0.9 and LearnedStep.from_model(model, beadmap, False).cluster_noise == 0.0
+    box = torch.tensor(np.diag(built.box_vectors.value_in_unit(unit.nanometer)), dtype=torch.float32)
+    x = torch.tensor(beadmap.map_positions(built.positions.value_in_unit(unit.nanometer)), dtype=torch.float32)
+    h = 0.02 * torch.randn(2, beadmap.n_beads, 3, generator=torch.Generator().manual_seed(2))
+    dyn, ref = step_noise(5, 0, beadmap.n_beads, 0)
+    with torch.no_grad():
+        x1, _ = step(x, h, box, dyn, ref)
+        ions, partners = ion_partners(x, step.cluster_ion, step.cluster_reach, box, step.batch)
+        mean, std, shared = step.dynamics(x, h, step.embed, step.masses, step.bonds, box, step.batch)
+        std, shared, group = cluster_loadings(std, shared, step.molecule, ions, partners, step.lone, 0.9)
+        want = x + (h[-1] + sample_acceleration(mean, std, shared, group, step.n_molecules, dyn))
+        assert ions.numel() > 0 and torch.equal(x1, step._whole(want, want, box))
+        assert torch.equal(torch.jit.script(step)(x, h, box, dyn, ref)[0], x1)
+        two = step.batched(2)(torch.cat([x, x]), torch.cat([h, h], dim=1), torch.stack([box, box]),
+                              torch.cat([dyn, dyn]), ref)[0]
+        torch.testing.assert_close(two, torch.cat([x1, x1]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="cluster_noise needs a molecule-noise model"):
+        LearnedStep.from_model(plain, beadmap, parse_refine("model,cluster=0.9"))
+    with pytest.raises(ValueError, match=",cluster=F with F in"):
+        parse_refine("model,cluster=1")
 
 
 def test_rollout_equals_manual_steps_with_their_own_noise(small_model):

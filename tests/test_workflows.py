@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from openmm_cgml.cli import main
-from openmm_cgml.analysis import collision_thresholds
+from openmm_cgml.analysis import collision_thresholds, rdf
 from openmm_cgml.data import CONTACTS_FILE, CGDataset, contact_distances, write_dataset
+from openmm_cgml.data.contacts import rdf_onset
 from openmm_cgml.mapping import BeadMap
 from openmm_cgml.workflows import simulate_main
 
@@ -46,6 +47,20 @@ def test_contact_distances_match_brute_force(model_and_system, tmp_path):
                         best = min(best, np.linalg.norm(d))
             value = got["min_distance_nm"][got["type_names"].index(names[a])][got["type_names"].index(names[b])]
             assert (value is None and best > 2.0) or value == pytest.approx(best, abs=1e-5)
+    # the pooled RDF of a pair that no bond joins is analysis.rdf's (an independent implementation), bin for bin
+    types = np.asarray(beadmap.bead_types)
+    joined = {frozenset((types[i], types[j])) for i, j in beadmap.bonds.tolist()}
+    free = [(a, b) for a in range(len(names)) for b in range(a, len(names)) if frozenset((a, b)) not in joined
+            and (a != b or (types == a).sum() > 1)]
+    assert free
+    for a, b in free:
+        ia, ib = got["type_names"].index(names[a]), got["type_names"].index(names[b])
+        _, want = rdf(x, np.tile(box, (3, 1)), types == a, types == b, 1.0, n_bins=200)
+        np.testing.assert_allclose(got["rdf_g"][ia][ib], want, atol=2e-4)
+        assert got["rdf_g"][ib][ia] == got["rdf_g"][ia][ib]
+    onset = rdf_onset({"type_names": ["A"], "rdf_edges_nm": [0.0, 0.1, 0.2, 0.3], "rdf_g": [[[0.0, 0.05, 0.4]]]}, 0.1)
+    assert onset == {"type_names": ["A"], "onset_nm": [[0.2]]}
+    assert rdf_onset({"type_names": ["A"], "rdf_edges_nm": [0.0, 0.1], "rdf_g": [[None]]}, 0.1)["onset_nm"] == [[None]]
 
 
 def test_simulate_writes_replicas_and_reports(model_and_system, tmp_path):

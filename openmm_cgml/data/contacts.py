@@ -23,6 +23,9 @@ from .dataset import CGDataset
 CONTACTS_FILE = "contacts.json"
 #: Pairs farther apart than this (nm) are not searched; a type pair never this close is reported as unseen.
 CONTACT_CUTOFF_NM = 2.0
+#: Bin edges (nm) of the pooled non-bonded RDFs written with the contacts (``rdf_g``): where a type pair's data
+#: first show density is what :func:`rdf_onset_table` reads from them.
+RDF_EDGES_NM = np.round(np.arange(0.0, 1.0 + 1e-9, 0.005), 3)
 
 
 def closest_approach(positions, box, types, n_types: int, exclude_pairs=None,
@@ -49,9 +52,23 @@ def closest_approach(positions, box, types, n_types: int, exclude_pairs=None,
     (K, K) float64 array, nm
         Symmetric; ``inf`` for type pairs never closer than ``cutoff``.
     """
+    return pair_statistics(positions, box, types, n_types, exclude_pairs, cutoff)[0]
+
+
+def pair_statistics(positions, box, types, n_types: int, exclude_pairs=None, cutoff: float = CONTACT_CUTOFF_NM,
+                    edges=RDF_EDGES_NM):
+    """:func:`closest_approach` (same arguments), plus the non-bonded pair counts per type pair in the distance
+    bins ``edges`` (nm) and what an ideal gas of the same beads would put there (periodic frames only; zeros
+    otherwise), both (K, K, len(edges) - 1) summed over frames and symmetric: their ratio is the RDF."""
     from scipy.spatial import cKDTree
 
+    edges = np.asarray(edges, dtype=np.float64)
+    counts = np.zeros((n_types, n_types, len(edges) - 1))
+    ideal = np.zeros_like(counts)
+    shells = 4.0 / 3.0 * np.pi * np.diff(edges ** 3)
     types = np.asarray(types, dtype=np.int64)
+    present = np.bincount(types, minlength=n_types).astype(np.float64)
+    ordered_pairs = np.outer(present, present) - np.diag(present)  # i != j, per type pair
     n = types.shape[0]
     excluded = np.zeros(0, dtype=np.int64)
     if exclude_pairs is not None and len(exclude_pairs):
@@ -61,6 +78,8 @@ def closest_approach(positions, box, types, n_types: int, exclude_pairs=None,
     for t in range(len(positions)):
         x = np.asarray(positions[t], dtype=np.float64)
         b = None if box is None else np.asarray(box[t], dtype=np.float64)
+        if b is not None:
+            ideal += ordered_pairs[:, :, None] * shells / float(np.prod(b))
         tree = cKDTree(x if b is None else wrap(x, b), boxsize=b)
         pairs = tree.query_pairs(cutoff, output_type="ndarray")
         if pairs.size == 0:
@@ -71,7 +90,12 @@ def closest_approach(positions, box, types, n_types: int, exclude_pairs=None,
         d = np.linalg.norm(minimum_image(x[i] - x[j], b), axis=1)
         ti, tj = np.minimum(types[i], types[j]), np.maximum(types[i], types[j])
         np.minimum.at(table, (ti, tj), d)
-    return np.minimum(table, table.T)
+        if b is not None:  # each pair counts as (a, b) and (b, a), like the ordered pairs of the ideal count
+            binned = np.digitize(d, edges) - 1
+            ok = (binned >= 0) & (binned < len(shells))
+            np.add.at(counts, (ti[ok], tj[ok], binned[ok]), 1.0)
+            np.add.at(counts, (tj[ok], ti[ok], binned[ok]), 1.0)
+    return np.minimum(table, table.T), counts, ideal
 
 
 def longest_bond(positions, box, types, n_types: int, bonds) -> np.ndarray:
@@ -94,8 +118,11 @@ def contact_distances(paths, max_frames: int = 200, frame_counts=None) -> dict:
     """Closest approach (nm) of non-bonded bead pairs and longest CG bond per bead-type pair, over CG datasets.
 
     Returns ``{"type_names": [...], "min_distance_nm": K x K list, "max_bond_nm": K x K list}`` with ``None``
-    for type pairs never seen within 2 nm (never bonded). Frames are taken evenly from each file (at most
-    ``max_frames`` per file), from its first ``frame_counts[i]`` frames if given (the part a model was trained on).
+    for type pairs never seen within 2 nm (never bonded), and for periodic data ``"rdf_edges_nm"`` (bins,
+    :data:`RDF_EDGES_NM`) and ``"rdf_g"`` (K x K x bins: the non-bonded RDF of each type pair pooled over the
+    files, i.e. their pair counts over their ideal-gas counts; None where a pair has no ideal count). Frames are
+    taken evenly from each file (at most ``max_frames`` per file), from its first ``frame_counts[i]`` frames if
+    given (the part a model was trained on).
     """
     names: list = []
     tables = []
@@ -109,16 +136,40 @@ def contact_distances(paths, max_frames: int = 200, frame_counts=None) -> dict:
             frames = np.linspace(0, n_frames - 1, min(max_frames, n_frames)).astype(int)
             positions = [ds.positions[t] for t in frames]
             box = None if ds.box is None else ds.box[frames]
-            tables.append((closest_approach(positions, box, types, len(names), bm.bonds),
-                           longest_bond(positions, box, types, len(names), bm.bonds), len(names)))
+            tables.append(pair_statistics(positions, box, types, len(names), bm.bonds)
+                          + (longest_bond(positions, box, types, len(names), bm.bonds), len(names)))
     k = len(names)
     best, longest = np.full((k, k), np.inf), np.zeros((k, k))
-    for table, bonds, size in tables:
+    counts, ideal = np.zeros((k, k, len(RDF_EDGES_NM) - 1)), np.zeros((k, k, len(RDF_EDGES_NM) - 1))
+    for table, pair_counts, pair_ideal, bonds, size in tables:
         best[:size, :size] = np.minimum(best[:size, :size], table)
         longest[:size, :size] = np.maximum(longest[:size, :size], bonds)
+        counts[:size, :size] += pair_counts
+        ideal[:size, :size] += pair_ideal
     matrix = [[float(best[a, b]) if np.isfinite(best[a, b]) else None for b in range(k)] for a in range(k)]
     bond_matrix = [[float(longest[a, b]) if longest[a, b] > 0 else None for b in range(k)] for a in range(k)]
-    return {"type_names": names, "min_distance_nm": matrix, "max_bond_nm": bond_matrix}
+    out = {"type_names": names, "min_distance_nm": matrix, "max_bond_nm": bond_matrix}
+    if ideal.any():
+        g = np.round(counts / np.where(ideal > 0, ideal, 1.0), 4)
+        out["rdf_edges_nm"] = [float(e) for e in RDF_EDGES_NM]
+        out["rdf_g"] = [[g[a, b].tolist() if ideal[a, b].any() else None for b in range(k)] for a in range(k)]
+    return out
+
+
+def rdf_onset(contacts: dict, g_min: float) -> "dict | None":
+    """Where each type pair's pooled training RDF (``contacts["rdf_g"]``) first reaches ``g_min``: the lower edge
+    (nm) of that bin, as a contacts-style dict ``{"type_names": ..., "onset_nm": K x K}`` for
+    :func:`contact_table` (None where a pair never reaches it); None when ``contacts`` has no RDFs.
+
+    Below the onset the data hold almost no pairs (for ``g_min`` = 0.1, under a tenth of an ideal gas's), so a
+    learned score has next to nothing to learn from there; unlike the closest approach, one rare contact does not
+    move it."""
+    if "rdf_g" not in contacts:
+        return None
+    edges = np.asarray(contacts["rdf_edges_nm"])
+    onset = [[None if g is None or max(g) < g_min else float(edges[int(np.argmax(np.asarray(g) >= g_min))])
+              for g in row] for row in contacts["rdf_g"]]
+    return {"type_names": contacts["type_names"], "onset_nm": onset}
 
 
 def contact_table(contacts: dict, type_names, key: str = "min_distance_nm",

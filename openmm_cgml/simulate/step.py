@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.contacts import contact_table
+from ..data.contacts import contact_table, rdf_onset
 from ..nn.backbone import scatter_sum
-from ..nn.dynamics import sample_acceleration, shell_mean, shell_pairs
+from ..nn.dynamics import cluster_loadings, ion_partners, sample_acceleration, shell_mean, shell_pairs
 from ..nn.score import SCHEMES, refine_evaluations
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
 from .excluded_volume import bond_keys, push_apart
@@ -77,22 +77,38 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
 
 
 #: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
-REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "hard_core", "bond_cap")
+REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "hard_core", "bond_cap",
+               "core_rdf", "cluster_noise")
 
 
-def _repairs(config, refine) -> Tuple[float, float]:
-    """The hard-core fraction and bond-cap multiple (``ModelConfig.hard_core``, ``.bond_cap``) of ``refine``:
-    neither without refinement (False)."""
+def _repairs(config, refine) -> Tuple[float, float, float]:
+    """The hard-core fraction, bond-cap multiple and RDF-onset core (``ModelConfig.hard_core``, ``.bond_cap``,
+    ``.core_rdf``) of ``refine``: none without refinement (False)."""
     if refine is False or refine == 0:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     core, cap = float(getattr(config, "hard_core", 0.0)), float(getattr(config, "bond_cap", 0.0))
+    onset = float(getattr(config, "core_rdf", 0.0))
     if isinstance(refine, dict):
         core, cap = float(refine.get("hard_core", core)), float(refine.get("bond_cap", cap))
+        onset = float(refine.get("core_rdf", onset))
     if not 0.0 <= core <= 1.0:
         raise ValueError(f"hard_core must be a fraction of the closest approach in [0, 1], got {core}")
     if cap != 0.0 and cap < 1.0:
         raise ValueError(f"bond_cap must be 0 (off) or a multiple >= 1 of the longest training bond, got {cap}")
-    return core, cap
+    if not 0.0 <= onset < 1.0 or (onset > 0 and core <= 0):
+        raise ValueError(f"core_rdf must be an RDF value in [0, 1) and needs hard_core > 0, got {onset}")
+    return core, cap, onset
+
+
+def _cluster_noise(config, refine) -> float:
+    """The ion-cluster noise fraction (``ModelConfig.cluster_noise``) of ``refine``; it belongs to the dynamics'
+    sampling, so ``refine=False`` keeps the model's."""
+    fraction = float(getattr(config, "cluster_noise", 0.0))
+    if isinstance(refine, dict):
+        fraction = float(refine.get("cluster_noise", fraction))
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"cluster_noise must be a fraction in [0, 1), got {fraction}")
+    return fraction
 
 
 def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
@@ -135,9 +151,10 @@ def refine_settings(config, refine=None) -> dict:
     """The refinement ``LearnedStep.from_model(model, ..., refine)`` runs: scheme, levels (nm), steps per level,
     step size (nm²), score evaluations per step, hard-core fraction and bond cap (for run records)."""
     scheme, levels, steps, size = _refine_settings(config, refine)
-    core, cap = _repairs(config, refine)
+    core, cap, onset = _repairs(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "evaluations": refine_evaluations(scheme, len(levels), steps), "hard_core": core, "bond_cap": cap}
+            "evaluations": refine_evaluations(scheme, len(levels), steps), "hard_core": core, "bond_cap": cap,
+            "core_rdf": onset, "cluster_noise": _cluster_noise(config, refine)}
 
 
 def parse_refine(spec: str):
@@ -149,7 +166,9 @@ def parse_refine(spec: str):
     (``refine_span`` levels, else ``refine_levels``) and K corrector steps each. Suffixes ``,core=F`` and
     ``,cap=G`` set the hard-core fraction and the bond cap (``ModelConfig.hard_core``, ``.bond_cap``; e.g.
     ``"model,core=0.9,cap=1.2"``, ``"none,core=0.9"``); ``,step=S`` the Langevin step size at the lowest level, nm²
-    (``ModelConfig.refine_step_size``; e.g. ``"pc:8x4,step=2e-6"``).
+    (``ModelConfig.refine_step_size``; e.g. ``"pc:8x4,step=2e-6"``); ``,rdf=G`` raises each type pair's hard core to
+    where its training RDF first reaches G (``ModelConfig.core_rdf``; e.g. ``"model,rdf=0.1"``); ``,cluster=F`` the
+    ion-cluster noise fraction (``ModelConfig.cluster_noise``; e.g. ``"model,cluster=0.95"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
@@ -168,9 +187,14 @@ def parse_refine(spec: str):
             repairs["bond_cap"] = number
         elif key == "step" and number > 0 and settings is not False:
             repairs["step_size"] = number
+        elif key == "rdf" and 0.0 <= number < 1.0:
+            repairs["core_rdf"] = number
+        elif key == "cluster" and 0.0 <= number < 1.0:
+            repairs["cluster_noise"] = number
         else:
             raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1], ,cap=G "
-                             "with G 0 or >= 1, or ,step=S with S > 0 nm² (e.g. ,core=0.9,cap=1.2,step=2e-6)")
+                             "with G 0 or >= 1, ,step=S with S > 0 nm², ,rdf=G with G in [0, 1) or ,cluster=F with F "
+                             "in [0, 1) (e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1,cluster=0.95)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
     return {**base, **repairs}
 
@@ -227,13 +251,16 @@ class LearnedStep(nn.Module):
     hard_core: float
     bond_cap: float
     shell_radius: float
+    cluster_noise: float
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
                  step_size: float = 1e-6, batch: Optional[torch.Tensor] = None, n_replicas: int = 1,
                  scheme: str = "langevin", hard_core: float = 0.0, core: Optional[torch.Tensor] = None,
                  bead_types: Optional[torch.Tensor] = None, bond_cap: float = 0.0,
-                 cap: Optional[torch.Tensor] = None, carried: Optional[torch.Tensor] = None):
+                 cap: Optional[torch.Tensor] = None, carried: Optional[torch.Tensor] = None,
+                 cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
+                 cluster_reach: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -266,6 +293,14 @@ class LearnedStep(nn.Module):
         carried = torch.zeros(n, dtype=torch.bool) if carried is None else torch.as_tensor(carried, dtype=torch.bool)
         self.shell_radius = float(dynamics.shell_radius) if bool(carried.any()) else 0.0
         self.register_buffer("carried", carried.reshape(n).clone())
+        # ion-cluster noise: (N,) which beads are ions and each bead's binding radius as a partner (nm, 0: none)
+        ion = torch.zeros(n, dtype=torch.bool) if cluster_ion is None else torch.as_tensor(cluster_ion)
+        reach = torch.zeros(n) if cluster_reach is None else torch.as_tensor(cluster_reach)
+        self.cluster_noise = float(cluster_noise) if self.molecule_noise and bool(ion.any()) else 0.0
+        self.register_buffer("cluster_ion", ion.to(torch.bool).reshape(n).clone())
+        self.register_buffer("cluster_reach", reach.to(torch.float32).reshape(n).clone())
+        size = torch.bincount(self.molecule, minlength=self.n_molecules) if n else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("lone", (size[self.molecule] == 1) if n else torch.zeros(0, dtype=torch.bool))
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
         self.scheme = str(scheme)
@@ -293,8 +328,12 @@ class LearnedStep(nn.Module):
             decreasing), ``n_levels`` (use the model's last n levels), ``steps_per_level`` (Langevin steps per
             level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``hard_core``
             (fraction of each bead-type pair's closest approach in the training data below which non-bonded
-            beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``bond_cap`` (multiple of each
-            type pair's longest training bond beyond which bonded beads are pulled together; 0: none).
+            beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``core_rdf`` (raise each pair's
+            core to where its pooled training RDF first reaches this value; 0: off; needs hard_core > 0),
+            ``bond_cap`` (multiple of each type pair's longest training bond beyond which bonded beads are pulled
+            together; 0: none),
+            ``cluster_noise`` (ion-cluster noise fraction in [0, 1), see ``nn.dynamics``; its ions and binding radii
+            are ``ModelConfig.cluster_ions`` and ``.cluster_radius_nm``; default ``ModelConfig.cluster_noise``).
         allow_unseen_types : bool
             Run bead types the model was not trained on (their embeddings are computed by the embedding GNN
             from their atom graphs) instead of refusing them.
@@ -312,10 +351,17 @@ class LearnedStep(nn.Module):
                 else "the model was trained without periodic boundaries but this system is periodic"
             )
         scheme, levels, steps, size = _refine_settings(model.config, refine)
-        hard_core, bond_cap = _repairs(model.config, refine)
+        hard_core, bond_cap, core_rdf = _repairs(model.config, refine)
         core = cap = None
         if hard_core > 0:
             core = hard_core * _training_table(model, beadmap, "min_distance_nm", None, "hard_core")
+        if core_rdf > 0:  # pairs that never reach it keep the fraction of their closest approach
+            onset = None if model.contacts is None else rdf_onset(model.contacts, core_rdf)
+            table = None if onset is None else contact_table(onset, beadmap.type_names, "onset_nm", 0.0)
+            if table is None:
+                raise ValueError("core_rdf needs the model's contacts.json with rdf_g (written by training since "
+                                 "core_rdf exists); set core_rdf to 0")
+            core = torch.maximum(core, torch.as_tensor(table, dtype=torch.float32))
         if bond_cap > 0:  # type pairs never bonded in the data get no cap
             cap = bond_cap * _training_table(model, beadmap, "max_bond_nm", 0.0, "bond_cap")
         device = next(model.parameters()).device
@@ -326,13 +372,20 @@ class LearnedStep(nn.Module):
         score = copy.deepcopy(model.score).eval()
         for p in list(dynamics.parameters()) + list(score.parameters()):
             p.requires_grad_(False)
-        carried = torch.as_tensor(model.carried(beadmap.type_names), dtype=torch.bool)[
-            torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64))]
+        types = torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64))
+        carried = torch.as_tensor(model.carried(beadmap.type_names), dtype=torch.bool)[types]
+        cluster = _cluster_noise(model.config, refine)
+        ion, reach = model.cluster_species(beadmap.type_names)
+        if cluster > 0 and not (model.config.molecule_noise and any(ion) and any(r > 0 for r in reach)):
+            raise ValueError("cluster_noise needs a molecule-noise model whose config names cluster_ions and "
+                             "cluster_radius_nm (binding radius per partner residue, nm) of this system's beads")
         return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
                    levels, steps, size, scheme=scheme, hard_core=hard_core, core=core,
                    bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64)), bond_cap=bond_cap,
-                   cap=cap, carried=carried).to(device)
+                   cap=cap, carried=carried, cluster_noise=cluster,
+                   cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
+                   cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types]).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -365,7 +418,7 @@ class LearnedStep(nn.Module):
             if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
                     other.scheme != first.scheme or other.hard_core != first.hard_core or \
-                    other.bond_cap != first.bond_cap or \
+                    other.bond_cap != first.bond_cap or other.cluster_noise != first.cluster_noise or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
         sizes = torch.tensor([int(s.n_beads) for s in steps], device=first.bonds.device)
@@ -380,6 +433,7 @@ class LearnedStep(nn.Module):
             first.hard_core, torch.block_diag(*[s.core for s in steps]),
             torch.cat([s.bead_types + int(o) for s, o in zip(steps, type_offsets)]),
             first.bond_cap, torch.block_diag(*[s.cap for s in steps]), torch.cat([s.carried for s in steps]),
+            first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -424,7 +478,12 @@ class LearnedStep(nn.Module):
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
         mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
         if self.molecule_noise:
-            a = sample_acceleration(mean, std, shared, self.molecule, self.n_molecules, dyn_noise)
+            group = self.molecule
+            if self.cluster_noise > 0:
+                ions, partners = ion_partners(x, self.cluster_ion, self.cluster_reach, box_opt, self.batch)
+                std, shared, group = cluster_loadings(std, shared, self.molecule, ions, partners, self.lone,
+                                                      self.cluster_noise)
+            a = sample_acceleration(mean, std, shared, group, self.n_molecules, dyn_noise)
         else:
             a = mean + std.unsqueeze(1) * dyn_noise
         moved = h[-1] + a

@@ -7,7 +7,7 @@ bead-type vocabulary (type names and atom graphs) the model was trained on.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -74,6 +74,12 @@ class ArchitectureConfig(Config):
     # beads not carried within shell_radius nm at the current step (DynamicsGNN, "shell motion")
     carried_species: List[str] = field(default_factory=list)
     shell_radius: float = 0.35  # nm
+    # ion-cluster noise when sampling (nn.dynamics): a bead of a cluster_ions residue (e.g. [LI]) within the binding
+    # radius of a bead of a cluster_radius_nm residue (e.g. {PEO: 0.38, TFS: 0.57}: first minima of the training
+    # data's Li-PEO and Li-TFSI RDFs, nm) shares that partner's noise group, with this fraction of its variance
+    cluster_noise: float = 0.0
+    cluster_ions: List[str] = field(default_factory=list)
+    cluster_radius_nm: Dict[str, float] = field(default_factory=dict)
     # score GNN and its noise ladder
     score_hidden: int = 64
     score_layers: int = 4
@@ -95,6 +101,9 @@ class ArchitectureConfig(Config):
     # and bonded beads farther apart than this multiple of their type pair's longest bond in the training data
     # are pulled together (contacts.json "max_bond_nm"); 0 = off
     bond_cap: float = 0.0
+    # > 0 raises each pair's hard core to where its pooled training RDF first reaches this value (contacts.json
+    # "rdf_g"): a data-derived excluded volume that one rare close contact cannot shrink; 0 = off
+    core_rdf: float = 0.0
 
     def validate(self):
         super().validate()
@@ -108,6 +117,11 @@ class ArchitectureConfig(Config):
         check(self.shell_radius > 0, f"shell_radius must be > 0 nm, got {self.shell_radius}")
         check(all(isinstance(n, str) and n for n in self.carried_species),
               f"carried_species must be a list of residue names (e.g. [LI]), got {self.carried_species!r}")
+        check(0.0 <= self.cluster_noise < 1.0, f"cluster_noise must be a fraction in [0, 1), got {self.cluster_noise}")
+        check(all(isinstance(n, str) and n for n in self.cluster_ions)
+              and all(isinstance(r, (int, float)) and r > 0 for r in self.cluster_radius_nm.values()),
+              "cluster_ions must be a list of residue names and cluster_radius_nm a map of residue name to a "
+              f"radius > 0 nm, got {self.cluster_ions!r} and {self.cluster_radius_nm!r}")
         check(0 <= self.refine_levels <= self.n_sigmas, f"refine_levels must be between 0 and n_sigmas ({self.n_sigmas})")
         check(0 <= self.refine_span <= self.n_sigmas, f"refine_span must be between 0 and n_sigmas ({self.n_sigmas})")
         check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
@@ -115,6 +129,8 @@ class ArchitectureConfig(Config):
               "refine_steps_per_level and refine_step_size must be >= 0")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
+        check(0.0 <= self.core_rdf < 1.0 and (self.core_rdf == 0.0 or self.hard_core > 0),
+              f"core_rdf must be an RDF value in [0, 1) and needs hard_core > 0, got {self.core_rdf}")
 
 
 @dataclass
@@ -165,6 +181,13 @@ class CGModel(nn.Module):
         """Whether each bead type (names "RESIDUE:..." as in ``BeadMap.type_names``) moves relative to its shell
         (``ModelConfig.carried_species``)."""
         return [name.split(":")[0] in self.config.carried_species for name in type_names]
+
+    def cluster_species(self, type_names) -> Tuple[List[bool], List[float]]:
+        """Per bead type (names "RESIDUE:..."): whether it is an ion of the ion-cluster noise, and its binding
+        radius as a partner, nm (0: none) (``ModelConfig.cluster_ions``, ``.cluster_radius_nm``)."""
+        residues = [name.split(":")[0] for name in type_names]
+        return ([r in self.config.cluster_ions for r in residues],
+                [float(self.config.cluster_radius_nm.get(r, 0.0)) for r in residues])
 
     @property
     def mapping(self) -> dict:
