@@ -416,19 +416,21 @@ def _structure_repair_lines() -> list:
     if not runs:
         return []
     lines = ["## Structure repair: the refinement alone and one learned step, from true frames",
-             "| reference | set | Li–PEO peak | Li–TFSI peak | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | "
-             "repair MSD / true step MSD (Li, TFSI, PEO) |", "|---|---|---|---|---|---|---|"]
+             "| reference | refinement | set | Li–PEO peak | Li–TFSI peak | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | "
+             "repair MSD / true step MSD (Li, TFSI, PEO) |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         name = run["reference"].split("/")[-3]
+        spec = run["command"].split("--refine ")[1].split()[0] if "--refine " in run["command"] else "model"
         shares = ", ".join(f"{run['repair_displacement'][k]['ratio']:.2f}" for k in ("LI", "TFS", "PEO"))
         for label, row in run["sets"].items():
             error = row.get("peak_error", {})
             peaks = [f"{row['first_peak_height'][pair]:.2f}" + (f" ({100 * error[pair]:+.0f} %)" if error else "")
                      for pair in ("LI-PEO", "LI-TFS")]
             rg2 = f"{row['rg2_nm2']:.4f}" + (f" ({100 * row['rg2_error']:+.1f} %)" if "rg2_error" in row else "")
-            lines.append(f"| {name} | {label} | {peaks[0]} | {peaks[1]} | {row['li_li_within_0.5nm']:.3f} | {rg2} | "
+            lines.append(f"| {name} | `{spec}` | {label} | {peaks[0]} | {peaks[1]} | {row['li_li_within_0.5nm']:.3f} | {rg2} | "
                          f"{shares if label == 'refined' else ''} |")
-    return lines + [f"- `{runs[0]['command']}` ({runs[0]['frames']} frames each)", ""]
+    return lines + [f"- `{runs[0]['command']}` ({runs[0]['frames']} frames each; the others differ in "
+                    "--reference and --refine)", ""]
 
 
 def _refine_screen_table(screen: str) -> list:
@@ -439,17 +441,19 @@ def _refine_screen_table(screen: str) -> list:
         return []
     first = runs[0]
     lines = [f"## Refinement screen, model `{os.path.basename(os.path.normpath(first['model']))}` "
-             f"({first['reference'].split('/')[2]}, {first['replicas']} replicas × {first['cg_ns_per_replica']:g} ns "
+             f"({first['reference'].split('/')[-3]}, {first['replicas']} replicas × {first['cg_ns_per_replica']:g} ns "
              f"CG; `{first['command'].split(' --refine')[0]} --refine SPEC`)",
-             "| refinement | evaluations | hard core, bond cap | Li–PEO first-peak height | Li⁺ within 0.5 nm of a Li⁺ | "
-             "chain Rg² | MSD at 1 ns, CG / all-atom (PEO, TFSI, Li) |", "|---|---|---|---|---|---|---|"]
+             "| refinement | evaluations | hard core, bond cap | Li–PEO first-peak height | "
+             "Li–TFSI first-peak height | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | MSD at 1 ns, CG / all-atom (PEO, TFSI, Li) |",
+             "|---|---|---|---|---|---|---|---|"]
     for run in sorted(runs, key=lambda r: r["refine"]["evaluations"]):
-        refine, peak = run["refine"], run["rdf_first_peak"]["LI-PEO"]
+        refine = run["refine"]
+        peaks = [run["rdf_first_peak"][pair] for pair in ("LI-PEO", "LI-TFS")]
         ratios = ", ".join(_msd_ratio(run["diffusivity"][k]) for k in ("PEO", "TFS", "LI") if k in run["diffusivity"])
-        lines.append(f"| `{run['command'].split('--refine ')[1]}` | {refine['evaluations']} | "
+        lines.append(f"| `{run['command'].split('--refine ')[1].split()[0]}` | {refine['evaluations']} | "
                      f"{refine.get('hard_core', 0):g}, {refine.get('bond_cap', 0):g} | "
-                     f"{100 * (peak['cg'][1] / peak['allatom'][1] - 1):+.0f} % | "
-                     f"{run['neighbours_within_0.5nm']['LI-LI']['cg']:.3f} | "
+                     + "".join(f"{100 * (p['cg'][1] / p['allatom'][1] - 1):+.0f} % | " for p in peaks)
+                     + f"{run['neighbours_within_0.5nm']['LI-LI']['cg']:.3f} | "
                      f"{100 * run['rg2_nm2']['relative_error']:+.1f} % | {ratios} |")
     return lines + [""]
 

@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(predictor-corrector, L*K + L-1 evaluations), e.g. pc:4x0; a suffix ,core=F pushes apart "
                         "non-bonded beads closer than F times their closest approach in the training data and ,cap=G "
                         "pulls bonds longer than G times the longest training bond back, e.g. model,core=0.9,cap=1.2; "
-                        ",step=S sets the Langevin step size at the lowest level (nm²); ,rdf=G raises each pair's "
+                        ",step=S sets the Langevin step size at the lowest level (nm²); ,denoise=S ends with a "
+                        "noise-free denoising step at noise level S (nm); ,rdf=G raises each pair's "
                         "core to where its training RDF first reaches G; ,cluster=F lets ions share the noise of the "
                         "molecule that binds them with fraction F of their variance (ion-cluster noise)")
     p.add_argument("--checkpoint-every", type=int, default=50,

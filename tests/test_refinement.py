@@ -183,6 +183,40 @@ def test_step_with_skin_list_equals_fresh_search(tiny_peo_litfsi):
     assert torch.equal(frames[0.0], frames[0.2]) and not math.isnan(float(frames[0.2].sum()))
 
 
+def test_denoise_is_one_noise_free_tweedie_step_after_the_refinement(tiny_peo_litfsi):
+    """``,denoise=S``: the repair ends with x + S² score(x, S) (scripted alike) and costs one more evaluation; a
+    negative level or a denoise without refinement is refused."""
+    from openmm import unit
+
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.simulate import LearnedStep, parse_refine
+    from openmm_cgml.simulate.step import refine_settings, step_noise
+
+    from test_simulate import MAPPING, tiny_model
+
+    built = tiny_peo_litfsi
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **MAPPING)
+    model = tiny_model(beadmap)
+    x = torch.tensor(beadmap.map_positions(built.positions, built.box_vectors), dtype=torch.float32)
+    box = torch.tensor(np.diag(built.box_vectors.value_in_unit(unit.nanometer)), dtype=torch.float32)
+    plain, spec = LearnedStep.from_model(model, beadmap), parse_refine("model,denoise=0.01")
+    step = LearnedStep.from_model(model, beadmap, spec)
+    assert step.denoise == 0.01 and plain.denoise == 0.0
+    assert refine_settings(model.config, spec)["evaluations"] == refine_settings(model.config)["evaluations"] + 1
+    _, noise = step_noise(4, 0, beadmap.n_beads, step.n_refine)
+    with torch.no_grad():
+        refined = plain.repair(x, box, noise)
+        score = step.score(refined, torch.full((beadmap.n_beads,), 0.01), step.embed, step.masses, step.bonds, box,
+                           step.batch)
+        want = refined + 0.01 ** 2 * score
+        torch.testing.assert_close(step.repair(x, box, noise), want, rtol=0, atol=1e-7)
+        torch.testing.assert_close(torch.jit.script(step).repair(x, box, noise), want, rtol=0, atol=1e-7)
+    assert float((want - refined).abs().max()) > 1e-6
+    for bad in ("model,denoise=-0.1", "none,denoise=0.01"):
+        with pytest.raises(ValueError, match="denoise=S with S >= 0"):
+            parse_refine(bad)
+
+
 def test_pareto_front_keeps_only_undominated_settings():
     from benchmarks.pareto import pareto_front
 

@@ -77,7 +77,7 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
 
 
 #: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
-REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "hard_core", "bond_cap",
+REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "denoise", "hard_core", "bond_cap",
                "core_rdf", "cluster_noise")
 
 
@@ -98,6 +98,19 @@ def _repairs(config, refine) -> Tuple[float, float, float]:
     if not 0.0 <= onset < 1.0 or (onset > 0 and core <= 0):
         raise ValueError(f"core_rdf must be an RDF value in [0, 1) and needs hard_core > 0, got {onset}")
     return core, cap, onset
+
+
+def _denoise(config, refine) -> float:
+    """The noise level (nm) of the final denoising step (``ModelConfig.refine_denoise``) of ``refine``; none
+    without refinement (False)."""
+    if refine is False or refine == 0:
+        return 0.0
+    sigma = float(getattr(config, "refine_denoise", 0.0))
+    if isinstance(refine, dict):
+        sigma = float(refine.get("denoise", sigma))
+    if sigma < 0:
+        raise ValueError(f"denoise must be a noise level >= 0 nm (0: off), got {sigma}")
+    return sigma
 
 
 def _cluster_noise(config, refine) -> float:
@@ -152,9 +165,10 @@ def refine_settings(config, refine=None) -> dict:
     step size (nm²), score evaluations per step, hard-core fraction and bond cap (for run records)."""
     scheme, levels, steps, size = _refine_settings(config, refine)
     core, cap, onset = _repairs(config, refine)
+    denoise = _denoise(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "evaluations": refine_evaluations(scheme, len(levels), steps), "hard_core": core, "bond_cap": cap,
-            "core_rdf": onset, "cluster_noise": _cluster_noise(config, refine)}
+            "denoise": denoise, "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
+            "hard_core": core, "bond_cap": cap, "core_rdf": onset, "cluster_noise": _cluster_noise(config, refine)}
 
 
 def parse_refine(spec: str):
@@ -168,7 +182,9 @@ def parse_refine(spec: str):
     ``"model,core=0.9,cap=1.2"``, ``"none,core=0.9"``); ``,step=S`` the Langevin step size at the lowest level, nm²
     (``ModelConfig.refine_step_size``; e.g. ``"pc:8x4,step=2e-6"``); ``,rdf=G`` raises each type pair's hard core to
     where its training RDF first reaches G (``ModelConfig.core_rdf``; e.g. ``"model,rdf=0.1"``); ``,cluster=F`` the
-    ion-cluster noise fraction (``ModelConfig.cluster_noise``; e.g. ``"model,cluster=0.95"``).
+    ion-cluster noise fraction (``ModelConfig.cluster_noise``; e.g. ``"model,cluster=0.95"``); ``,denoise=S`` a
+    final noise-free denoising step at noise level S nm (``ModelConfig.refine_denoise``; e.g.
+    ``"model,denoise=0.003"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
@@ -189,12 +205,14 @@ def parse_refine(spec: str):
             repairs["step_size"] = number
         elif key == "rdf" and 0.0 <= number < 1.0:
             repairs["core_rdf"] = number
+        elif key == "denoise" and number >= 0.0 and settings is not False:
+            repairs["denoise"] = number
         elif key == "cluster" and 0.0 <= number < 1.0:
             repairs["cluster_noise"] = number
         else:
             raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1], ,cap=G "
-                             "with G 0 or >= 1, ,step=S with S > 0 nm², ,rdf=G with G in [0, 1) or ,cluster=F with F "
-                             "in [0, 1) (e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1,cluster=0.95)")
+                             "with G 0 or >= 1, ,step=S with S > 0 nm², ,denoise=S with S >= 0 nm, ,rdf=G with G in "
+                             "[0, 1) or ,cluster=F with F in [0, 1) (e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
     return {**base, **repairs}
 
@@ -243,6 +261,7 @@ class LearnedStep(nn.Module):
     skin: float
     steps_per_level: int
     step_size: float
+    denoise: float
     n_beads: int
     n_replicas: int
     tree_sizes: List[int]
@@ -260,7 +279,7 @@ class LearnedStep(nn.Module):
                  bead_types: Optional[torch.Tensor] = None, bond_cap: float = 0.0,
                  cap: Optional[torch.Tensor] = None, carried: Optional[torch.Tensor] = None,
                  cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
-                 cluster_reach: Optional[torch.Tensor] = None):
+                 cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -308,6 +327,7 @@ class LearnedStep(nn.Module):
         self.steps_per_level = int(steps_per_level) if len(levels) else 0
         self.n_refine = refine_evaluations(self.scheme, len(levels), self.steps_per_level)
         self.step_size = float(step_size)
+        self.denoise = float(denoise)
         self.periodic = bool(periodic)
         self.n_beads = n
         self.n_replicas = int(n_replicas)
@@ -326,7 +346,9 @@ class LearnedStep(nn.Module):
             None for the model's default refinement, False for none (dynamics only), or a dict with any of
             ``scheme`` ("langevin" or "pc", see ``ScoreGNN.refine``), ``levels`` (list of noise levels, nm,
             decreasing), ``n_levels`` (use the model's last n levels), ``steps_per_level`` (Langevin steps per
-            level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``hard_core``
+            level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``denoise`` (noise
+            level sigma, nm, of a final noise-free step x + sigma² s(x, sigma) after the refinement, the Tweedie
+            estimate of the clean frame; 0: none; default ``ModelConfig.refine_denoise``), ``hard_core``
             (fraction of each bead-type pair's closest approach in the training data below which non-bonded
             beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``core_rdf`` (raise each pair's
             core to where its pooled training RDF first reaches this value; 0: off; needs hard_core > 0),
@@ -385,7 +407,8 @@ class LearnedStep(nn.Module):
                    bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64)), bond_cap=bond_cap,
                    cap=cap, carried=carried, cluster_noise=cluster,
                    cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
-                   cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types]).to(device)
+                   cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
+                   denoise=_denoise(model.config, refine)).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -418,6 +441,7 @@ class LearnedStep(nn.Module):
             if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
                     other.scheme != first.scheme or other.hard_core != first.hard_core or \
+                    other.denoise != first.denoise or \
                     other.bond_cap != first.bond_cap or other.cluster_noise != first.cluster_noise or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
@@ -434,6 +458,7 @@ class LearnedStep(nn.Module):
             torch.cat([s.bead_types + int(o) for s, o in zip(steps, type_offsets)]),
             first.bond_cap, torch.block_diag(*[s.cap for s in steps]), torch.cat([s.carried for s in steps]),
             first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
+            first.denoise,
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -452,11 +477,15 @@ class LearnedStep(nn.Module):
         return whole - bead_box * torch.round(d / bead_box)
 
     def repair(self, x: torch.Tensor, box: Optional[torch.Tensor], refine_noise: torch.Tensor) -> torch.Tensor:
-        """The second half of a step: the score GNN's refinement of positions x (N, 3) nm, then the hard core and
-        the bond cap; ``box`` (3,) / (B, 3) nm or None, ``refine_noise`` one row of normals per evaluation."""
+        """The second half of a step: the score GNN's refinement of positions x (N, 3) nm, its final denoising
+        step, then the hard core and the bond cap; ``box`` (3,) / (B, 3) nm or None, ``refine_noise`` one row of
+        normals per evaluation."""
         if self.n_refine > 0:
             x = self.score.refine(x, self.levels, self.steps_per_level, self.step_size, refine_noise, self.embed,
                                   self.masses, self.bonds, box, self.batch, self.scheme, self.skin)
+        if self.denoise > 0:  # Tweedie: the mean clean frame given x at this noise level (Song et al. 2021's last step)
+            sigma = x.new_full((x.shape[0],), self.denoise)
+            x = x + self.denoise ** 2 * self.score(x, sigma, self.embed, self.masses, self.bonds, box, self.batch)
         if self.hard_core > 0 or self.bond_cap > 0:
             x = push_apart(x, self.bead_types, self.core, self.masses, self.bonded, box, self.batch, self.bonds,
                            self.cap)

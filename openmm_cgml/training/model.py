@@ -95,6 +95,8 @@ class ArchitectureConfig(Config):
     refine_span: int = 0  # "pc": the refine_levels levels are spread over the last refine_span (0: contiguous)
     refine_steps_per_level: int = 2
     refine_step_size: float = 5e-7  # nm², alpha at the last level
+    # > 0: after the refinement, one noise-free denoising step x + s² score(x, s) at this noise level s (nm)
+    refine_denoise: float = 0.0
     # excluded volume after the refinement: no non-bonded pair closer than this fraction of that bead-type pair's
     # closest approach in the training data (contacts.json); 0 = off
     hard_core: float = 0.0
@@ -125,8 +127,8 @@ class ArchitectureConfig(Config):
         check(0 <= self.refine_levels <= self.n_sigmas, f"refine_levels must be between 0 and n_sigmas ({self.n_sigmas})")
         check(0 <= self.refine_span <= self.n_sigmas, f"refine_span must be between 0 and n_sigmas ({self.n_sigmas})")
         check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
-        check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0,
-              "refine_steps_per_level and refine_step_size must be >= 0")
+        check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0 and self.refine_denoise >= 0,
+              "refine_steps_per_level, refine_step_size and refine_denoise must be >= 0")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
         check(0.0 <= self.core_rdf < 1.0 and (self.core_rdf == 0.0 or self.hard_core > 0),
