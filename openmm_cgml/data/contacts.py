@@ -24,7 +24,7 @@ CONTACTS_FILE = "contacts.json"
 #: Pairs farther apart than this (nm) are not searched; a type pair never this close is reported as unseen.
 CONTACT_CUTOFF_NM = 2.0
 #: Bin edges (nm) of the pooled non-bonded RDFs written with the contacts (``rdf_g``): where a type pair's data
-#: first show density is what :func:`rdf_onset_table` reads from them.
+#: first show density is what :func:`rdf_onset` reads from them.
 RDF_EDGES_NM = np.round(np.arange(0.0, 1.0 + 1e-9, 0.005), 3)
 
 
@@ -59,7 +59,8 @@ def pair_statistics(positions, box, types, n_types: int, exclude_pairs=None, cut
                     edges=RDF_EDGES_NM):
     """:func:`closest_approach` (same arguments), plus the non-bonded pair counts per type pair in the distance
     bins ``edges`` (nm) and what an ideal gas of the same beads would put there (periodic frames only; zeros
-    otherwise), both (K, K, len(edges) - 1) summed over frames and symmetric: their ratio is the RDF."""
+    otherwise), both (K, K, len(edges) - 1) summed over frames and symmetric: their ratio is the RDF. The ideal
+    count includes the excluded (bonded) pairs, so a type pair that bonds reads slightly low at bond lengths."""
     from scipy.spatial import cKDTree
 
     edges = np.asarray(edges, dtype=np.float64)

@@ -404,7 +404,7 @@ class LearnedStep(nn.Module):
         return cls(dynamics, score, embed, torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float32)),
                    torch.as_tensor(np.asarray(beadmap.bonds, dtype=np.int64)), model.timestep_ps, model.periodic,
                    levels, steps, size, scheme=scheme, hard_core=hard_core, core=core,
-                   bead_types=torch.as_tensor(np.asarray(beadmap.bead_types, dtype=np.int64)), bond_cap=bond_cap,
+                   bead_types=types, bond_cap=bond_cap,
                    cap=cap, carried=carried, cluster_noise=cluster,
                    cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
                    cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
