@@ -177,6 +177,8 @@ def summary_markdown() -> str:
                      "score evaluations per step)"
             if "step=" in acc.get("command", ""):  # a step size other than the model's own
                 title += f", step size {refine['step_size']:g} nm²"
+            if refine.get("denoise"):
+                title += f", final denoising step at {refine['denoise']:g} nm"
             if refine.get("hard_core"):
                 title += f", hard core {refine['hard_core']:g} × closest approach"
             if refine.get("bond_cap"):
