@@ -410,6 +410,11 @@ def _refine_screen_lines() -> list:
     return [line for screen in screens for line in _refine_screen_table(screen)]
 
 
+def _refine_spec(command: str) -> str:
+    """The ``--refine`` spec of a benchmark command line ("model" when it has none)."""
+    return command.split("--refine ")[1].split()[0] if "--refine " in command else "model"
+
+
 def _structure_repair_lines() -> list:
     """benchmarks/results/structure_repair*.json: the model's structure error on true frames, refined alone and
     after one learned step (benchmarks/structure_repair.py)."""
@@ -418,19 +423,19 @@ def _structure_repair_lines() -> list:
     if not runs:
         return []
     lines = ["## Structure repair: the refinement alone and one learned step, from true frames",
-             "| reference | refinement | set | Li–PEO peak | Li–TFSI peak | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | "
-             "repair MSD / true step MSD (Li, TFSI, PEO) |", "|---|---|---|---|---|---|---|---|"]
+             "| reference | refinement | set | Li–PEO peak | Li–TFSI peak | Li⁺ within 0.5 nm of a Li⁺ | "
+             "chain Rg² | repair MSD / true step MSD (Li, TFSI, PEO) |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         name = run["reference"].split("/")[-3]
-        spec = run["command"].split("--refine ")[1].split()[0] if "--refine " in run["command"] else "model"
+        spec = _refine_spec(run["command"])
         shares = ", ".join(f"{run['repair_displacement'][k]['ratio']:.2f}" for k in ("LI", "TFS", "PEO"))
         for label, row in run["sets"].items():
             error = row.get("peak_error", {})
             peaks = [f"{row['first_peak_height'][pair]:.2f}" + (f" ({100 * error[pair]:+.0f} %)" if error else "")
                      for pair in ("LI-PEO", "LI-TFS")]
             rg2 = f"{row['rg2_nm2']:.4f}" + (f" ({100 * row['rg2_error']:+.1f} %)" if "rg2_error" in row else "")
-            lines.append(f"| {name} | `{spec}` | {label} | {peaks[0]} | {peaks[1]} | {row['li_li_within_0.5nm']:.3f} | {rg2} | "
-                         f"{shares if label == 'refined' else ''} |")
+            lines.append(f"| {name} | `{spec}` | {label} | {peaks[0]} | {peaks[1]} | "
+                         f"{row['li_li_within_0.5nm']:.3f} | {rg2} | {shares if label == 'refined' else ''} |")
     return lines + [f"- `{runs[0]['command']}` ({runs[0]['frames']} frames each; the others differ in "
                     "--reference and --refine)", ""]
 
@@ -446,13 +451,13 @@ def _refine_screen_table(screen: str) -> list:
              f"({first['reference'].split('/')[-3]}, {first['replicas']} replicas × {first['cg_ns_per_replica']:g} ns "
              f"CG; `{first['command'].split(' --refine')[0]} --refine SPEC`)",
              "| refinement | evaluations | hard core, bond cap | Li–PEO first-peak height | "
-             "Li–TFSI first-peak height | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | MSD at 1 ns, CG / all-atom (PEO, TFSI, Li) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Li–TFSI first-peak height | Li⁺ within 0.5 nm of a Li⁺ | chain Rg² | "
+             "MSD at 1 ns, CG / all-atom (PEO, TFSI, Li) |", "|---|---|---|---|---|---|---|---|"]
     for run in sorted(runs, key=lambda r: r["refine"]["evaluations"]):
         refine = run["refine"]
         peaks = [run["rdf_first_peak"][pair] for pair in ("LI-PEO", "LI-TFS")]
         ratios = ", ".join(_msd_ratio(run["diffusivity"][k]) for k in ("PEO", "TFS", "LI") if k in run["diffusivity"])
-        lines.append(f"| `{run['command'].split('--refine ')[1].split()[0]}` | {refine['evaluations']} | "
+        lines.append(f"| `{_refine_spec(run['command'])}` | {refine['evaluations']} | "
                      f"{refine.get('hard_core', 0):g}, {refine.get('bond_cap', 0):g} | "
                      + "".join(f"{100 * (p['cg'][1] / p['allatom'][1] - 1):+.0f} % | " for p in peaks)
                      + f"{run['neighbours_within_0.5nm']['LI-LI']['cg']:.3f} | "

@@ -68,8 +68,12 @@ def true_step_msd(x: np.ndarray, frames: np.ndarray, stride: int, species: np.nd
     """Per species, the all-atom mean squared displacement (nm²) over one model step (``stride`` dataset frames)
     from ``frames``; frames too close to the end for a step are left out."""
     ahead = frames[frames + stride < x.shape[0]]
-    moved = ((x[ahead + stride] - x[ahead]) ** 2).sum(-1)
-    return {kind: float(moved[:, species == kind].mean()) for kind in sorted(set(species.tolist()))}
+    return species_means(((x[ahead + stride] - x[ahead]) ** 2).sum(-1), species)
+
+
+def species_means(values: np.ndarray, species: np.ndarray) -> dict:
+    """Per species, the mean of ``values`` (F, N) over frames and that species' beads."""
+    return {kind: float(values[:, species == kind].mean()) for kind in sorted(set(species.tolist()))}
 
 
 def draw(curves: dict, path: str) -> str:
@@ -135,9 +139,7 @@ def main(argv=None) -> dict:
         table[name] = {"first_peak_height": {pair: peak[1] for pair, peak in peaks.items()},
                        f"li_li_within_{CONTACT_NM}nm": contacts.get("LI-LI"), "rg2_nm2": rg2}
         if name != "true":  # transport over the step (the refined set's is the repair's own displacement)
-            moved = ((positions - sets["true"]) ** 2).sum(-1)
-            table[name]["msd_from_frame_nm2"] = {kind: float(moved[:, species == kind].mean())
-                                                 for kind in sorted(set(species.tolist()))}
+            table[name]["msd_from_frame_nm2"] = species_means(((positions - sets["true"]) ** 2).sum(-1), species)
         curves[name] = {pair: rdf(positions, boxes, species == pair.split("-")[0], species == pair.split("-")[1],
                                   r_max, n_bins=60) for pair in DRAWN}
     true, true_step = table["true"], true_step_msd(x, frames, stride, species)

@@ -81,16 +81,18 @@ REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "
                "core_rdf", "cluster_noise")
 
 
+def _setting(config, refine, key: str, field: str = "") -> float:
+    """Setting ``key`` of a ``refine`` dict, else the model config's ``field`` (default: the same name), else 0."""
+    value = float(getattr(config, field or key, 0.0))
+    return float(refine.get(key, value)) if isinstance(refine, dict) else value
+
+
 def _repairs(config, refine) -> Tuple[float, float, float]:
     """The hard-core fraction, bond-cap multiple and RDF-onset core (``ModelConfig.hard_core``, ``.bond_cap``,
     ``.core_rdf``) of ``refine``: none without refinement (False)."""
     if refine is False or refine == 0:
         return 0.0, 0.0, 0.0
-    core, cap = float(getattr(config, "hard_core", 0.0)), float(getattr(config, "bond_cap", 0.0))
-    onset = float(getattr(config, "core_rdf", 0.0))
-    if isinstance(refine, dict):
-        core, cap = float(refine.get("hard_core", core)), float(refine.get("bond_cap", cap))
-        onset = float(refine.get("core_rdf", onset))
+    core, cap, onset = (_setting(config, refine, key) for key in ("hard_core", "bond_cap", "core_rdf"))
     if not 0.0 <= core <= 1.0:
         raise ValueError(f"hard_core must be a fraction of the closest approach in [0, 1], got {core}")
     if cap != 0.0 and cap < 1.0:
@@ -105,9 +107,7 @@ def _denoise(config, refine) -> float:
     without refinement (False)."""
     if refine is False or refine == 0:
         return 0.0
-    sigma = float(getattr(config, "refine_denoise", 0.0))
-    if isinstance(refine, dict):
-        sigma = float(refine.get("denoise", sigma))
+    sigma = _setting(config, refine, "denoise", "refine_denoise")
     if sigma < 0:
         raise ValueError(f"denoise must be a noise level >= 0 nm (0: off), got {sigma}")
     return sigma
@@ -116,9 +116,7 @@ def _denoise(config, refine) -> float:
 def _cluster_noise(config, refine) -> float:
     """The ion-cluster noise fraction (``ModelConfig.cluster_noise``) of ``refine``; it belongs to the dynamics'
     sampling, so ``refine=False`` keeps the model's."""
-    fraction = float(getattr(config, "cluster_noise", 0.0))
-    if isinstance(refine, dict):
-        fraction = float(refine.get("cluster_noise", fraction))
+    fraction = _setting(config, refine, "cluster_noise")
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"cluster_noise must be a fraction in [0, 1), got {fraction}")
     return fraction
