@@ -411,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pulls bonds longer than G times the longest training bond back, e.g. model,core=0.9,cap=1.2; "
                         ",step=S sets the Langevin step size at the lowest level (nm²); ,denoise=S ends with a "
                         "noise-free denoising step at noise level S (nm); ,rdf=G raises each pair's "
-                        "core to where its training RDF first reaches G; ,cluster=F lets ions share the noise of the "
+                        "core to where its training RDF first reaches G; ,wall=W adds W times the repulsive wall "
+                        "fitted to the training RDF of the model's rdf_wall_pairs (e.g. LI-LI) to the score (0: off); "
+                        ",cluster=F lets ions share the noise of the "
                         "molecule that binds them with fraction F of their variance (ion-cluster noise)")
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="learned steps between checkpoints (a killed run resumes from the last one)")

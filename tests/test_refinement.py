@@ -223,3 +223,73 @@ def test_pareto_front_keeps_only_undominated_settings():
     costs = [1.0, 2.0, 3.0, 2.5, None]
     errors = [3.0, 2.0, 1.0, 2.5, 0.0]  # (2.5, 2.5) is beaten by (2.0, 2.0); None is not measured
     assert pareto_front(costs, errors) == [0, 1, 2]
+
+
+def test_rdf_wall_fits_the_rising_edge_and_pushes_pairs_apart():
+    """``data.contacts.rdf_wall`` recovers a known exponential edge g = exp(k (r - r1)); ``nn.score.wall_score``
+    adds k along the minimum-image line of each wall pair closer than r1 and nothing to other beads."""
+    from openmm_cgml.data.contacts import rdf_wall
+    from openmm_cgml.nn.score import wall_score
+
+    edges = np.round(np.arange(0.0, 1.0001, 0.01), 3)
+    centres = edges[:-1] + 0.005
+    g = np.where(centres < 0.3, 0.0, np.minimum(np.exp(8.0 * (centres - 0.7)), 1.3))
+    contacts = {"type_names": ["LI:a", "PEO:b"], "rdf_edges_nm": edges.tolist(),
+                "rdf_g": [[g.tolist(), g.tolist()], [g.tolist(), None]]}
+    walls = rdf_wall(contacts, ["li-li"])
+    assert walls["slope_per_nm"][0][0] == pytest.approx(8.0, rel=1e-6)
+    assert walls["reach_nm"][0][0] == pytest.approx(0.7, abs=0.01)  # g first reaches 1 in the bin holding r1
+    assert walls["slope_per_nm"][0][1] is None and walls["reach_nm"][1][1] is None
+    assert rdf_wall({"type_names": ["LI:a"]}, ["LI-LI"]) is None
+
+    # beads 0 and 2 are walled (0.3 nm apart across the box edge), bead 1 is not; bead 3 is walled but far off
+    pos = torch.tensor([[0.1, 0.0, 0.0], [0.2, 0.0, 0.0], [1.8, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    types = torch.tensor([0, 1, 0, 0])
+    slope, reach = torch.tensor([[4.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.5, 0.0], [0.0, 0.0]])
+    wall = (torch.tensor([0, 2, 3]), types, slope, reach)
+    got = wall_score(pos, wall, torch.tensor([2.0, 2.0, 2.0]), torch.zeros(4, dtype=torch.long))
+    want = torch.zeros(4, 3)
+    want[0, 0], want[2, 0] = 4.0, -4.0
+    torch.testing.assert_close(got, want)
+
+
+def test_rdf_wall_enters_every_score_evaluation_of_the_step(tiny_peo_litfsi):
+    """``,wall=W``: the step's refinement and denoising step see the walls (scripted alike); W = 0, a model
+    without training RDFs, or a negative W are handled or refused with one line."""
+    from openmm import unit
+
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.simulate import LearnedStep, parse_refine
+    from openmm_cgml.simulate.step import refine_settings, step_noise
+
+    from test_simulate import MAPPING, tiny_model
+
+    built = tiny_peo_litfsi
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **MAPPING)
+    model = tiny_model(beadmap, rdf_wall_pairs=["PEO-PEO"])
+    names = beadmap.type_names
+    edges = np.round(np.arange(0.0, 1.0001, 0.01), 3)
+    g = np.minimum(np.exp(6.0 * (edges[:-1] + 0.005 - 0.45)), 1.2).tolist()
+    model.contacts = {"type_names": names, "min_distance_nm": [[0.1] * len(names) for _ in names],
+                      "rdf_edges_nm": edges.tolist(), "rdf_g": [[g for _ in names] for _ in names]}
+    x = torch.tensor(beadmap.map_positions(built.positions, built.box_vectors), dtype=torch.float32)
+    box = torch.tensor(np.diag(built.box_vectors.value_in_unit(unit.nanometer)), dtype=torch.float32)
+    spec = parse_refine("model,wall=2,denoise=0.01")
+    walled, plain = (LearnedStep.from_model(model, beadmap, s) for s in (spec, parse_refine("model,denoise=0.01")))
+    peo = [i for i, n in enumerate(names) if n.startswith("PEO")]
+    assert walled.rdf_wall == 2.0 and refine_settings(model.config, spec)["rdf_wall"] == 2.0
+    assert sorted(walled.wall_beads.tolist()) == [i for i, t in enumerate(beadmap.bead_types) if t in peo]
+    assert float(walled.wall_slope.max()) == pytest.approx(12.0, rel=1e-4) and float(plain.wall_slope.abs().max()) == 0
+    _, noise = step_noise(4, 0, beadmap.n_beads, walled.n_refine)
+    with torch.no_grad():
+        a, b = walled.repair(x, box, noise), plain.repair(x, box, noise)
+        torch.testing.assert_close(torch.jit.script(walled).repair(x, box, noise), a, rtol=0, atol=1e-6)
+        batched = walled.batched(2).repair(torch.cat([x, x]), torch.stack([box, box]), torch.cat([noise, noise], 1))
+        torch.testing.assert_close(batched, torch.cat([a, a]), rtol=0, atol=1e-5)
+    assert float((a - b).abs().max()) > 1e-5
+    assert LearnedStep.from_model(model, beadmap, parse_refine("model,wall=0")).rdf_wall == 0.0
+    model.contacts = {k: v for k, v in model.contacts.items() if k != "rdf_g"}
+    with pytest.raises(ValueError, match="rdf_wall needs the model's contacts.json"):
+        LearnedStep.from_model(model, beadmap, spec)
+    with pytest.raises(ValueError, match="wall=W with W >= 0"):
+        parse_refine("model,wall=-1")

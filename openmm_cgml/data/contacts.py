@@ -173,6 +173,38 @@ def rdf_onset(contacts: dict, g_min: float) -> "dict | None":
     return {"type_names": contacts["type_names"], "onset_nm": onset}
 
 
+def rdf_wall(contacts: dict, pairs) -> "dict | None":
+    """Repulsive walls fitted to the rising edge of the pooled training RDFs (``contacts["rdf_g"]``) of the
+    residue pairs ``pairs`` (e.g. ``["LI-LI"]``): below r1, where g first reaches 1, ln g(r) ~ k (r - r1) is
+    fitted by least squares to the bins holding pairs, so the pair potential of mean force is a linear wall of
+    force k kT/nm. Returns ``{"type_names", "slope_per_nm", "reach_nm"}`` (K x K, None where a pair is not
+    listed or its edge holds fewer than 3 filled bins or does not rise), None without RDFs.
+
+    A learned score has almost no data below the onset (a few Li-Li pairs in thousands of frames), so it cannot
+    learn the repulsion there; a fit over the whole edge does not hinge on one rare contact."""
+    if "rdf_g" not in contacts:
+        return None
+    names = contacts["type_names"]
+    wanted = {tuple(sorted(str(p).upper().split("-"))) for p in pairs}
+    centres = np.asarray(contacts["rdf_edges_nm"])[:-1] + 0.5 * np.diff(contacts["rdf_edges_nm"])
+    slope = [[None] * len(names) for _ in names]
+    reach = [[None] * len(names) for _ in names]
+    for a, name_a in enumerate(names):
+        for b, name_b in enumerate(names):
+            g = contacts["rdf_g"][a][b]
+            if g is None or tuple(sorted((name_a.split(":")[0], name_b.split(":")[0]))) not in wanted:
+                continue
+            g = np.asarray(g)
+            top = int(np.argmax(g >= 1.0)) if (g >= 1.0).any() else 0
+            filled = g[:top] > 0
+            if filled.sum() < 3:
+                continue
+            k, intercept = np.polyfit(centres[:top][filled], np.log(g[:top][filled]), 1)
+            if k > 0:
+                slope[a][b], reach[a][b] = float(k), float(-intercept / k)
+    return {"type_names": names, "slope_per_nm": slope, "reach_nm": reach}
+
+
 def contact_table(contacts: dict, type_names, key: str = "min_distance_nm",
                   unseen: "float | None" = None) -> "np.ndarray | None":
     """(K, K) table ``key`` (nm) of a :func:`contact_distances` dict for the bead types ``type_names``: the

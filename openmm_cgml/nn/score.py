@@ -7,14 +7,17 @@ edge type); ``EdgeVectorHead`` gives an equivariant vector per bead, divided by 
 order one at every noise level (the denoising target sigma * s = -z has unit variance).
 """
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .backbone import EdgeVectorHead, GaussianRBF, GraphBackbone
-from .graph import build_edges, neighbour_candidates, verlet_skin
+from .graph import build_edges, neighbour_candidates, radius_graph, verlet_skin
+
+#: A score prior of :func:`wall_score`: (beads (M,) indices, bead types (N,), slope (K, K) nm^-1, reach (K, K) nm).
+Wall = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def sigma_levels(sigma_max: float, sigma_min: float, n_levels: int) -> List[float]:
@@ -25,6 +28,23 @@ def sigma_levels(sigma_max: float, sigma_min: float, n_levels: int) -> List[floa
         return [float(sigma_min)]
     ratio = math.log(sigma_min / sigma_max) / (n_levels - 1)
     return [float(sigma_max * math.exp(ratio * k)) for k in range(n_levels)]
+
+
+def wall_score(pos: torch.Tensor, wall: Wall, box: Optional[torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    """(N, 3) score (nm^-1) of linear repulsive walls between the beads ``wall[0]``: a pair of types (a, b) closer
+    than ``reach[a, b]`` nm adds ``slope[a, b]`` along the line pushing them apart (the gradient of ln g for
+    ln g(r) = slope (r - reach), ``data.contacts.rdf_wall``). Only the M wall beads are searched (cell list),
+    so it costs next to nothing beside the score GNN. ``box`` None or (3,) / (B, 3) nm, ``batch`` (N,)."""
+    beads, types, slope, reach = wall
+    out = torch.zeros_like(pos)
+    if beads.shape[0] < 2:
+        return out
+    t = types[beads]
+    edge_index, vec = radius_graph(pos[beads], float(reach.max()), box, batch[beads])
+    j, i = edge_index[0], edge_index[1]
+    r = torch.linalg.norm(vec, dim=1).clamp(min=1e-6)
+    push = torch.where(r < reach[t[i], t[j]], slope[t[i], t[j]] / r, torch.zeros_like(r))
+    return out.index_add(0, beads[i], push.unsqueeze(1) * vec)  # vec = x_i - x_j: away from j
 
 
 class ScoreGNN(nn.Module):
@@ -73,12 +93,17 @@ class ScoreGNN(nn.Module):
 
     def _listed_score(self, x: torch.Tensor, sigma: torch.Tensor, embed: torch.Tensor, masses: torch.Tensor,
                       bonds: torch.Tensor, box: Optional[torch.Tensor], batch: Optional[torch.Tensor], skin: float,
-                      reference: torch.Tensor, candidates: torch.Tensor):
-        """The score at ``x``, with the Verlet list (``reference``, ``candidates``) updated first if ``skin`` > 0."""
-        if skin <= 0:
-            return self.forward(x, sigma, embed, masses, bonds, box, batch, None), candidates, reference
-        candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box, batch)
-        return self.forward(x, sigma, embed, masses, bonds, box, batch, candidates), candidates, reference
+                      reference: torch.Tensor, candidates: torch.Tensor, wall: Optional[Wall] = None):
+        """The score at ``x`` (plus ``wall``'s, :func:`wall_score`), with the Verlet list (``reference``,
+        ``candidates``) updated first if ``skin`` > 0."""
+        if skin > 0:
+            candidates, reference = neighbour_candidates(x, self.cutoff, skin, reference, candidates, box, batch)
+            score = self.forward(x, sigma, embed, masses, bonds, box, batch, candidates)
+        else:
+            score = self.forward(x, sigma, embed, masses, bonds, box, batch, None)
+        if wall is not None:
+            score = score + wall_score(x, wall, box, batch if batch is not None else torch.zeros_like(wall[1]))
+        return score, candidates, reference
 
     @torch.jit.export
     def refine(
@@ -95,6 +120,7 @@ class ScoreGNN(nn.Module):
         batch: Optional[torch.Tensor] = None,
         scheme: str = "langevin",
         skin: float = 0.0,
+        wall: Optional[Wall] = None,
     ) -> torch.Tensor:
         """Repair ``x`` (N, 3) nm by sampling down the noise ``levels`` (L,) nm (decreasing); see :data:`SCHEMES`.
 
@@ -113,6 +139,7 @@ class ScoreGNN(nn.Module):
         ``noise`` holds one row of standard normals z (N, 3) per evaluation, consumed in order. With ``skin`` > 0
         (nm) the evaluations share a Verlet neighbour list (``graph.neighbour_candidates``), rebuilt only when a
         bead has moved more than skin / 2: the same edges in the same order as a fresh search, so the same result.
+        ``wall`` adds the score of repulsive pair walls (:func:`wall_score`) to every evaluation.
         """
         n_levels = levels.shape[0]
         if noise.shape[0] != refine_evaluations(scheme, n_levels, steps_per_level):
@@ -127,13 +154,13 @@ class ScoreGNN(nn.Module):
             sigma = levels[i].expand(x.shape[0])
             for _ in range(steps_per_level):
                 score, candidates, reference = self._listed_score(x, sigma, embed, masses, bonds, box, batch, skin,
-                                                                  reference, candidates)
+                                                                  reference, candidates, wall)
                 x = x + alpha * score + torch.sqrt(2.0 * alpha) * noise[k]
                 k += 1
             if scheme == "pc" and i + 1 < n_levels:
                 d = levels[i] ** 2 - levels[i + 1] ** 2
                 score, candidates, reference = self._listed_score(x, sigma, embed, masses, bonds, box, batch, skin,
-                                                                  reference, candidates)
+                                                                  reference, candidates, wall)
                 x = x + d * score + torch.sqrt(d) * (levels[i + 1] / levels[i]) * noise[k]
                 k += 1
         return x

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.contacts import contact_table, rdf_onset
+from ..data.contacts import contact_table, rdf_onset, rdf_wall
 from ..nn.backbone import scatter_sum
 from ..nn.dynamics import cluster_loadings, ion_partners, sample_acceleration, shell_mean, shell_pairs
-from ..nn.score import SCHEMES, refine_evaluations
+from ..nn.score import SCHEMES, refine_evaluations, wall_score
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
 from .excluded_volume import bond_keys, push_apart
 
@@ -78,7 +78,7 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
 
 #: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
 REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "denoise", "hard_core", "bond_cap",
-               "core_rdf", "cluster_noise")
+               "core_rdf", "rdf_wall", "cluster_noise")
 
 
 def _setting(config, refine, key: str, field: str = "") -> float:
@@ -111,6 +111,17 @@ def _denoise(config, refine) -> float:
     if sigma < 0:
         raise ValueError(f"denoise must be a noise level >= 0 nm (0: off), got {sigma}")
     return sigma
+
+
+def _rdf_wall(config, refine) -> float:
+    """The multiple of the training-RDF walls added to the score (``ModelConfig.rdf_wall``) of ``refine``; none
+    without refinement (False)."""
+    if refine is False or refine == 0:
+        return 0.0
+    weight = _setting(config, refine, "rdf_wall")
+    if weight < 0:
+        raise ValueError(f"rdf_wall must be a multiple >= 0 of the training-RDF wall (0: off), got {weight}")
+    return weight
 
 
 def _cluster_noise(config, refine) -> float:
@@ -166,7 +177,8 @@ def refine_settings(config, refine=None) -> dict:
     denoise = _denoise(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
             "denoise": denoise, "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
-            "hard_core": core, "bond_cap": cap, "core_rdf": onset, "cluster_noise": _cluster_noise(config, refine)}
+            "hard_core": core, "bond_cap": cap, "core_rdf": onset, "rdf_wall": _rdf_wall(config, refine),
+            "cluster_noise": _cluster_noise(config, refine)}
 
 
 def parse_refine(spec: str):
@@ -180,7 +192,9 @@ def parse_refine(spec: str):
     ``"model,core=0.9,cap=1.2"``, ``"none,core=0.9"``); ``,step=S`` the Langevin step size at the lowest level, nm²
     (``ModelConfig.refine_step_size``; e.g. ``"pc:8x4,step=2e-6"``); ``,rdf=G`` raises each type pair's hard core to
     where its training RDF first reaches G (``ModelConfig.core_rdf``; e.g. ``"model,rdf=0.1"``); ``,cluster=F`` the
-    ion-cluster noise fraction (``ModelConfig.cluster_noise``; e.g. ``"model,cluster=0.95"``); ``,denoise=S`` a
+    ion-cluster noise fraction (``ModelConfig.cluster_noise``; e.g. ``"model,cluster=0.95"``); ``,wall=W`` W times
+    the training-RDF walls of ``ModelConfig.rdf_wall_pairs`` in the score (``ModelConfig.rdf_wall``; e.g.
+    ``"model,wall=0"``); ``,denoise=S`` a
     final noise-free denoising step at noise level S nm (``ModelConfig.refine_denoise``; e.g.
     ``"model,denoise=0.003"``).
     """
@@ -207,10 +221,13 @@ def parse_refine(spec: str):
             repairs["denoise"] = number
         elif key == "cluster" and 0.0 <= number < 1.0:
             repairs["cluster_noise"] = number
+        elif key == "wall" and number >= 0.0 and settings is not False:
+            repairs["rdf_wall"] = number
         else:
             raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1], ,cap=G "
                              "with G 0 or >= 1, ,step=S with S > 0 nm², ,denoise=S with S >= 0 nm, ,rdf=G with G in "
-                             "[0, 1) or ,cluster=F with F in [0, 1) (e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1)")
+                             "[0, 1), ,wall=W with W >= 0 or ,cluster=F with F in [0, 1) "
+                             "(e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
     return {**base, **repairs}
 
@@ -235,6 +252,18 @@ def _training_table(model, beadmap, key: str, unseen, setting: str) -> torch.Ten
         raise ValueError(f"{setting} needs the model's contacts.json with {key} (the statistics of its training "
                          f"data, written by training); set {setting} to 0")
     return torch.as_tensor(table, dtype=torch.float32)
+
+
+def _wall_tables(model, beadmap) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(K, K) slope (nm^-1) and reach (nm) of the training-RDF walls (``data.contacts.rdf_wall``) of the model's
+    ``rdf_wall_pairs`` for ``beadmap``'s types; 0 for every other pair."""
+    walls = None if model.contacts is None else rdf_wall(model.contacts, model.config.rdf_wall_pairs)
+    tables = None if walls is None else [contact_table(walls, beadmap.type_names, key, 0.0)
+                                          for key in ("slope_per_nm", "reach_nm")]
+    if tables is None or tables[0] is None:
+        raise ValueError(f"rdf_wall needs the model's contacts.json with rdf_g and a rising RDF edge for "
+                         f"{model.config.rdf_wall_pairs}; set rdf_wall to 0")
+    return tuple(torch.as_tensor(t, dtype=torch.float32) for t in tables)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -269,6 +298,7 @@ class LearnedStep(nn.Module):
     bond_cap: float
     shell_radius: float
     cluster_noise: float
+    rdf_wall: float
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
@@ -277,7 +307,8 @@ class LearnedStep(nn.Module):
                  bead_types: Optional[torch.Tensor] = None, bond_cap: float = 0.0,
                  cap: Optional[torch.Tensor] = None, carried: Optional[torch.Tensor] = None,
                  cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
-                 cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0):
+                 cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0, rdf_wall: float = 0.0,
+                 wall_slope: Optional[torch.Tensor] = None, wall_reach: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -306,6 +337,15 @@ class LearnedStep(nn.Module):
         self.register_buffer("cap", (off if cap is None or self.bond_cap <= 0 else torch.as_tensor(cap))
                              .to(torch.float32).clone())
         self.register_buffer("bonded", bond_keys(self.bonds.cpu(), n))
+        # training-RDF walls in the score: (K, K) slope nm^-1 (rdf_wall times the fit) and reach nm, the beads (M,)
+        # of the types that have one (see nn.score.wall_score); all zero when off
+        on = rdf_wall > 0 and wall_slope is not None and wall_reach is not None
+        self.rdf_wall = float(rdf_wall) if on else 0.0
+        self.register_buffer("wall_slope", (torch.as_tensor(wall_slope) if on else off)
+                             .to(torch.float32).clone())
+        self.register_buffer("wall_reach", (torch.as_tensor(wall_reach) if on else off).to(torch.float32).clone())
+        walled = (self.wall_slope > 0).any(dim=1)[self.bead_types] if n else torch.zeros(0, dtype=torch.bool)
+        self.register_buffer("wall_beads", torch.nonzero(walled).flatten())
         # shell motion: (N,) which beads move relative to their shell; none when the model has no shell radius
         carried = torch.zeros(n, dtype=torch.bool) if carried is None else torch.as_tensor(carried, dtype=torch.bool)
         self.shell_radius = float(dynamics.shell_radius) if bool(carried.any()) else 0.0
@@ -384,6 +424,10 @@ class LearnedStep(nn.Module):
             core = torch.maximum(core, torch.as_tensor(table, dtype=torch.float32))
         if bond_cap > 0:  # type pairs never bonded in the data get no cap
             cap = bond_cap * _training_table(model, beadmap, "max_bond_nm", 0.0, "bond_cap")
+        wall, wall_slope, wall_reach = _rdf_wall(model.config, refine), None, None
+        if wall > 0:
+            wall_slope, wall_reach = _wall_tables(model, beadmap)
+            wall_slope = wall * wall_slope
         device = next(model.parameters()).device
         with torch.no_grad():
             table = model.embedding.embed_types(beadmap.type_graphs)
@@ -406,12 +450,13 @@ class LearnedStep(nn.Module):
                    cap=cap, carried=carried, cluster_noise=cluster,
                    cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
                    cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
-                   denoise=_denoise(model.config, refine)).to(device)
+                   denoise=_denoise(model.config, refine), rdf_wall=wall, wall_slope=wall_slope,
+                   wall_reach=wall_reach).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
         (minimum-image neighbour search needs it)."""
-        cutoff = max(float(self.dynamics.cutoff), float(self.score.cutoff))
+        cutoff = max(float(self.dynamics.cutoff), float(self.score.cutoff), float(self.wall_reach.max()))
         shortest = float(np.min(np.asarray(box_lengths, dtype=np.float64)))
         if shortest < 2.0 * cutoff:
             raise ValueError(f"the periodic box ({shortest:.3f} nm) is shorter than twice the model's cutoff "
@@ -439,7 +484,7 @@ class LearnedStep(nn.Module):
             if not same or other.timestep_ps != first.timestep_ps or other.periodic != first.periodic or \
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
                     other.scheme != first.scheme or other.hard_core != first.hard_core or \
-                    other.denoise != first.denoise or \
+                    other.denoise != first.denoise or other.rdf_wall != first.rdf_wall or \
                     other.bond_cap != first.bond_cap or other.cluster_noise != first.cluster_noise or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
@@ -456,7 +501,8 @@ class LearnedStep(nn.Module):
             torch.cat([s.bead_types + int(o) for s, o in zip(steps, type_offsets)]),
             first.bond_cap, torch.block_diag(*[s.cap for s in steps]), torch.cat([s.carried for s in steps]),
             first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
-            first.denoise,
+            first.denoise, first.rdf_wall, torch.block_diag(*[s.wall_slope for s in steps]),
+            torch.block_diag(*[s.wall_reach for s in steps]),
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -478,12 +524,18 @@ class LearnedStep(nn.Module):
         """The second half of a step: the score GNN's refinement of positions x (N, 3) nm, its final denoising
         step, then the hard core and the bond cap; ``box`` (3,) / (B, 3) nm or None, ``refine_noise`` one row of
         normals per evaluation."""
+        wall: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        if self.rdf_wall > 0:
+            wall = (self.wall_beads, self.bead_types, self.wall_slope, self.wall_reach)
         if self.n_refine > 0:
             x = self.score.refine(x, self.levels, self.steps_per_level, self.step_size, refine_noise, self.embed,
-                                  self.masses, self.bonds, box, self.batch, self.scheme, self.skin)
+                                  self.masses, self.bonds, box, self.batch, self.scheme, self.skin, wall)
         if self.denoise > 0:  # Tweedie: the mean clean frame given x at this noise level (Song et al. 2021's last step)
             sigma = x.new_full((x.shape[0],), self.denoise)
-            x = x + self.denoise ** 2 * self.score(x, sigma, self.embed, self.masses, self.bonds, box, self.batch)
+            score = self.score(x, sigma, self.embed, self.masses, self.bonds, box, self.batch)
+            if wall is not None:
+                score = score + wall_score(x, wall, box, self.batch)
+            x = x + self.denoise ** 2 * score
         if self.hard_core > 0 or self.bond_cap > 0:
             x = push_apart(x, self.bead_types, self.core, self.masses, self.bonded, box, self.batch, self.bonds,
                            self.cap)

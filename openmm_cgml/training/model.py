@@ -106,6 +106,11 @@ class ArchitectureConfig(Config):
     # > 0 raises each pair's hard core to where its pooled training RDF first reaches this value (contacts.json
     # "rdf_g"): a data-derived excluded volume that one rare close contact cannot shrink; 0 = off
     core_rdf: float = 0.0
+    # > 0 adds this multiple of a repulsive wall to the score in every refinement evaluation, for the residue
+    # pairs of rdf_wall_pairs ("A-B"): the pair's PMF fitted to the rising edge of its pooled training RDF
+    # (contacts.json "rdf_g"; data.contacts.rdf_wall), where the score has almost no data to learn from; 0 = off
+    rdf_wall: float = 0.0
+    rdf_wall_pairs: List[str] = field(default_factory=lambda: ["LI-LI"])
 
     def validate(self):
         super().validate()
@@ -133,6 +138,9 @@ class ArchitectureConfig(Config):
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
         check(0.0 <= self.core_rdf < 1.0 and (self.core_rdf == 0.0 or self.hard_core > 0),
               f"core_rdf must be an RDF value in [0, 1) and needs hard_core > 0, got {self.core_rdf}")
+        check(self.rdf_wall >= 0 and all(isinstance(p, str) and len(p.split("-")) == 2 for p in self.rdf_wall_pairs),
+              "rdf_wall must be >= 0 and rdf_wall_pairs a list of residue pairs such as LI-LI, got "
+              f"{self.rdf_wall} and {self.rdf_wall_pairs!r}")
 
 
 @dataclass
