@@ -179,6 +179,8 @@ def summary_markdown() -> str:
                 title += f", step size {refine['step_size']:g} nm²"
             if refine.get("denoise"):
                 title += f", final denoising step at {refine['denoise']:g} nm"
+            if refine.get("rdf_wall"):
+                title += f", training-RDF wall × {refine['rdf_wall']:g} in the score"
             if refine.get("hard_core"):
                 title += f", hard core {refine['hard_core']:g} × closest approach"
             if refine.get("bond_cap"):
