@@ -390,6 +390,8 @@ class LearnedStep(nn.Module):
             (fraction of each bead-type pair's closest approach in the training data below which non-bonded
             beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``core_rdf`` (raise each pair's
             core to where its pooled training RDF first reaches this value; 0: off; needs hard_core > 0),
+            ``rdf_wall`` (multiple of the repulsive walls fitted to the training RDFs of ``ModelConfig.rdf_wall_pairs``
+            that is added to the score in every evaluation; 0: off; default ``ModelConfig.rdf_wall``),
             ``bond_cap`` (multiple of each type pair's longest training bond beyond which bonded beads are pulled
             together; 0: none),
             ``cluster_noise`` (ion-cluster noise fraction in [0, 1), see ``nn.dynamics``; its ions and binding radii
