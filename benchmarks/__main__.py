@@ -181,6 +181,8 @@ def summary_markdown() -> str:
                 title += f", final denoising step at {refine['denoise']:g} nm"
             if refine.get("rdf_wall"):
                 title += f", training-RDF wall × {refine['rdf_wall']:g} in the score"
+            if refine.get("temperature", 1.0) != 1.0:
+                title += f", refinement temperature {refine['temperature']:g}"
             if refine.get("hard_core"):
                 title += f", hard core {refine['hard_core']:g} × closest approach"
             if refine.get("bond_cap"):

@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "noise-free denoising step at noise level S (nm); ,rdf=G raises each pair's "
                         "core to where its training RDF first reaches G; ,wall=W adds W times the repulsive wall "
                         "fitted to the training RDF of the model's rdf_wall_pairs (e.g. LI-LI) to the score (0: off); "
+                        ",temp=T scales the refinement's Langevin noise by sqrt(T) (1: standard); "
                         ",cluster=F lets ions share the noise of the "
                         "molecule that binds them with fraction F of their variance (ion-cluster noise)")
     p.add_argument("--checkpoint-every", type=int, default=50,

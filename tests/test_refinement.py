@@ -293,3 +293,58 @@ def test_rdf_wall_enters_every_score_evaluation_of_the_step(tiny_peo_litfsi):
         LearnedStep.from_model(model, beadmap, spec)
     with pytest.raises(ValueError, match="wall=W with W >= 0"):
         parse_refine("model,wall=-1")
+
+
+def test_refinement_temperature_scales_the_langevin_noise():
+    """``temperature`` T: on an analytic Gaussian score, long Langevin runs at one level sample variance
+    T (var + sigma²) (discretisation error < 10 %), and T = 0 is noise-free ascent, independent of the noise."""
+    var, sigma, n = torch.full((3,), 1e-4), 0.01, 4000
+    score = GaussianScore(var)
+    args = (torch.zeros(n, 4), torch.ones(n), torch.zeros((0, 2), dtype=torch.long), None, None, "langevin")
+    noise = torch.randn((200, n, 3), generator=torch.Generator().manual_seed(0))
+    x0 = torch.zeros(n, 3)
+    level = torch.tensor([sigma])
+    target = float(var[0]) + sigma ** 2
+    for temperature in (1.0, 0.25):
+        x = score.refine(x0, level, 200, 1e-5, noise, *args, temperature=temperature)
+        assert float(x.var(dim=0).mean()) == pytest.approx(temperature * target, rel=0.1)
+    x1 = torch.full((n, 3), 0.05)
+    cold = score.refine(x1, level, 200, 1e-5, noise, *args, temperature=0.0)
+    torch.testing.assert_close(cold, score.refine(x1, level, 200, 1e-5, -noise, *args, temperature=0.0))
+    assert float(cold.abs().max()) < 0.05 * 1e-3  # ascends to the mode: 0.95^200 of the start
+
+
+def test_step_refines_at_the_model_or_requested_temperature(tiny_peo_litfsi):
+    """``,temp=T`` (``ModelConfig.refine_temperature``): the step's refinement at T = 0.25 is the plain one with
+    the noise halved (scripted and batched alike); a negative T is refused with one line."""
+    from openmm import unit
+
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.simulate import LearnedStep, parse_refine
+    from openmm_cgml.simulate.step import refine_settings, step_noise
+
+    from test_simulate import MAPPING, tiny_model
+
+    built = tiny_peo_litfsi
+    beadmap = BeadMap.from_openmm(built.topology, built.system, **MAPPING)
+    model = tiny_model(beadmap)
+    x = torch.tensor(beadmap.map_positions(built.positions, built.box_vectors), dtype=torch.float32)
+    box = torch.tensor(np.diag(built.box_vectors.value_in_unit(unit.nanometer)), dtype=torch.float32)
+    spec = parse_refine("model,temp=0.25")
+    cold, plain = LearnedStep.from_model(model, beadmap, spec), LearnedStep.from_model(model, beadmap)
+    assert cold.temperature == 0.25 and plain.temperature == 1.0
+    assert refine_settings(model.config, spec)["temperature"] == 0.25
+    model.config.refine_temperature = 0.25
+    assert LearnedStep.from_model(model, beadmap).temperature == 0.25
+    _, noise = step_noise(4, 0, beadmap.n_beads, cold.n_refine)
+    with torch.no_grad():
+        a = cold.repair(x, box, noise)
+        torch.testing.assert_close(plain.repair(x, box, 0.5 * noise), a, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.jit.script(cold).repair(x, box, noise), a, rtol=0, atol=1e-6)
+        batched = cold.batched(2).repair(torch.cat([x, x]), torch.stack([box, box]), torch.cat([noise, noise], 1))
+        torch.testing.assert_close(batched, torch.cat([a, a]), rtol=0, atol=1e-5)
+    assert float((a - plain.repair(x, box, noise)).abs().max()) > 1e-5
+    with pytest.raises(ValueError, match="temp=T with T >= 0"):
+        parse_refine("model,temp=-1")
+    with pytest.raises(ValueError, match="concatenate|same refinement"):
+        LearnedStep.concatenate([cold, plain])

@@ -121,6 +121,7 @@ class ScoreGNN(nn.Module):
         scheme: str = "langevin",
         skin: float = 0.0,
         wall: Optional[Wall] = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """Repair ``x`` (N, 3) nm by sampling down the noise ``levels`` (L,) nm (decreasing); see :data:`SCHEMES`.
 
@@ -139,13 +140,16 @@ class ScoreGNN(nn.Module):
         ``noise`` holds one row of standard normals z (N, 3) per evaluation, consumed in order. With ``skin`` > 0
         (nm) the evaluations share a Verlet neighbour list (``graph.neighbour_candidates``), rebuilt only when a
         bead has moved more than skin / 2: the same edges in the same order as a fresh search, so the same result.
-        ``wall`` adds the score of repulsive pair walls (:func:`wall_score`) to every evaluation.
+        ``wall`` adds the score of repulsive pair walls (:func:`wall_score`) to every evaluation. ``temperature``
+        T scales every noise term by sqrt(T): the correctors then sample p_sigma^(1/T) and diffuse the beads T times
+        as far (T = 0: noise-free ascent of log p_sigma).
         """
         n_levels = levels.shape[0]
         if noise.shape[0] != refine_evaluations(scheme, n_levels, steps_per_level):
             raise ValueError("refinement noise must have one row per score evaluation (refine_evaluations)")
         last = levels[n_levels - 1]
         k = 0
+        heat = temperature ** 0.5
         skin = verlet_skin(skin, self.cutoff, box)
         reference = x.new_zeros((0, 3))
         candidates = torch.zeros((2, 0), dtype=torch.long, device=x.device)
@@ -155,13 +159,13 @@ class ScoreGNN(nn.Module):
             for _ in range(steps_per_level):
                 score, candidates, reference = self._listed_score(x, sigma, embed, masses, bonds, box, batch, skin,
                                                                   reference, candidates, wall)
-                x = x + alpha * score + torch.sqrt(2.0 * alpha) * noise[k]
+                x = x + alpha * score + heat * torch.sqrt(2.0 * alpha) * noise[k]
                 k += 1
             if scheme == "pc" and i + 1 < n_levels:
                 d = levels[i] ** 2 - levels[i + 1] ** 2
                 score, candidates, reference = self._listed_score(x, sigma, embed, masses, bonds, box, batch, skin,
                                                                   reference, candidates, wall)
-                x = x + d * score + torch.sqrt(d) * (levels[i + 1] / levels[i]) * noise[k]
+                x = x + d * score + heat * torch.sqrt(d) * (levels[i + 1] / levels[i]) * noise[k]
                 k += 1
         return x
 

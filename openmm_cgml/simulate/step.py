@@ -77,8 +77,8 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
 
 
 #: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
-REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "denoise", "hard_core", "bond_cap",
-               "core_rdf", "rdf_wall", "cluster_noise")
+REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "denoise", "temperature", "hard_core",
+               "bond_cap", "core_rdf", "rdf_wall", "cluster_noise")
 
 
 def _setting(config, refine, key: str, field: str = "") -> float:
@@ -111,6 +111,14 @@ def _denoise(config, refine) -> float:
     if sigma < 0:
         raise ValueError(f"denoise must be a noise level >= 0 nm (0: off), got {sigma}")
     return sigma
+
+
+def _temperature(config, refine) -> float:
+    """The temperature of the refinement's Langevin noise (``ModelConfig.refine_temperature``) of ``refine``."""
+    temperature = _setting(config, refine, "temperature", "refine_temperature")
+    if temperature < 0:
+        raise ValueError(f"the refinement temperature must be >= 0 (1: standard Langevin), got {temperature}")
+    return temperature
 
 
 def _rdf_wall(config, refine) -> float:
@@ -176,7 +184,8 @@ def refine_settings(config, refine=None) -> dict:
     core, cap, onset = _repairs(config, refine)
     denoise = _denoise(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "denoise": denoise, "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
+            "denoise": denoise, "temperature": _temperature(config, refine),
+            "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
             "hard_core": core, "bond_cap": cap, "core_rdf": onset, "rdf_wall": _rdf_wall(config, refine),
             "cluster_noise": _cluster_noise(config, refine)}
 
@@ -196,7 +205,8 @@ def parse_refine(spec: str):
     the training-RDF walls of ``ModelConfig.rdf_wall_pairs`` in the score (``ModelConfig.rdf_wall``; e.g.
     ``"model,wall=0"``); ``,denoise=S`` a
     final noise-free denoising step at noise level S nm (``ModelConfig.refine_denoise``; e.g.
-    ``"model,denoise=0.003"``).
+    ``"model,denoise=0.003"``); ``,temp=T`` the temperature of the refinement's Langevin noise
+    (``ModelConfig.refine_temperature``; e.g. ``"model,temp=1"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
@@ -223,10 +233,12 @@ def parse_refine(spec: str):
             repairs["cluster_noise"] = number
         elif key == "wall" and number >= 0.0 and settings is not False:
             repairs["rdf_wall"] = number
+        elif key == "temp" and number >= 0.0 and settings is not False:
+            repairs["temperature"] = number
         else:
             raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1], ,cap=G "
                              "with G 0 or >= 1, ,step=S with S > 0 nm², ,denoise=S with S >= 0 nm, ,rdf=G with G in "
-                             "[0, 1), ,wall=W with W >= 0 or ,cluster=F with F in [0, 1) "
+                             "[0, 1), ,wall=W with W >= 0, ,temp=T with T >= 0 or ,cluster=F with F in [0, 1) "
                              "(e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
     return {**base, **repairs}
@@ -289,6 +301,7 @@ class LearnedStep(nn.Module):
     steps_per_level: int
     step_size: float
     denoise: float
+    temperature: float
     n_beads: int
     n_replicas: int
     tree_sizes: List[int]
@@ -308,7 +321,8 @@ class LearnedStep(nn.Module):
                  cap: Optional[torch.Tensor] = None, carried: Optional[torch.Tensor] = None,
                  cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
                  cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0, rdf_wall: float = 0.0,
-                 wall_slope: Optional[torch.Tensor] = None, wall_reach: Optional[torch.Tensor] = None):
+                 wall_slope: Optional[torch.Tensor] = None, wall_reach: Optional[torch.Tensor] = None,
+                 temperature: float = 1.0):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -366,6 +380,7 @@ class LearnedStep(nn.Module):
         self.n_refine = refine_evaluations(self.scheme, len(levels), self.steps_per_level)
         self.step_size = float(step_size)
         self.denoise = float(denoise)
+        self.temperature = float(temperature)
         self.periodic = bool(periodic)
         self.n_beads = n
         self.n_replicas = int(n_replicas)
@@ -386,7 +401,9 @@ class LearnedStep(nn.Module):
             decreasing), ``n_levels`` (use the model's last n levels), ``steps_per_level`` (Langevin steps per
             level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``denoise`` (noise
             level sigma, nm, of a final noise-free step x + sigma² s(x, sigma) after the refinement, the Tweedie
-            estimate of the clean frame; 0: none; default ``ModelConfig.refine_denoise``), ``hard_core``
+            estimate of the clean frame; 0: none; default ``ModelConfig.refine_denoise``), ``temperature``
+            (of the refinement's Langevin noise, scaled by its square root; default
+            ``ModelConfig.refine_temperature``), ``hard_core``
             (fraction of each bead-type pair's closest approach in the training data below which non-bonded
             beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``core_rdf`` (raise each pair's
             core to where its pooled training RDF first reaches this value; 0: off; needs hard_core > 0),
@@ -453,7 +470,7 @@ class LearnedStep(nn.Module):
                    cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
                    cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
                    denoise=_denoise(model.config, refine), rdf_wall=wall, wall_slope=wall_slope,
-                   wall_reach=wall_reach).to(device)
+                   wall_reach=wall_reach, temperature=_temperature(model.config, refine)).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -487,6 +504,7 @@ class LearnedStep(nn.Module):
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
                     other.scheme != first.scheme or other.hard_core != first.hard_core or \
                     other.denoise != first.denoise or other.rdf_wall != first.rdf_wall or \
+                    other.temperature != first.temperature or \
                     other.bond_cap != first.bond_cap or other.cluster_noise != first.cluster_noise or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
@@ -504,7 +522,7 @@ class LearnedStep(nn.Module):
             first.bond_cap, torch.block_diag(*[s.cap for s in steps]), torch.cat([s.carried for s in steps]),
             first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
             first.denoise, first.rdf_wall, torch.block_diag(*[s.wall_slope for s in steps]),
-            torch.block_diag(*[s.wall_reach for s in steps]),
+            torch.block_diag(*[s.wall_reach for s in steps]), first.temperature,
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -531,7 +549,8 @@ class LearnedStep(nn.Module):
             wall = (self.wall_beads, self.bead_types, self.wall_slope, self.wall_reach)
         if self.n_refine > 0:
             x = self.score.refine(x, self.levels, self.steps_per_level, self.step_size, refine_noise, self.embed,
-                                  self.masses, self.bonds, box, self.batch, self.scheme, self.skin, wall)
+                                  self.masses, self.bonds, box, self.batch, self.scheme, self.skin, wall,
+                                  self.temperature)
         if self.denoise > 0:  # Tweedie: the mean clean frame given x at this noise level (Song et al. 2021's last step)
             sigma = x.new_full((x.shape[0],), self.denoise)
             score = self.score(x, sigma, self.embed, self.masses, self.bonds, box, self.batch)

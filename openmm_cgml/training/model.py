@@ -97,6 +97,10 @@ class ArchitectureConfig(Config):
     refine_step_size: float = 5e-7  # nm², alpha at the last level
     # > 0: after the refinement, one noise-free denoising step x + s² score(x, s) at this noise level s (nm)
     refine_denoise: float = 0.0
+    # temperature T of the refinement's Langevin noise, relative to the data's: noise scaled by sqrt(T), so the
+    # correctors sample p_sigma^(1/T). Every corrector step also diffuses the beads a little, transport the dynamics
+    # GNN already predicts; T < 1 cuts that extra random displacement. 1 = standard annealed Langevin
+    refine_temperature: float = 1.0
     # excluded volume after the refinement: no non-bonded pair closer than this fraction of that bead-type pair's
     # closest approach in the training data (contacts.json); 0 = off
     hard_core: float = 0.0
@@ -134,6 +138,7 @@ class ArchitectureConfig(Config):
         check(self.refine_scheme in SCHEMES, f"refine_scheme must be one of {list(SCHEMES)}, got {self.refine_scheme!r}")
         check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0 and self.refine_denoise >= 0,
               "refine_steps_per_level, refine_step_size and refine_denoise must be >= 0")
+        check(self.refine_temperature >= 0, f"refine_temperature must be >= 0, got {self.refine_temperature}")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
         check(0.0 <= self.core_rdf < 1.0 and (self.core_rdf == 0.0 or self.hard_core > 0),
