@@ -440,8 +440,20 @@ def _structure_repair_lines() -> list:
             rg2 = f"{row['rg2_nm2']:.4f}" + (f" ({100 * row['rg2_error']:+.1f} %)" if "rg2_error" in row else "")
             lines.append(f"| {name} | `{spec}` | {label} | {peaks[0]} | {peaks[1]} | "
                          f"{row['li_li_within_0.5nm']:.3f} | {rg2} | {shares if label == 'refined' else ''} |")
-    return lines + [f"- `{runs[0]['command']}` ({runs[0]['frames']} frames each; the others differ in "
-                    "--reference and --refine)", ""]
+    lines += [f"- `{runs[0]['command']}` ({runs[0]['frames']} frames each; the others differ in "
+              "--reference and --refine)", ""]
+    moved = [run for run in runs if "step_transport" in run]
+    if moved:  # newer runs: one step's transport, dynamics alone and whole, against the true step
+        lines += ["## One learned step from true frames: mean-square displacement / the true step's",
+                  "| reference | refinement | dynamics alone (Li, TFSI, PEO, chain centres) | whole step (same) |",
+                  "|---|---|---|---|"]
+        for run in moved:
+            rows = [run["step_transport"][k] for k in ("LI", "TFS", "PEO", "chain_com") if k in run["step_transport"]]
+            lines.append(f"| {run['reference'].split('/')[-3]} | `{_refine_spec(run['command'])}` | "
+                         + " | ".join(", ".join(f"{row[key]:.2f}" for row in rows)
+                                      for key in ("predicted_ratio", "one_step_ratio")) + " |")
+        lines.append("")
+    return lines
 
 
 def _refine_screen_table(screen: str) -> list:

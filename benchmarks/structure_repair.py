@@ -10,7 +10,8 @@ From ``--frames`` frames spread over an all-atom CG dataset (never a training se
   frames' statistics unchanged, so what changes here is the score's own bias;
 - ``one_step``: one whole learned step (dynamics, then repair) from each frame with its true velocity history.
   A long run inherits this error, so what ``one_step`` loses beyond ``refined`` is what the repair fails to undo
-  of the dynamics' prediction.
+  of the dynamics' prediction;
+- ``predicted``: the same step's dynamics prediction alone, before any repair (the same noise).
 
 ``--cluster-noise F`` adds ``cluster_step``: the same step with ion-cluster noise (``--refine ...,cluster=F``, see
 ``openmm_cgml.nn.dynamics``): each Li⁺ joins the noise group of its nearest binding partner (within the model
@@ -20,8 +21,10 @@ dropped.
 
 For each: the RDF first-peak heights of every species pair, Li⁺ neighbours of a Li⁺ within 0.5 nm (all-atom: 0)
 and the mean chain Rg²; per species the mean squared displacement (nm²) that the repair alone adds to a true frame,
-against the true displacement over one model step: the repair's share of transport. Writes JSON and a figure of
-the Li–PEO and Li–TFSI RDFs of the three sets.
+against the true displacement over one model step: the repair's share of transport. ``step_transport`` compares,
+per species and for the centres of mass of multi-bead molecules (``chain_com``), the one-step displacement of the
+dynamics alone and of the whole step with the true one: on a system the dynamics GNN transfers to, both ratios
+are near 1. Writes JSON and a figure of the Li–PEO and Li–TFSI RDFs of the sets.
 """
 import json
 import sys
@@ -31,6 +34,7 @@ import torch
 
 from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
+from openmm_cgml.pbc import bond_forest
 from openmm_cgml.simulate import LearnedStep, parse_refine
 from openmm_cgml.simulate.step import refine_settings, step_noise
 from openmm_cgml.training.model import load_model, model_path
@@ -38,15 +42,16 @@ from openmm_cgml.training.model import load_model, model_path
 from .accuracy import CONTACT_NM, structure
 from .common import benchmark_parser, figure_path, machine, set_threads, write_json
 
-SETS = ("true", "refined", "one_step")
+SETS = ("true", "refined", "one_step", "predicted")
 #: Species pairs drawn in the figure.
 DRAWN = ("LI-PEO", "LI-TFS")
 
 
-def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray, box: np.ndarray, seed: int,
-                 cluster: "LearnedStep | None" = None):
-    """(F, N, 3) nm positions of the sets for reference frames ``frames`` of unwrapped positions ``x``; with
-    ``cluster`` (the step with ion-cluster noise) also ``cluster_step``."""
+def learned_sets(step: LearnedStep, dynamics: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray,
+                 box: np.ndarray, seed: int, cluster: "LearnedStep | None" = None):
+    """(F, N, 3) nm positions of the sets for reference frames ``frames`` of unwrapped positions ``x``
+    (``predicted`` from ``dynamics``, the model's step without repair); with ``cluster`` (the step with ion-cluster
+    noise) also ``cluster_step``."""
     h = step.history_length
     box_t = torch.as_tensor(box, dtype=torch.float32)
     out = {name: [] for name in SETS + (("cluster_step",) if cluster is not None else ())}
@@ -59,21 +64,42 @@ def learned_sets(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarr
             out["true"].append(x[i])
             out["refined"].append(step.repair(now, box_t, refine_noise).numpy())
             out["one_step"].append(step(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
+            out["predicted"].append(dynamics(now, history, box_t, dyn_noise, refine_noise[:0])[0].numpy())
             if cluster is not None:
                 out["cluster_step"].append(cluster(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
     return {name: np.stack(values).astype(np.float64) for name, values in out.items()}
 
 
-def true_step_msd(x: np.ndarray, frames: np.ndarray, stride: int, species: np.ndarray) -> dict:
+def true_step_msd(x: np.ndarray, frames: np.ndarray, stride: int, species: np.ndarray,
+                  chains: "np.ndarray | None" = None) -> dict:
     """Per species, the all-atom mean squared displacement (nm²) over one model step (``stride`` dataset frames)
-    from ``frames``; frames too close to the end for a step are left out."""
+    from ``frames`` (and ``chain_com``'s with ``chains``, see :func:`displacement_msd`); frames too close to the
+    end for a step are left out."""
     ahead = frames[frames + stride < x.shape[0]]
-    return species_means(((x[ahead + stride] - x[ahead]) ** 2).sum(-1), species)
+    return displacement_msd(x[ahead + stride] - x[ahead], species, chains)
 
 
 def species_means(values: np.ndarray, species: np.ndarray) -> dict:
     """Per species, the mean of ``values`` (F, N) over frames and that species' beads."""
     return {kind: float(values[:, species == kind].mean()) for kind in sorted(set(species.tolist()))}
+
+
+def chain_weights(beadmap) -> np.ndarray:
+    """(C, N) mass weights of the centres of mass of the multi-bead molecules (chains) of ``beadmap``."""
+    _, _, _, molecule = bond_forest(np.asarray(beadmap.bonds, dtype=np.int64).reshape(-1, 2), beadmap.n_beads)
+    masses = np.asarray(beadmap.bead_masses, dtype=np.float64)
+    weights = np.stack([np.where(molecule == m, masses, 0.0) for m in np.unique(molecule)])
+    weights = weights[(weights > 0).sum(axis=1) > 1]
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def displacement_msd(d: np.ndarray, species: np.ndarray, chains: "np.ndarray | None" = None) -> dict:
+    """Per species the mean squared bead displacement (nm²) of displacements ``d`` (F, N, 3), and with ``chains``
+    (:func:`chain_weights`) that of the chains' centres of mass as ``chain_com``."""
+    out = species_means((d ** 2).sum(-1), species)
+    if chains is not None and chains.size:
+        out["chain_com"] = float((np.einsum("cn,fnk->fck", chains, d) ** 2).sum(-1).mean())
+    return out
 
 
 def draw(curves: dict, path: str) -> str:
@@ -125,11 +151,13 @@ def main(argv=None) -> dict:
     step = LearnedStep.from_model(model, beadmap, refine).eval()
     frames = np.linspace(first, x.shape[0] - 1, args.frames).astype(int)
     species = np.asarray(beadmap.bead_species())
+    dynamics = LearnedStep.from_model(model, beadmap, False).eval()
+    chains = chain_weights(beadmap)
     cluster = None
     if args.cluster_noise:
         base = {} if refine is None else {"n_levels": 0} if refine is False else refine
         cluster = LearnedStep.from_model(model, beadmap, {**base, "cluster_noise": args.cluster_noise}).eval()
-    sets = learned_sets(step, x, stride, frames, box, args.seed, cluster)
+    sets = learned_sets(step, dynamics, x, stride, frames, box, args.seed, cluster)
 
     r_max = 0.45 * float(box.min())
     boxes = np.tile(box, (frames.size, 1))
@@ -139,10 +167,10 @@ def main(argv=None) -> dict:
         table[name] = {"first_peak_height": {pair: peak[1] for pair, peak in peaks.items()},
                        f"li_li_within_{CONTACT_NM}nm": contacts.get("LI-LI"), "rg2_nm2": rg2}
         if name != "true":  # transport over the step (the refined set's is the repair's own displacement)
-            table[name]["msd_from_frame_nm2"] = species_means(((positions - sets["true"]) ** 2).sum(-1), species)
+            table[name]["msd_from_frame_nm2"] = displacement_msd(positions - sets["true"], species, chains)
         curves[name] = {pair: rdf(positions, boxes, species == pair.split("-")[0], species == pair.split("-")[1],
                                   r_max, n_bins=60) for pair in DRAWN}
-    true, true_step = table["true"], true_step_msd(x, frames, stride, species)
+    true, true_step = table["true"], true_step_msd(x, frames, stride, species, chains)
     for name in list(sets)[1:]:
         table[name]["peak_error"] = {pair: height / true["first_peak_height"][pair] - 1.0
                                      for pair, height in table[name]["first_peak_height"].items()}
@@ -156,6 +184,10 @@ def main(argv=None) -> dict:
         "repair_displacement": {kind: {"repair_nm2": repaired, "true_step_nm2": true_step[kind],
                                        "ratio": repaired / true_step[kind]}
                                 for kind, repaired in table["refined"]["msd_from_frame_nm2"].items()},
+        # one step from true frames against the true step: near 1 where the dynamics GNN transfers
+        "step_transport": {kind: {"true_step_nm2": true_step[kind],
+                                  **{f"{name}_ratio": table[name]["msd_from_frame_nm2"][kind] / true_step[kind]
+                                     for name in ("predicted", "one_step")}} for kind in true_step},
         "cluster_noise": args.cluster_noise,
         "figure": draw(curves, figure_path(args.out)),
     }
@@ -167,6 +199,8 @@ def main(argv=None) -> dict:
                                        for pair, h in row["first_peak_height"].items() if pair.startswith("LI"))
               + f"  Li-Li<{CONTACT_NM} nm {row[f'li_li_within_{CONTACT_NM}nm']:.3f}  Rg2 {row['rg2_nm2']:.4f}")
     print(json.dumps(result["repair_displacement"], indent=1))
+    print("one-step MSD / true (dynamics alone, whole step): " + ", ".join(
+        f"{kind} {row['predicted_ratio']:.2f}, {row['one_step_ratio']:.2f}" for kind, row in result["step_transport"].items()))
     return result
 
 

@@ -348,3 +348,19 @@ def test_step_refines_at_the_model_or_requested_temperature(tiny_peo_litfsi):
         parse_refine("model,temp=-1")
     with pytest.raises(ValueError, match="concatenate|same refinement"):
         LearnedStep.concatenate([cold, plain])
+
+
+def test_step_transport_counts_chain_centres_of_mass_once():
+    """``benchmarks.structure_repair``: a two-bead chain (masses 1 and 3) and a lone ion; the chain's centre of
+    mass moves by the mass-weighted mean displacement, the ion is no chain."""
+    from types import SimpleNamespace
+
+    from benchmarks.structure_repair import chain_weights, displacement_msd
+
+    beadmap = SimpleNamespace(bonds=[[0, 1]], n_beads=3, bead_masses=[1.0, 3.0, 7.0])
+    chains = chain_weights(beadmap)
+    np.testing.assert_allclose(chains, [[0.25, 0.75, 0.0]])
+    d = np.zeros((2, 3, 3))
+    d[:, 0, 0], d[:, 1, 0], d[:, 2, 1] = 0.4, 0.0, 2.0  # the chain's centre moves 0.1 nm, the ion 2 nm
+    got = displacement_msd(d, np.array(["PEO", "PEO", "LI"]), chains)
+    assert got == pytest.approx({"PEO": 0.08, "LI": 4.0, "chain_com": 0.01})
