@@ -141,8 +141,8 @@ class ScoreGNN(nn.Module):
         (nm) the evaluations share a Verlet neighbour list (``graph.neighbour_candidates``), rebuilt only when a
         bead has moved more than skin / 2: the same edges in the same order as a fresh search, so the same result.
         ``wall`` adds the score of repulsive pair walls (:func:`wall_score`) to every evaluation. ``temperature``
-        T scales every noise term by sqrt(T): the correctors then sample p_sigma^(1/T) and diffuse the beads T times
-        as far (T = 0: noise-free ascent of log p_sigma).
+        T scales every noise term by sqrt(T): the correctors then sample p_sigma^(1/T), and their diffusion moves
+        beads T times the mean-square distance (T = 0: noise-free ascent of log p_sigma).
         """
         n_levels = levels.shape[0]
         if noise.shape[0] != refine_evaluations(scheme, n_levels, steps_per_level):
