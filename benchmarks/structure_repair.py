@@ -34,7 +34,6 @@ import torch
 
 from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
-from openmm_cgml.pbc import bond_forest
 from openmm_cgml.simulate import LearnedStep, parse_refine
 from openmm_cgml.simulate.step import refine_settings, step_noise
 from openmm_cgml.training.model import load_model, model_path
@@ -86,7 +85,7 @@ def species_means(values: np.ndarray, species: np.ndarray) -> dict:
 
 def chain_weights(beadmap) -> np.ndarray:
     """(C, N) mass weights of the centres of mass of the multi-bead molecules (chains) of ``beadmap``."""
-    _, _, _, molecule = bond_forest(np.asarray(beadmap.bonds, dtype=np.int64).reshape(-1, 2), beadmap.n_beads)
+    molecule = np.asarray(beadmap.bead_molecule)
     masses = np.asarray(beadmap.bead_masses, dtype=np.float64)
     weights = np.stack([np.where(molecule == m, masses, 0.0) for m in np.unique(molecule)])
     weights = weights[(weights > 0).sum(axis=1) > 1]

@@ -357,7 +357,7 @@ def test_step_transport_counts_chain_centres_of_mass_once():
 
     from benchmarks.structure_repair import chain_weights, displacement_msd
 
-    beadmap = SimpleNamespace(bonds=[[0, 1]], n_beads=3, bead_masses=[1.0, 3.0, 7.0])
+    beadmap = SimpleNamespace(bead_molecule=[5, 5, 2], bead_masses=[1.0, 3.0, 7.0])
     chains = chain_weights(beadmap)
     np.testing.assert_allclose(chains, [[0.25, 0.75, 0.0]])
     d = np.zeros((2, 3, 3))
