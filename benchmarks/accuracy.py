@@ -21,6 +21,7 @@ from openmm_cgml.analysis import (collision_thresholds, compare_diffusivities, c
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
 from openmm_cgml.simulate.step import refine_settings
+from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model, model_path
 
 from .common import benchmark_parser, machine, set_threads, write_json
@@ -97,9 +98,9 @@ def main(argv=None) -> None:
     thresholds = collision_thresholds(args.model, beadmap)
     result = {
         "machine": machine(),
-        "reference": os.path.abspath(args.reference), "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
+        "reference": provenance_path(args.reference), "reference_ns": float(ref_x.shape[0] * interval / 1000.0),
         "reference_system": provenance.get("system", provenance.get("builder_args")),
-        "model": os.path.abspath(args.model), "model_trained_on": load_model_extra(args.model),
+        "model": provenance_path(args.model), "model_trained_on": load_model_extra(args.model),
         # the summary's titles read the refinement spec from it (e.g. a ,step=S override)
         "command": "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
         "refine": refine_settings(model.config, refine),

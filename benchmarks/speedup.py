@@ -19,6 +19,7 @@ from openmm import app, unit
 from openmm_cgml.mapping import BeadMap
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, coarse_grain_simulation
 from openmm_cgml.systems import BuiltSystem, build_peo_litfsi
+from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
 from .allatom_throughput import throughput
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
     result = {
         "machine": machine(args.threads),
         "system": built.metadata.get("args"), "n_atoms": built.n_atoms, "n_beads": beadmap.n_beads,
-        "model": os.path.abspath(args.model), "model_timestep_ps": model.timestep_ps,
+        "model": provenance_path(args.model), "model_timestep_ps": model.timestep_ps,
         "allatom_ns_per_day": aa["ns_per_day"],
         "cg_integrator_ns_per_day": dt_ns / per_step_integrator * day,
         "cg_engine_ns_per_day": dt_ns / per_step_engine * day,

@@ -9,7 +9,6 @@ step where a bead moves more than ``--bound`` nm (the integrator's default bound
 Reported per box and in total (benchmarks/results/stability.json): blow-ups and the step they happened at, the
 largest one-step bead move, the mean CG bond length (all-atom mapping: 0.32 nm) and collisions per bead per frame.
 """
-import os
 
 import numpy as np
 from openmm import unit
@@ -18,6 +17,7 @@ from openmm_cgml.analysis import bond_lengths, collision_thresholds, count_colli
 from openmm_cgml.mapping import BeadMap
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp
 from openmm_cgml.systems import build_peo_litfsi
+from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
 
 from .common import Stopwatch, benchmark_parser, machine, set_threads, write_json
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
                   f"mean CG bond {row['mean_cg_bond_nm']:.3f} nm", flush=True)
     result = {
         "machine": machine(),
-        "model": os.path.abspath(args.model), "box": BOX, "cg_ns_per_box": n_steps * model.timestep_ps / 1000.0,
+        "model": provenance_path(args.model), "box": BOX, "cg_ns_per_box": n_steps * model.timestep_ps / 1000.0,
         "bound_nm": args.bound, "boxes": boxes, "seconds": clock.seconds,
         "blow_ups": sum(b["blew_up_at_step"] is not None for b in boxes),
         "largest_move_nm": max(b["largest_move_nm"] for b in boxes),
