@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 
+from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.workflows import DEMO_NS, run_demo
 
 from .common import benchmark_parser, machine, set_threads, write_json
@@ -31,7 +32,7 @@ def main(argv=None) -> None:
         "simulate_seconds": demo["simulate_seconds"], "cg_ns": demo["cg_ns"], "cg_ns_per_day": demo["cg_ns_per_day"],
         "n_atoms": demo["n_atoms"], "n_beads": demo["n_beads"], "box_nm": demo["box_nm"],
         "allatom_box": demo["allatom_box"], "mean_cg_bond_nm": demo["mean_cg_bond_nm"],
-        "max_cg_bond_nm": demo["max_cg_bond_nm"], "model": demo["model"],
+        "max_cg_bond_nm": demo["max_cg_bond_nm"], "model": provenance_path(demo["model"]),
     }
     write_json(result, args.out)
     print(json.dumps(result, indent=2))

@@ -36,6 +36,7 @@ from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate import LearnedStep, parse_refine
 from openmm_cgml.simulate.step import refine_settings, step_noise
+from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import load_model, model_path
 
 from .accuracy import CONTACT_NM, structure
@@ -178,7 +179,7 @@ def main(argv=None) -> dict:
         "machine": machine(args.threads),
         "command": "python -m benchmarks.structure_repair " + " ".join(argv if argv is not None else sys.argv[1:]),
         "reference": args.reference, "reference_ns": float(x.shape[0] * interval / 1000.0),
-        "model": path, "refine": refine_settings(model.config, refine), "frames": int(frames.size),
+        "model": provenance_path(path), "refine": refine_settings(model.config, refine), "frames": int(frames.size),
         "sets": table,
         "repair_displacement": {kind: {"repair_nm2": repaired, "true_step_nm2": true_step[kind],
                                        "ratio": repaired / true_step[kind]}
