@@ -27,6 +27,15 @@ PEO bead or TFSI⁻ that binds it are different molecules, so their sampled move
 partner type's binding radius of a partner joins that partner's noise group, and a fraction f of its variance (and
 of a one-bead partner's) moves to the group's shared noise. Every bead keeps its marginal variance.
 
+Molecule memory (``molecule_memory=True``): a bead's history velocity mixes its molecule's drift with its own
+rattling inside the molecule, and over a 100-ps step the two have different memories (in the PEO references the
+lag-1 correlation of successive chain-centre steps is -0.05 to -0.12, that of a bead relative to its chain's centre
+-0.24 to -0.33). One coefficient per history velocity must compromise between them, and the compromise gives the
+chain centres a step-to-step anti-correlation that the references do not have: sub-diffusive chains. The mean then
+also has per-bead coefficients on the history velocities of the bead's molecule's centre of mass
+(:func:`molecule_mean`), so the two memories are learned apart. Its head starts at zero, so a model fine-tuned into
+molecule memory starts from its old predictions.
+
 Equivariance by construction: the backbone sees only invariants (bead embedding, log mass, speeds |v_k|,
 Gaussian RBFs of edge lengths, edge type, projections of both ends' velocities on the edge's unit vector). The
 mean is ``EdgeVectorHead`` (invariant weights x edge unit vectors) plus invariant per-bead coefficients times the
@@ -60,6 +69,8 @@ class DynamicsGNN(nn.Module):
         molecule_noise: also predict each bead's loading on its molecule's shared noise (else it is zero).
         shell_radius: nm; > 0 makes the Gaussian of each carried bead one over its displacement relative to its
             shell's (see the module docstring; which beads are carried is the caller's mask), 0 = off.
+        molecule_memory: the mean also depends on the history velocities of each bead's molecule's centre of mass
+            (module docstring); :meth:`forward` then needs the molecule index of every bead.
     """
 
     def __init__(
@@ -76,6 +87,7 @@ class DynamicsGNN(nn.Module):
         accel_scale: float = 1.0,
         molecule_noise: bool = False,
         shell_radius: float = 0.0,
+        molecule_memory: bool = False,
     ):
         super().__init__()
         if history_length < 1:
@@ -99,6 +111,12 @@ class DynamicsGNN(nn.Module):
         self.vector_head = EdgeVectorHead(hidden, 1, mlp_layers)
         # Per bead: H coefficients of the history velocities, the raw std and (molecule noise) the raw loading.
         self.node_head = MLP(hidden, hidden, h + 1 + int(self.molecule_noise), mlp_layers, layer_norm=False)
+        # Per bead: H coefficients of its molecule centre's history velocities, zero at the start (module docstring).
+        self.molecule_memory = bool(molecule_memory)
+        self.memory_head = MLP(hidden, hidden, h, mlp_layers, layer_norm=False) if molecule_memory else nn.Identity()
+        if molecule_memory:
+            nn.init.zeros_(self.memory_head[-1].weight)
+            nn.init.zeros_(self.memory_head[-1].bias)
 
     def forward(
         self,
@@ -110,6 +128,8 @@ class DynamicsGNN(nn.Module):
         box: Optional[torch.Tensor] = None,
         batch: Optional[torch.Tensor] = None,
         candidates: Optional[torch.Tensor] = None,
+        molecule: Optional[torch.Tensor] = None,
+        n_molecules: int = 0,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean (N, 3), std (N,) and molecule-noise loading (N,; zeros without molecule noise) of each bead's
         acceleration, all nm/step².
@@ -119,6 +139,7 @@ class DynamicsGNN(nn.Module):
             embed: (N, embed_dim) bead embeddings. masses: (N,) amu. bonds: (M, 2) CG bonds.
             box: None or (3,) / (B, 3) orthorhombic box, nm. batch: (N,) graph index of each bead, or None.
             candidates: None (fresh neighbour search) or a ``graph.neighbour_candidates`` list.
+            molecule: (N,) molecule index of each bead, 0 .. n_molecules - 1 (needed with molecule memory).
         """
         n = pos.shape[0]
         edge_index, edge_vec, edge_type = build_edges(pos, self.cutoff, bonds, box, batch, candidates)
@@ -136,12 +157,28 @@ class DynamicsGNN(nn.Module):
         out = self.node_head(h)
         coef = out[:, : self.history_length].t().unsqueeze(2)  # (H, N, 1)
         mean = self.accel_scale * (vec + (coef * v).sum(dim=0))
+        if self.molecule_memory:
+            if molecule is None:
+                raise ValueError("a molecule-memory dynamics GNN needs the molecule index of every bead")
+            centre = molecule_mean(v, masses, molecule, n_molecules)
+            mean = mean + self.accel_scale * (self.memory_head(h).t().unsqueeze(2) * centre).sum(dim=0)
         std = self.accel_scale * (self.min_std + F.softplus(out[:, self.history_length]))
         if self.molecule_noise:
             shared = self.accel_scale * F.softplus(out[:, self.history_length + 1])
         else:
             shared = torch.zeros_like(std)
         return mean, std, shared
+
+
+def molecule_mean(values: torch.Tensor, weights: torch.Tensor, molecule: torch.Tensor,
+                  n_molecules: int) -> torch.Tensor:
+    """The ``weights``-weighted mean (e.g. masses, amu) of ``values`` (..., N, 3) over each bead's molecule
+    (``molecule`` (N,) in 0 .. n_molecules - 1), given back per bead: (..., N, 3)."""
+    n = values.shape[-2]
+    flat = values.reshape(-1, n, 3).transpose(0, 1).reshape(n, -1)  # (N, ... x 3)
+    w = weights.unsqueeze(1)
+    centre = scatter_sum(flat * w, molecule, n_molecules) / scatter_sum(w, molecule, n_molecules)
+    return centre[molecule].reshape(n, -1, 3).transpose(0, 1).reshape(values.shape)
 
 
 def _molecule_projection(std: torch.Tensor, shared: torch.Tensor, z: torch.Tensor, molecule: torch.Tensor,

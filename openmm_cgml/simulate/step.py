@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..data.contacts import contact_table, rdf_onset, rdf_wall
-from ..nn.backbone import scatter_sum
-from ..nn.dynamics import cluster_loadings, ion_partners, sample_acceleration, shell_mean, shell_pairs
+from ..nn.dynamics import (cluster_loadings, ion_partners, molecule_mean, sample_acceleration, shell_mean,
+                           shell_pairs)
 from ..nn.score import SCHEMES, refine_evaluations, wall_score
 from ..pbc import bond_forest, make_whole_torch, minimum_image_torch
 from .excluded_volume import bond_keys, push_apart
@@ -535,9 +535,7 @@ class LearnedStep(nn.Module):
         bond tree fixes that; the refinement moves a centre of mass far less than half a box, so the whole-box
         shift back to the predicted centre is unambiguous."""
         whole = make_whole_torch(x, bead_box, self.tree_parent, self.tree_child, self.tree_sizes)
-        w = self.masses.unsqueeze(1)
-        d = scatter_sum((whole - x_pred) * w, self.molecule, self.n_molecules)
-        d = (d / scatter_sum(w, self.molecule, self.n_molecules))[self.molecule]
+        d = molecule_mean(whole - x_pred, self.masses, self.molecule, self.n_molecules)
         return whole - bead_box * torch.round(d / bead_box)
 
     def repair(self, x: torch.Tensor, box: Optional[torch.Tensor], refine_noise: torch.Tensor) -> torch.Tensor:
@@ -576,7 +574,8 @@ class LearnedStep(nn.Module):
             box_opt = box
         elif self.periodic:
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
-        mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch)
+        mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch, None,
+                                          self.molecule, self.n_molecules)
         if self.molecule_noise:
             group = self.molecule
             if self.cluster_noise > 0:

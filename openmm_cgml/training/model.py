@@ -70,6 +70,9 @@ class ArchitectureConfig(Config):
     history_length: int = 4
     min_std: float = 1e-3  # in units of accel_scale
     molecule_noise: bool = False  # a noise shared by each molecule's beads (DynamicsGNN)
+    # the mean also follows the history velocities of each bead's molecule's centre of mass (DynamicsGNN): chain
+    # centres get their own memory, apart from their beads' rattling
+    molecule_memory: bool = False
     # residue names of the beads whose Gaussian is relative to their shell's mean acceleration (e.g. [LI]): the
     # beads not carried within shell_radius nm at the current step (DynamicsGNN, "shell motion")
     carried_species: List[str] = field(default_factory=list)
@@ -188,7 +191,7 @@ class CGModel(nn.Module):
         self.embedding = BeadEmbedding(c.embed_dim, c.embed_hidden, c.embed_layers, c.mlp_layers)
         self.dynamics = DynamicsGNN(c.embed_dim, c.history_length, c.cutoff, c.hidden, c.n_layers, c.mlp_layers,
                                     c.n_rbf, c.min_std, c.velocity_scale, c.accel_scale, c.molecule_noise,
-                                    c.shell_radius if c.carried_species else 0.0)
+                                    c.shell_radius if c.carried_species else 0.0, c.molecule_memory)
         self.score = ScoreGNN(c.embed_dim, c.score_cutoff or c.cutoff, c.score_hidden, c.score_layers, c.mlp_layers,
                               c.n_rbf)
 

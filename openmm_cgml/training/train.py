@@ -230,7 +230,8 @@ def window_losses(model: CGModel, graphs: TypeGraphs, wb: WindowBatch, config: T
             ion, shell = shell_pairs(x, carried, model.dynamics.shell_radius, wb.box, wb.batch)
             moved = wb.next - x
             target = torch.where(carried.unsqueeze(1), moved - shell_mean(moved, ion, shell), target)
-        mean, std, shared = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch)
+        mean, std, shared = model.dynamics(x, hist, embed, wb.masses, wb.bonds, wb.box, wb.batch, None,
+                                           wb.molecule, wb.n_molecules)
         if model.dynamics.molecule_noise:
             nll = gaussian_nll(target, mean, std, model.dynamics.accel_scale, shared, wb.molecule, wb.n_molecules)
         else:
@@ -358,13 +359,26 @@ def _initial_model(config: TrainConfig, vocab: BeadVocabulary) -> Optional[CGMod
     return start
 
 
+#: Parameters a fine-tune may add to its ``init_from`` model: they start at zero, so the grown model first predicts
+#: what the old one did (``molecule_memory: true`` on a model trained without it).
+GROWN_PARAMETERS = ("dynamics.memory_head.",)
+
+
 def _take_weights(model: CGModel, start: CGModel, config: TrainConfig):
-    """Copy ``start``'s weights into ``model`` (same architecture) and hold the parts in ``config.freeze`` fixed."""
+    """Copy ``start``'s weights into ``model`` (same architecture, or one grown by :data:`GROWN_PARAMETERS`) and
+    hold the parts in ``config.freeze`` fixed."""
+    problem = None
     try:
-        model.load_state_dict(start.state_dict())
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[1 if len(str(err).splitlines()) > 1 else 0].strip()
-        raise ValueError(f"init_from {config.init_from!r} has another architecture than this config ({first}); "
+        missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    except RuntimeError as err:  # a parameter of another shape
+        lines = str(err).strip().splitlines()
+        problem = lines[1 if len(lines) > 1 else 0].strip()
+    else:
+        missing = [k for k in missing if not k.startswith(GROWN_PARAMETERS)]
+        if missing or unexpected:
+            problem = f"parameters missing: {missing[:3]}, unexpected: {unexpected[:3]}"
+    if problem is not None:
+        raise ValueError(f"init_from {config.init_from!r} has another architecture than this config ({problem}); "
                          "use its architecture fields") from None
     for part in config.freeze:
         getattr(model, part).requires_grad_(False)  # no gradient, so Adam never moves it
