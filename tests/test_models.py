@@ -111,6 +111,55 @@ def test_permutation_equivariance(system):
         torch.testing.assert_close(b, a[perm], atol=2e-5, rtol=1e-4)
 
 
+def test_molecule_memory_is_equivariant_and_follows_the_mass_weighted_centre(system):
+    """With molecule memory the mean stays rotation and permutation equivariant, the molecule centres' history is
+    mass-weighted per molecule (molecule_mean), and one bead's history reaches the other beads of its molecule even
+    where no path of edges does."""
+    from openmm_cgml.nn.dynamics import molecule_mean
+
+    s = system
+    torch.manual_seed(5)
+    dyn = DynamicsGNN(8, H, cutoff=0.6, hidden=16, n_layers=2, n_rbf=8, velocity_scale=0.05, accel_scale=0.02,
+                      molecule_memory=True).eval()
+    torch.nn.init.normal_(dyn.memory_head[-1].weight, std=0.5)  # a trained head: nonzero coefficients
+    molecule = torch.arange(N_BEADS)
+    molecule[[1, 2]] = 0
+    molecule[9], molecule[11] = 5, 10
+    molecule = torch.unique(molecule, return_inverse=True)[1]
+    n_mol = int(molecule.max()) + 1
+    centre = molecule_mean(s["hist"], s["masses"], molecule, n_mol)
+    m = s["masses"][:3].unsqueeze(1)
+    torch.testing.assert_close(centre[:, 2], (s["hist"][:, :3] * m).sum(1) / m.sum(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(centre[:, 3], s["hist"][:, 3])
+
+    def mean(pos, hist, perm=None):
+        embed, masses, mol = s["embed"], s["masses"], molecule
+        bonds = s["bonds"]
+        if perm is not None:
+            inverse = torch.argsort(perm)
+            embed, masses, mol, bonds = embed[perm], masses[perm], mol[perm], inverse[bonds]
+        with torch.no_grad():
+            return dyn(pos, hist, embed, masses, bonds, None, None, None, mol, n_mol)[0]
+
+    ref = mean(s["pos"], s["hist"])
+    rot = _random_rotation(s["gen"])
+    torch.testing.assert_close(mean(s["pos"] @ rot.T, s["hist"] @ rot.T), ref @ rot.T, atol=2e-5, rtol=1e-4)
+    perm = torch.randperm(N_BEADS, generator=s["gen"])
+    torch.testing.assert_close(mean(s["pos"][perm], s["hist"][:, perm], perm), ref[perm], atol=2e-5, rtol=1e-4)
+    # bead 20 moved 10 nm away sees nothing of bead 0 through the graph; joined to bead 0's molecule (an index
+    # only, no bond), it feels bead 0's history through the molecule centre alone
+    pos = s["pos"].clone()
+    pos[20] += 10.0
+    hist = s["hist"].clone()
+    hist[:, 0] += 0.05
+    before, after = mean(pos, s["hist"]), mean(pos, hist)
+    assert torch.equal(before[20], after[20])
+    molecule[20] = molecule[0]
+    assert (mean(pos, hist)[20] - mean(pos, s["hist"])[20]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="molecule index"):
+        dyn(s["pos"], s["hist"], s["embed"], s["masses"], s["bonds"], None, None)
+
+
 def test_embedding_deterministic_and_permutation_invariant():
     torch.manual_seed(0)
     emb = BeadEmbedding(embed_dim=8, hidden=16, n_layers=2).eval()
