@@ -39,7 +39,8 @@ molecule memory starts from its old predictions.
 Equivariance by construction: the backbone sees only invariants (bead embedding, log mass, speeds |v_k|,
 Gaussian RBFs of edge lengths, edge type, projections of both ends' velocities on the edge's unit vector). The
 mean is ``EdgeVectorHead`` (invariant weights x edge unit vectors) plus invariant per-bead coefficients times the
-history velocities, so rotating the input rotates ``mu`` and translations or periodic images change nothing.
+history velocities (and, with molecule memory, the molecule centres' history velocities), so rotating the input
+rotates ``mu`` and translations or periodic images change nothing.
 
 Normalisation: ``velocity_scale`` and ``accel_scale`` (nm per step, nm per step²; RMS values of the training
 data) make the network's inputs and outputs of order one; they are stored in the model config.
