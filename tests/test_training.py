@@ -484,13 +484,13 @@ def test_resume_on_other_data_or_config_is_refused(small_run, tmp_path, capsys):
 
 
 def test_load_model_by_name():
-    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi-molecule-7sets") the same
+    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi-molecule-memory") the same
     by name; the earlier defaults keep their names."""
     from openmm_cgml.training import DEFAULT_MODEL, PRETRAINED_MODELS
 
     assert "peo-litfsi" in PRETRAINED_MODELS and os.path.isdir(PRETRAINED_MODELS["peo-litfsi"])
-    assert PRETRAINED_MODELS["peo-litfsi-molecule-7sets"] == DEFAULT_MODEL != PRETRAINED_MODELS["peo-litfsi-molecule"]
-    by_default, by_name, by_path = load_model(), load_model("peo-litfsi-molecule-7sets"), load_model(DEFAULT_MODEL)
+    assert PRETRAINED_MODELS["peo-litfsi-molecule-memory"] == DEFAULT_MODEL != PRETRAINED_MODELS["peo-litfsi-molecule"]
+    by_default, by_name, by_path = load_model(), load_model("peo-litfsi-molecule-memory"), load_model(DEFAULT_MODEL)
     # its hard core and bond cap come from the training data's statistics, shipped next to the weights
     assert (by_default.config.hard_core, by_default.config.bond_cap) == (0.9, 1.5)
     assert {"min_distance_nm", "max_bond_nm"} <= set(by_default.contacts)
@@ -501,11 +501,13 @@ def test_load_model_by_name():
         assert model.vocab.type_names == shipped["extra"]["vocab"]["type_names"]
         for name, value in model.state_dict().items():
             assert torch.equal(value, by_path.state_dict()[name]), name
-    # the default fine-tuned only its predecessor's dynamics GNN: embedding and score are that model's, bit for bit
-    before = load_model("peo-litfsi-molecule").state_dict()
-    changed = {name.split(".")[0] for name, value in by_default.state_dict().items()
-               if not torch.equal(value, before[name])}
-    assert changed == {"dynamics"}
+    # the default fine-tuned only its predecessors' dynamics GNN (and grew molecule memory there): embedding and
+    # score are peo-litfsi-molecule's, bit for bit
+    before, after = load_model("peo-litfsi-molecule").state_dict(), by_default.state_dict()
+    changed = {name.split(".")[0] for name, value in after.items()
+               if name not in before or not torch.equal(value, before[name])}
+    assert changed == {"dynamics"} and by_default.config.molecule_memory
+    assert set(after) - set(before) == {name for name in after if name.startswith("dynamics.memory_head.")}
     with pytest.raises(ValueError, match=r"unknown model 'peo-litfsi-xl'.*'peo-litfsi'.*'peo-litfsi-multi'") as err:
         load_model("peo-litfsi-xl")
     assert "\n" not in str(err.value)
