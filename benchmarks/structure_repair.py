@@ -24,7 +24,9 @@ and the mean chain Rg²; per species the mean squared displacement (nm²) that t
 against the true displacement over one model step: the repair's share of transport. ``step_transport`` compares,
 per species and for the centres of mass of multi-bead molecules (``chain_com``), the one-step displacement of the
 dynamics alone and of the whole step with the true one: on a system the dynamics GNN transfers to, both ratios
-are near 1. Writes JSON and a figure of the Li–PEO and Li–TFSI RDFs of the sets.
+are near 1. ``step_memory`` compares the lag-1 memory of chain centres, of the beads within their chains and of
+the one-bead molecules, all-atom and in the dynamics GNN's mean (:func:`step_memory`). Writes JSON and a figure of
+the Li–PEO and Li–TFSI RDFs of the sets.
 """
 import json
 import sys
@@ -99,6 +101,54 @@ def displacement_msd(d: np.ndarray, species: np.ndarray, chains: "np.ndarray | N
     out = species_means((d ** 2).sum(-1), species)
     if chains is not None and chains.size:
         out["chain_com"] = float((np.einsum("cn,fnk->fck", chains, d) ** 2).sum(-1).mean())
+    return out
+
+
+def step_memory(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarray, box: np.ndarray,
+                beadmap) -> dict:
+    """The step-to-step memory of the motion, all-atom and as the dynamics GNN predicts it from true frames.
+
+    For the centres of mass of the chains (``chain_com``), the beads' motion relative to their chain's centre
+    (``internal``) and the one-bead molecules (``single``; beads the step carries with their shell are left out):
+    1 + the least-squares slope of the acceleration on the last velocity (per model step, over every bead and
+    Cartesian component), with the all-atom next frame (``allatom``) and with the dynamics GNN's mean (``model``).
+    For a stationary series it is the lag-1 correlation of successive steps; a model below the all-atom value
+    reverses its steps too much and makes that part sub-diffusive.
+    """
+    molecule = np.asarray(beadmap.bead_molecule)
+    masses = np.asarray(beadmap.bead_masses, dtype=np.float64)
+    size = np.bincount(molecule)[molecule]
+    single = (size == 1) & ~step.carried.numpy()
+    weight = np.bincount(molecule, weights=masses)
+
+    def centre(d):  # per bead, its molecule's mass-weighted mean of d (F, N, 3)
+        sums = np.stack([np.bincount(molecule, weights=masses * d[f, :, k], minlength=weight.size)
+                         for f in range(d.shape[0]) for k in range(3)]).reshape(d.shape[0], 3, -1)
+        return (sums / weight).transpose(0, 2, 1)[:, molecule]
+
+    h, box_t = step.history_length, torch.as_tensor(box, dtype=torch.float32)
+    ahead = frames[frames + stride < x.shape[0]]
+    mean = []
+    with torch.no_grad():
+        for i in ahead:
+            history = torch.as_tensor(np.stack([x[i - (h - j - 1) * stride] - x[i - (h - j) * stride]
+                                                for j in range(h)]), dtype=torch.float32)
+            mean.append(step.dynamics(torch.as_tensor(x[i], dtype=torch.float32), history, step.embed, step.masses,
+                                      step.bonds, box_t, step.batch, None, step.molecule, step.n_molecules)[0].numpy())
+    v = x[ahead] - x[ahead - stride]
+    parts = {"allatom": x[ahead + stride] - x[ahead] - v, "model": np.stack(mean).astype(np.float64)}
+    chains = size > 1
+    select = {
+        "chain_com": lambda d: centre(d)[:, chains],  # every bead of a chain repeats its centre: a mass-free mean
+        "internal": lambda d: (d - centre(d))[:, chains],
+        "single": lambda d: d[:, single],
+    }
+    out = {}
+    for kind, pick in select.items():
+        vk = pick(v)
+        if vk.size:
+            norm = float((vk * vk).sum())
+            out[kind] = {name: 1.0 + float((vk * pick(a)).sum()) / norm for name, a in parts.items()}
     return out
 
 
@@ -188,6 +238,8 @@ def main(argv=None) -> dict:
         "step_transport": {kind: {"true_step_nm2": true_step[kind],
                                   **{f"{name}_ratio": table[name]["msd_from_frame_nm2"][kind] / true_step[kind]
                                      for name in ("predicted", "one_step")}} for kind in true_step},
+        # lag-1 memory of the step (1 + slope of acceleration on velocity): all-atom and the dynamics GNN's mean
+        "step_memory": step_memory(dynamics, x, stride, frames, box, beadmap),
         "cluster_noise": args.cluster_noise,
         "figure": draw(curves, figure_path(args.out)),
     }
@@ -201,6 +253,8 @@ def main(argv=None) -> dict:
     print(json.dumps(result["repair_displacement"], indent=1))
     print("one-step MSD / true (dynamics alone, whole step): " + ", ".join(
         f"{kind} {row['predicted_ratio']:.2f}, {row['one_step_ratio']:.2f}" for kind, row in result["step_transport"].items()))
+    print("lag-1 step memory, all-atom / model mean: " + ", ".join(
+        f"{kind} {row['allatom']:+.3f} / {row['model']:+.3f}" for kind, row in result["step_memory"].items()))
     return result
 
 
