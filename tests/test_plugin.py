@@ -1,4 +1,6 @@
 """The compiled plugin (plugin_kernels/): same trajectory as the Python integrator, checkpoints, XML, errors."""
+import copy
+
 import numpy as np
 import openmm
 import pytest
@@ -16,14 +18,15 @@ needs_plugin = pytest.mark.skipif(not plugin.is_available(),
                                   reason=f"compiled plugin unavailable: {plugin._unavailable}")
 
 
-def tiny_model(beadmap, seed=0):
-    """A small untrained CG model (as in test_simulate.py) with two refinement evaluations per step."""
+def tiny_model(beadmap, seed=0, **options):
+    """A small untrained CG model (as in test_simulate.py) with two refinement evaluations per step; ``options``:
+    more ModelConfig fields."""
     torch.manual_seed(seed)
     vocab = BeadVocabulary(list(beadmap.type_names), list(beadmap.type_graphs))
     config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=2, score_hidden=16,
                          score_layers=1, n_rbf=8, cutoff=0.7, history_length=2, timestep_ps=100.0, periodic=True,
                          velocity_scale=0.05, accel_scale=0.02, refine_levels=2, refine_steps_per_level=1,
-                         mapping=dict(MAPPING))
+                         mapping=dict(MAPPING), **options)
     model = CGModel(config, vocab)
     model.set_scales(0.05, 0.02)
     return model.eval()
@@ -83,6 +86,25 @@ def test_compiled_and_python_integrators_agree_over_20_steps(setup, tmp_path, pl
     np.testing.assert_allclose(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond),
                                compiled.integrator.get_history()[-1] / 100.0, rtol=1e-6, atol=1e-9)
     assert len((tmp_path / "log.csv").read_text().strip().splitlines()) == 5
+
+
+@needs_plugin
+def test_compiled_step_carries_molecule_memory(setup):
+    """The exported step passes every bead's molecule to a molecule-memory dynamics GNN (here with a nonzero head,
+    as after training): compiled and Python integrators agree, and differ from the same model with the head at zero."""
+    built, beadmap, _ = setup
+    model = tiny_model(beadmap, molecule_memory=True)
+    torch.nn.init.normal_(model.dynamics.memory_head[-1].weight, std=1.0)
+    bound = 10.0 * unit.nanometer
+    compiled = simulation(built, model, "compiled", max_displacement=bound)
+    python = simulation(built, model, "python", max_displacement=bound)
+    silent = copy.deepcopy(model)
+    torch.nn.init.zeros_(silent.dynamics.memory_head[-1].weight)
+    plain = simulation(built, silent, "python", max_displacement=bound)
+    for sim in (compiled, python, plain):
+        sim.step(3)
+    np.testing.assert_allclose(positions(compiled), positions(python), rtol=0, atol=2e-5)
+    assert np.abs(positions(python) - positions(plain)).max() > 1e-4
 
 
 def _has_platform(name):
