@@ -24,7 +24,7 @@ from openmm_cgml.simulate.step import refine_settings
 from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model, model_path
 
-from .common import benchmark_parser, machine, set_threads, write_json
+from .common import benchmark_parser, machine, set_threads, true_history, write_json
 
 
 #: Contact distance of the close-contact check, nm (issue #12: no Li–Li weight below 0.5 nm).
@@ -78,8 +78,7 @@ def main(argv=None) -> None:
     first = h * stride
     starts = np.linspace(first, ref_x.shape[0] - 1, args.replicas).astype(int)
     x0 = ref_x[starts]
-    history = np.stack([np.stack([ref_x[s - (h - k - 1) * stride] - ref_x[s - (h - k) * stride] for k in range(h)])
-                        for s in starts])
+    history = true_history(ref_x, starts, stride, h)
     box = ref_box[0] if ref_box is not None else None
     refine = parse_refine(args.refine)
     step = LearnedStep.from_model(model, beadmap, refine)

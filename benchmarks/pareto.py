@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from .common import Stopwatch, benchmark_parser, figure_path, machine, set_threads, write_json
+from .common import Stopwatch, benchmark_parser, figure_path, machine, set_threads, true_history, write_json
 
 #: Refinement settings of the front; ``model`` is each model's shipped default.
 SETTINGS = ["none", "model", "langevin:8x5", "langevin:2x2", "pc:3x0", "pc:4x0", "pc:5x0", "pc:2x1"]
@@ -156,8 +156,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
         stride = int(round(model.timestep_ps / interval))
         h = model.history_length
         starts = np.linspace(h * stride, ref_x.shape[0] - 1, replicas).astype(int)
-        history = np.stack([np.stack([ref_x[s - (h - k - 1) * stride] - ref_x[s - (h - k) * stride]
-                                      for k in range(h)]) for s in starts])
+        history = true_history(ref_x, starts, stride, h)
         box = ref_box[0]
         r_max = 0.45 * float(box.min())
         pairs = {"LI-LI": ("LI", "LI"), "LI-PEO": ("LI", "PEO")}

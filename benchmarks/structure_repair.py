@@ -36,13 +36,14 @@ import torch
 
 from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
+from openmm_cgml.nn.dynamics import molecule_mean
 from openmm_cgml.simulate import LearnedStep, parse_refine
 from openmm_cgml.simulate.step import refine_settings, step_noise
 from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import load_model, model_path
 
 from .accuracy import CONTACT_NM, structure
-from .common import benchmark_parser, figure_path, machine, set_threads, write_json
+from .common import benchmark_parser, figure_path, machine, set_threads, true_history, write_json
 
 SETS = ("true", "refined", "one_step", "predicted")
 #: Species pairs drawn in the figure.
@@ -54,15 +55,13 @@ def learned_sets(step: LearnedStep, dynamics: LearnedStep, x: np.ndarray, stride
     """(F, N, 3) nm positions of the sets for reference frames ``frames`` of unwrapped positions ``x``
     (``predicted`` from ``dynamics``, the model's step without repair); with ``cluster`` (the step with ion-cluster
     noise) also ``cluster_step``."""
-    h = step.history_length
     box_t = torch.as_tensor(box, dtype=torch.float32)
+    histories = torch.as_tensor(true_history(x, frames, stride, step.history_length), dtype=torch.float32)
     out = {name: [] for name in SETS + (("cluster_step",) if cluster is not None else ())}
     with torch.no_grad():
-        for k, i in enumerate(frames):
+        for k, (i, history) in enumerate(zip(frames, histories)):
             dyn_noise, refine_noise = step_noise(seed, k, x.shape[1], int(step.n_refine))
             now = torch.as_tensor(x[i], dtype=torch.float32)
-            history = torch.as_tensor(np.stack([x[i - (h - j - 1) * stride] - x[i - (h - j) * stride]
-                                                for j in range(h)]), dtype=torch.float32)
             out["true"].append(x[i])
             out["refined"].append(step.repair(now, box_t, refine_noise).numpy())
             out["one_step"].append(step(now, history, box_t, dyn_noise, refine_noise)[0].numpy())
@@ -115,40 +114,31 @@ def step_memory(step: LearnedStep, x: np.ndarray, stride: int, frames: np.ndarra
     For a stationary series it is the lag-1 correlation of successive steps; a model below the all-atom value
     reverses its steps too much and makes that part sub-diffusive.
     """
-    molecule = np.asarray(beadmap.bead_molecule)
-    masses = np.asarray(beadmap.bead_masses, dtype=np.float64)
-    size = np.bincount(molecule)[molecule]
-    single = (size == 1) & ~step.carried.numpy()
-    weight = np.bincount(molecule, weights=masses)
+    molecule = torch.as_tensor(np.asarray(beadmap.bead_molecule))
+    masses = torch.as_tensor(np.asarray(beadmap.bead_masses, dtype=np.float64))
+    size = torch.bincount(molecule)[molecule]
+    chains, single = (size > 1).numpy(), ((size == 1) & ~step.carried).numpy()
 
-    def centre(d):  # per bead, its molecule's mass-weighted mean of d (F, N, 3)
-        sums = np.stack([np.bincount(molecule, weights=masses * d[f, :, k], minlength=weight.size)
-                         for f in range(d.shape[0]) for k in range(3)]).reshape(d.shape[0], 3, -1)
-        return (sums / weight).transpose(0, 2, 1)[:, molecule]
+    def parts(d):  # chain centres (repeated on each of their beads: a mass-free mean), within chains, one-bead
+        centre = molecule_mean(torch.as_tensor(d), masses, molecule, int(molecule.max()) + 1).numpy()
+        return {"chain_com": centre[:, chains], "internal": (d - centre)[:, chains], "single": d[:, single]}
 
-    h, box_t = step.history_length, torch.as_tensor(box, dtype=torch.float32)
+    box_t = torch.as_tensor(box, dtype=torch.float32)
     ahead = frames[frames + stride < x.shape[0]]
-    mean = []
+    histories = true_history(x, ahead, stride, step.history_length)
     with torch.no_grad():
-        for i in ahead:
-            history = torch.as_tensor(np.stack([x[i - (h - j - 1) * stride] - x[i - (h - j) * stride]
-                                                for j in range(h)]), dtype=torch.float32)
-            mean.append(step.dynamics(torch.as_tensor(x[i], dtype=torch.float32), history, step.embed, step.masses,
-                                      step.bonds, box_t, step.batch, None, step.molecule, step.n_molecules)[0].numpy())
-    v = x[ahead] - x[ahead - stride]
-    parts = {"allatom": x[ahead + stride] - x[ahead] - v, "model": np.stack(mean).astype(np.float64)}
-    chains = size > 1
-    select = {
-        "chain_com": lambda d: centre(d)[:, chains],  # every bead of a chain repeats its centre: a mass-free mean
-        "internal": lambda d: (d - centre(d))[:, chains],
-        "single": lambda d: d[:, single],
-    }
+        mean = np.stack([step.dynamics(torch.as_tensor(x[i], dtype=torch.float32),
+                                       torch.as_tensor(history, dtype=torch.float32), step.embed, step.masses,
+                                       step.bonds, box_t, step.batch, None, step.molecule, step.n_molecules)[0].numpy()
+                         for i, history in zip(ahead, histories)]).astype(np.float64)
+    v = histories[:, -1]
+    velocity = parts(v)
+    accelerations = {"allatom": parts(x[ahead + stride] - x[ahead] - v), "model": parts(mean)}
     out = {}
-    for kind, pick in select.items():
-        vk = pick(v)
+    for kind, vk in velocity.items():
         if vk.size:
             norm = float((vk * vk).sum())
-            out[kind] = {name: 1.0 + float((vk * pick(a)).sum()) / norm for name, a in parts.items()}
+            out[kind] = {name: 1.0 + float((vk * a[kind]).sum()) / norm for name, a in accelerations.items()}
     return out
 
 
