@@ -20,11 +20,12 @@ from openmm_cgml.analysis import (collision_thresholds, compare_diffusivities, c
                                   species_positions)
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, parse_refine
+from openmm_cgml.simulate.calibrate import true_history
 from openmm_cgml.simulate.step import refine_settings
 from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model, model_path
 
-from .common import benchmark_parser, machine, set_threads, true_history, write_json
+from .common import benchmark_parser, machine, set_threads, write_json
 
 
 #: Contact distance of the close-contact check, nm (issue #12: no Li–Li weight below 0.5 nm).

@@ -7,7 +7,7 @@ of them by ``python -m benchmarks``). A script
 - sets torch's thread count with :func:`set_threads`,
 - times with :class:`Stopwatch`,
 - records :func:`machine` under the result's ``"machine"`` key,
-- starts learned runs from reference frames with their velocity history from :func:`true_history`,
+- starts learned runs from reference frames with their velocity history from ``openmm_cgml.simulate.calibrate.true_history``,
 - writes its result with :func:`write_json` (atomically: a reader never sees half a file) to
   ``benchmarks/results/NAME.json``, and a figure, if it draws one, to :func:`figure_path` of that file.
 """
@@ -30,14 +30,6 @@ DATA = os.path.join(HERE, "data")
 
 
 # ---------------------------------------------------------------------------------------------- reference frames
-def true_history(x: np.ndarray, frames, stride: int, history_length: int) -> np.ndarray:
-    """(F, H, N, 3) velocity histories at reference frames ``frames`` (F,) of unwrapped positions ``x`` (T, N, 3)
-    nm: the displacements over the H model steps (``stride`` frames each) that end there, last = most recent, as
-    ``LearnedStep`` takes them (nm per step)."""
-    ends = np.asarray(frames)[:, None] - np.arange(history_length)[::-1] * stride  # (F, H) frame each step ends on
-    return x[ends] - x[ends - stride]
-
-
 # ---------------------------------------------------------------------------------------------- results
 def result_path(name: str) -> str:
     """``benchmarks/results/NAME.json``."""

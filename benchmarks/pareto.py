@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from .common import Stopwatch, benchmark_parser, figure_path, machine, set_threads, true_history, write_json
+from .common import Stopwatch, benchmark_parser, figure_path, machine, set_threads, write_json
 
 #: Refinement settings of the front; ``model`` is each model's shipped default.
 SETTINGS = ["none", "model", "langevin:8x5", "langevin:2x2", "pc:3x0", "pc:4x0", "pc:5x0", "pc:2x1"]
@@ -136,6 +136,7 @@ def peo_front(settings, ns: float, replicas: int, aa_steps: int, progress: bool 
                                       diffusivity_comparison, first_peak, rdf)
     from openmm_cgml.data import CGDataset
     from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp, parse_refine
+    from openmm_cgml.simulate.calibrate import true_history
     from openmm_cgml.simulate.step import refine_settings
     from openmm_cgml.systems import BuiltSystem
     from openmm_cgml.training.model import load_model, model_path

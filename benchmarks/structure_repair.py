@@ -38,12 +38,13 @@ from openmm_cgml.analysis import rdf
 from openmm_cgml.data import CGDataset
 from openmm_cgml.nn.dynamics import molecule_mean
 from openmm_cgml.simulate import LearnedStep, parse_refine
+from openmm_cgml.simulate.calibrate import true_history
 from openmm_cgml.simulate.step import refine_settings, step_noise
 from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import load_model, model_path
 
 from .accuracy import CONTACT_NM, structure
-from .common import benchmark_parser, figure_path, machine, set_threads, true_history, write_json
+from .common import benchmark_parser, figure_path, machine, set_threads, write_json
 
 SETS = ("true", "refined", "one_step", "predicted")
 #: Species pairs drawn in the figure.

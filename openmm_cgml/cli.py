@@ -202,6 +202,24 @@ def _train(args):
                resume=not args.no_resume)
 
 
+def _calibrate(args):
+    _set_threads(args.threads)
+    import numpy as np
+
+    from .simulate.calibrate import calibrate_noise, write_calibrated
+
+    if os.path.exists(args.output):
+        raise SystemExit(f"{args.output} exists; choose a new output directory")
+    result = calibrate_noise(args.model, args.datasets, n_steps=args.steps, replicas=args.replicas,
+                             lag_ps=args.lag_ps, iterations=args.iterations, burn_in=args.burn_in,
+                             seed=args.seed)
+    for k, it in enumerate(result["history"]):
+        ratios = ", ".join(f"{sp} {np.exp(np.mean(np.log(list(r.values())))):.2f}" for sp, r in it["msd_ratio"].items())
+        scales = ", ".join(f"{sp} {v:.3f}" for sp, v in sorted(it["noise_scale"].items())) or "none"
+        print(f"pass {k + 1}: noise_scale {scales} -> rollout/data MSD at {result['lag_ps']:g} ps: {ratios}")
+    print(f"calibrated model written to {write_calibrated(args.model, args.output, result)}")
+
+
 def _train_dig(args):
     _set_threads(args.threads)
     from .training.dig import train_dig_main
@@ -369,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "batch_size stays the global batch")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("calibrate", help="fit a model's per-residue noise factors so rollouts on training sets "
+                                         "reproduce their MSD (writes a calibrated copy)")
+    p.add_argument("model", help="shipped model name or model directory")
+    p.add_argument("datasets", nargs="+", help="the model's training CG datasets (.h5); keep held-out systems out")
+    p.add_argument("-o", "--output", required=True, help="new model directory")
+    p.add_argument("--steps", type=int, default=25, help="model steps per rollout")
+    p.add_argument("--burn-in", type=int, default=5, help="first steps of each rollout left out of the MSD")
+    p.add_argument("--replicas", type=int, default=2, help="rollouts per dataset")
+    p.add_argument("--lag-ps", type=float, default=1000.0, help="lag of the MSD that is matched, ps")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("train-dig", help="train a DiG equilibrium sampler on CG datasets (denoising score matching)")
     p.add_argument("datasets", nargs="+")

@@ -606,3 +606,80 @@ def test_engine_stop_request_saves_a_checkpoint(setup, tmp_path):
     saved = np.load(tmp_path / "run" / "checkpoint.npz")
     assert int(saved["step_index"]) == 2 and list(saved["frames"]) == [3]
     assert np.array_equal(saved["positions"], engine.positions[0])
+
+
+def _brownian_model(std_nm: float):
+    """A 6-dimer periodic model whose step is exactly Brownian: mean acceleration -h[-1] (the last velocity is
+    forgotten), no vector term, spread ``std_nm`` per component, no refinement."""
+    import math
+
+    from test_models import _pair_beadmap
+
+    from openmm_cgml.training.model import BeadVocabulary, CGModel, ModelConfig
+
+    torch.manual_seed(2)
+    bm = _pair_beadmap(6, periodic=True)
+    scale = 0.05
+    config = ModelConfig(embed_dim=8, embed_hidden=8, embed_layers=1, hidden=16, n_layers=1, n_rbf=8, cutoff=0.5,
+                         history_length=2, score_hidden=16, score_layers=1, n_sigmas=4, refine_levels=0,
+                         timestep_ps=100.0, periodic=True, velocity_scale=scale, accel_scale=scale,
+                         molecule_noise=False)
+    model = CGModel(config, BeadVocabulary(bm.type_names, bm.type_graphs)).eval()
+    last, vec = model.dynamics.node_head[-1], model.dynamics.vector_head.weight_mlp[-1]
+    with torch.no_grad():
+        for layer in (last, vec):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        last.bias[1] = -1.0  # coefficient of the most recent history velocity: accel_scale * coef * v = -h[-1]
+        target = std_nm / scale - config.min_std  # softplus(b) = target
+        last.bias[2] = target + math.log(-math.expm1(-target))
+    return model, bm
+
+
+def test_calibration_recovers_the_spread_of_a_brownian_model(tmp_path):
+    """A Brownian model of spread 0.02 nm against Brownian data (dimers) of 0.03 nm per step: the calibrated factor
+    is the analytic 1.5, the copy on disk carries it, and its step applies it (scripted too)."""
+    from openmm_cgml.data import write_dataset
+    from openmm_cgml.simulate.calibrate import calibrate_noise, write_calibrated
+    from openmm_cgml.simulate.step import LearnedStep, step_noise
+    from openmm_cgml.training.model import load_model
+
+    model, bm = _brownian_model(0.02)
+    path = model.save(str(tmp_path / "brownian"))
+    rng = np.random.default_rng(0)
+    pairs = np.cumsum(rng.normal(0.0, 0.03, (300, bm.n_beads // 2, 3)), axis=0) + rng.random((bm.n_beads // 2, 3)) * 3
+    walk = np.repeat(pairs, 2, axis=1) + np.tile([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]], (bm.n_beads // 2, 1))
+    data = write_dataset(str(tmp_path / "walk.h5"), bm, walk, np.tile([3.0, 3.0, 3.0], (300, 1)),
+                         np.arange(300) * 100.0)
+    result = calibrate_noise(path, [data], n_steps=16, replicas=6, lag_ps=200.0, iterations=1, burn_in=1,
+                             progress=False)
+    first = result["history"][0]["msd_ratio"]["PAIR"][data]
+    assert abs(first / (2.0 / 3.0) ** 2 - 1) < 0.2, first  # uncalibrated: (0.02 / 0.03)² of the data's MSD
+    assert abs(result["noise_scale"]["PAIR"] / 1.5 - 1) < 0.1, result["history"]
+    out = write_calibrated(path, str(tmp_path / "calibrated"), result)
+    calibrated = load_model(out)
+    assert calibrated.config.noise_scale == result["noise_scale"]
+    with pytest.raises(FileExistsError, match="exists"):
+        write_calibrated(path, out, result)
+    with pytest.raises(ValueError, match="must exceed the lag"):
+        calibrate_noise(path, [data], n_steps=3, lag_ps=200.0, burn_in=2, progress=False)
+    # the step draws exactly factor x the uncalibrated displacement, eager and scripted
+    x = torch.as_tensor(walk[10], dtype=torch.float32)
+    h = torch.as_tensor(walk[9:11] - walk[8:10], dtype=torch.float32)
+    box = torch.tensor([3.0, 3.0, 3.0])
+    dyn, ref = step_noise(3, 0, bm.n_beads, 0)
+    plain = LearnedStep.from_model(model, bm)
+    scaled = torch.jit.script(LearnedStep.from_model(calibrated, bm))
+    with torch.no_grad():
+        moved, moved_scaled = plain(x, h, box, dyn, ref)[0] - x, scaled(x, h, box, dyn, ref)[0] - x
+    assert torch.allclose(moved_scaled, result["noise_scale"]["PAIR"] * moved, atol=1e-6)
+    assert torch.allclose(moved, 0.02 * dyn, atol=1e-5)
+
+
+def test_noise_scale_must_be_positive_factors():
+    from openmm_cgml.training.model import ModelConfig
+
+    for bad in ({"LI": 0.0}, {"LI": "x"}, {"": 1.0}):
+        with pytest.raises(ValueError, match="noise_scale") as err:
+            ModelConfig(noise_scale=bad).validate()
+        assert "\n" not in str(err.value)

@@ -322,7 +322,7 @@ class LearnedStep(nn.Module):
                  cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
                  cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0, rdf_wall: float = 0.0,
                  wall_slope: Optional[torch.Tensor] = None, wall_reach: Optional[torch.Tensor] = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, noise_scale: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -372,6 +372,9 @@ class LearnedStep(nn.Module):
         self.register_buffer("cluster_reach", reach.to(torch.float32).reshape(n).clone())
         size = torch.bincount(self.molecule, minlength=self.n_molecules) if n else torch.zeros(0, dtype=torch.long)
         self.register_buffer("lone", (size[self.molecule] == 1) if n else torch.zeros(0, dtype=torch.bool))
+        # (N,) factor on each bead's predicted spread (ModelConfig.noise_scale; ones when uncalibrated)
+        scale = torch.ones(n) if noise_scale is None else torch.as_tensor(noise_scale)
+        self.register_buffer("noise_scale", scale.to(torch.float32).reshape(n).clone())
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
         self.scheme = str(scheme)
@@ -470,7 +473,9 @@ class LearnedStep(nn.Module):
                    cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
                    cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
                    denoise=_denoise(model.config, refine), rdf_wall=wall, wall_slope=wall_slope,
-                   wall_reach=wall_reach, temperature=_temperature(model.config, refine)).to(device)
+                   wall_reach=wall_reach, temperature=_temperature(model.config, refine),
+                   noise_scale=torch.as_tensor(model.noise_scales(beadmap.type_names), dtype=torch.float32)[types],
+                   ).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -523,6 +528,7 @@ class LearnedStep(nn.Module):
             first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
             first.denoise, first.rdf_wall, torch.block_diag(*[s.wall_slope for s in steps]),
             torch.block_diag(*[s.wall_reach for s in steps]), first.temperature,
+            torch.cat([s.noise_scale for s in steps]),
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -576,6 +582,7 @@ class LearnedStep(nn.Module):
             raise ValueError("this model is periodic: pass the box edge lengths (nm)")
         mean, std, shared = self.dynamics(x, h, self.embed, self.masses, self.bonds, box_opt, self.batch, None,
                                           self.molecule, self.n_molecules)
+        std, shared = std * self.noise_scale, shared * self.noise_scale
         if self.molecule_noise:
             group = self.molecule
             if self.cluster_noise > 0:

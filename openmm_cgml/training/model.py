@@ -118,6 +118,11 @@ class ArchitectureConfig(Config):
     # (contacts.json "rdf_g"; data.contacts.rdf_wall), where the score has almost no data to learn from; 0 = off
     rdf_wall: float = 0.0
     rdf_wall_pairs: List[str] = field(default_factory=lambda: ["LI-LI"])
+    # residue name -> factor on the dynamics GNN's predicted spread (own and shared) of that residue's beads when
+    # simulating; missing residues: 1. A model trained on one-step windows moves more in its own rollouts than in
+    # the data (it sees its own, slightly hotter frames, and the refinement diffuses beads too); `cgml calibrate`
+    # fits these factors so rollouts on the training sets reproduce their 1-ns MSD
+    noise_scale: Dict[str, float] = field(default_factory=dict)
 
     def validate(self):
         super().validate()
@@ -149,6 +154,9 @@ class ArchitectureConfig(Config):
         check(self.rdf_wall >= 0 and all(isinstance(p, str) and len(p.split("-")) == 2 for p in self.rdf_wall_pairs),
               "rdf_wall must be >= 0 and rdf_wall_pairs a list of residue pairs such as LI-LI, got "
               f"{self.rdf_wall} and {self.rdf_wall_pairs!r}")
+        check(all(isinstance(n, str) and n and isinstance(f, (int, float)) and f > 0
+                  for n, f in self.noise_scale.items()),
+              f"noise_scale must map residue names to factors > 0 (e.g. {{TFS: 0.8}}), got {self.noise_scale!r}")
 
 
 @dataclass
@@ -206,6 +214,10 @@ class CGModel(nn.Module):
         residues = [name.split(":")[0] for name in type_names]
         return ([r in self.config.cluster_ions for r in residues],
                 [float(self.config.cluster_radius_nm.get(r, 0.0)) for r in residues])
+
+    def noise_scales(self, type_names) -> List[float]:
+        """Per bead type (names "RESIDUE:..."): the factor on the predicted spread (``ModelConfig.noise_scale``)."""
+        return [float(self.config.noise_scale.get(name.split(":")[0], 1.0)) for name in type_names]
 
     @property
     def mapping(self) -> dict:
