@@ -209,7 +209,7 @@ def _calibrate(args):
     from .simulate.calibrate import calibrate_noise, write_calibrated
 
     if os.path.exists(args.output):
-        raise SystemExit(f"{args.output} exists; choose a new output directory")
+        raise ValueError(f"-o {args.output} exists; calibrate writes a new model directory")
     result = calibrate_noise(args.model, args.datasets, n_steps=args.steps, replicas=args.replicas,
                              lag_ps=args.lag_ps, iterations=args.iterations, burn_in=args.burn_in,
                              seed=args.seed)
@@ -511,13 +511,13 @@ def _one_line(err: Exception) -> str:
 
 #: Options that must be finite and > 0 (checked before any work, for every verb that has them).
 _POSITIVE_FLOATS = {"ns": "--ns", "every_ps": "--every-ps", "timestep_fs": "--timestep-fs", "frame_ps": "--frame-ps",
-                    "report_every_ps": "--report-every-ps", "temperature": "--temperature"}
+                    "report_every_ps": "--report-every-ps", "temperature": "--temperature", "lag_ps": "--lag-ps"}
 #: Integer options that must be >= 1.
 _POSITIVE_INTS = {"n_blocks": "--n-blocks", "replicas": "--replicas", "n": "-n", "stride": "--stride",
                   "atoms_per_bead": "--atoms-per-bead", "steps": "--steps", "chains": "--chains",
                   "threads": "--threads", "nproc": "--nproc"}
 #: Verbs whose -o is a directory (the others write one file).
-_DIRECTORY_OUTPUTS = {"build", "reference", "analyze", "train", "train-dig", "simulate", "demo"}
+_DIRECTORY_OUTPUTS = {"build", "reference", "analyze", "train", "train-dig", "calibrate", "simulate", "demo"}
 
 
 def _check_arguments(args) -> None:

@@ -508,6 +508,15 @@ def test_load_model_by_name():
                if name not in before or not torch.equal(value, before[name])}
     assert changed == {"dynamics"} and by_default.config.molecule_memory
     assert set(after) - set(before) == {name for name in after if name.startswith("dynamics.memory_head.")}
+    # the rollout-calibrated model: one factor per residue, fitted on committed training sets only
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    calibrated = load_model("peo-litfsi-calibrated")
+    assert set(calibrated.config.noise_scale) == {"LI", "PEO", "TFS"} and not by_default.config.noise_scale
+    with open(os.path.join(PRETRAINED_MODELS["peo-litfsi-calibrated"], "cgml_model.json")) as f:
+        calibration = json.load(f)["extra"]["calibration"]
+    assert calibration["noise_scale"] == calibrated.config.noise_scale
+    assert all(os.path.isfile(os.path.join(root, p)) and "eo4_li9" not in p and "eo6_li8" not in p
+               for p in calibration["datasets"])
     with pytest.raises(ValueError, match=r"unknown model 'peo-litfsi-xl'.*'peo-litfsi'.*'peo-litfsi-multi'") as err:
         load_model("peo-litfsi-xl")
     assert "\n" not in str(err.value)

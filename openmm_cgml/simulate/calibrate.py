@@ -75,12 +75,15 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
     """
     cg = load_model(model)
     lag = int(round(lag_ps / cg.timestep_ps))
+    if iterations < 0 or replicas < 1:
+        raise ValueError(f"need iterations >= 0 and replicas >= 1, got {iterations} and {replicas}")
     if lag < 1 or burn_in < 0 or n_steps - burn_in <= lag:
         raise ValueError(f"n_steps ({n_steps}) minus burn_in ({burn_in}) must exceed the lag ({lag_ps} ps = {lag} "
                          "model steps)")
     h = cg.history_length
     sets = [CalibrationSet.load(p, cg.timestep_ps) for p in datasets]
     for s in sets:
+        LearnedStep.from_model(cg, s.beadmap)  # refuses bead types the model was not trained on, before any work
         if s.positions.shape[0] < h + lag + 2:
             raise ValueError(f"{s.name} has only {s.positions.shape[0]} frames at the model step; need > {h + lag + 1}")
     scale = {str(k): float(v) for k, v in cg.config.noise_scale.items()}
