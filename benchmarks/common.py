@@ -20,8 +20,6 @@ import platform as host
 import tempfile
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Where the results JSON files (and SUMMARY.md) live.
 RESULTS = os.path.join(HERE, "results")
@@ -29,7 +27,6 @@ RESULTS = os.path.join(HERE, "results")
 DATA = os.path.join(HERE, "data")
 
 
-# ---------------------------------------------------------------------------------------------- reference frames
 # ---------------------------------------------------------------------------------------------- results
 def result_path(name: str) -> str:
     """``benchmarks/results/NAME.json``."""

@@ -204,9 +204,7 @@ def _train(args):
 
 def _calibrate(args):
     _set_threads(args.threads)
-    import numpy as np
-
-    from .simulate.calibrate import calibrate_noise, write_calibrated
+    from .simulate.calibrate import calibrate_noise, mean_ratio, write_calibrated
 
     if os.path.exists(args.output):
         raise ValueError(f"-o {args.output} exists; calibrate writes a new model directory")
@@ -214,7 +212,7 @@ def _calibrate(args):
                              lag_ps=args.lag_ps, iterations=args.iterations, burn_in=args.burn_in,
                              seed=args.seed)
     for k, it in enumerate(result["history"]):
-        ratios = ", ".join(f"{sp} {np.exp(np.mean(np.log(list(r.values())))):.2f}" for sp, r in it["msd_ratio"].items())
+        ratios = ", ".join(f"{sp} {mean_ratio(r):.2f}" for sp, r in it["msd_ratio"].items())
         scales = ", ".join(f"{sp} {v:.3f}" for sp, v in sorted(it["noise_scale"].items())) or "none"
         print(f"pass {k + 1}: noise_scale {scales} -> rollout/data MSD at {result['lag_ps']:g} ps: {ratios}")
     print(f"calibrated model written to {write_calibrated(args.model, args.output, result)}")

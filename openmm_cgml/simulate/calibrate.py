@@ -37,6 +37,12 @@ def msd_at_lag(x: np.ndarray, lag: int, species: Sequence[str]) -> Dict[str, flo
     return {str(s): float(d2[species == s].mean()) for s in np.unique(species)}
 
 
+def mean_ratio(per_set: Dict[str, float]) -> float:
+    """The geometric mean of one residue's rollout / data MSD ratios over the datasets (what the calibration
+    drives to 1)."""
+    return float(np.exp(np.mean(np.log(list(per_set.values())))))
+
+
 @dataclass
 class CalibrationSet:
     """One training set's reference: unwrapped positions (T, N, 3) nm at the model step, box (3,) nm, bead map."""
@@ -73,6 +79,8 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
     Returns a dict: ``noise_scale`` (residue -> factor) and ``history`` (per iteration: the factors used and each
     residue's rollout / data MSD ratio per dataset).
     """
+    from tqdm.auto import tqdm
+
     cg = load_model(model)
     lag = int(round(lag_ps / cg.timestep_ps))
     if iterations < 0 or replicas < 1:
@@ -103,7 +111,8 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
         engine = ReplicaEngine(steps, x0, seeds=[seed + r for r in range(len(steps))], history=hist,
                                box=None if boxes[0] is None else np.stack(boxes))
         frames = [[x.copy()] for x in engine.positions]
-        for _ in _progress(range(n_steps), progress, f"calibration pass {it + 1}/{iterations + 1}"):
+        for _ in tqdm(range(n_steps), desc=f"calibration pass {it + 1}/{iterations + 1}", unit="step",
+                      disable=not progress):
             engine.advance()
             for k, x in enumerate(engine.positions):
                 frames[k].append(x.copy())
@@ -119,7 +128,7 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
         if it == iterations:
             break
         for sp, per_set in ratios.items():
-            log_ratio, log_scale = float(np.mean(np.log(list(per_set.values())))), np.log(scale.get(sp, 1.0))
+            log_ratio, log_scale = np.log(mean_ratio(per_set)), np.log(scale.get(sp, 1.0))
             slope = 2.0
             if sp in last:
                 moved = log_scale - last[sp][0]
@@ -147,9 +156,3 @@ def write_calibrated(model: str, out_dir: str, result: dict) -> str:
     os.replace(tmp, out_dir)
     return out_dir
 
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, unit="step")
