@@ -60,8 +60,8 @@ def main(argv=None) -> None:
                         help="refinement: model (its default), none, or SCHEME:LxK such as pc:5x0 or langevin:8x5, "
                              "optionally with a hard core ,core=F, a bond cap ,cap=G, a step size ,step=S nm², "
                              "a final denoising step ,denoise=S nm, an RDF-onset core ,rdf=G, training-RDF walls "
-                             ",wall=W, a refinement temperature ,temp=T and ion-cluster noise "
-                             ",cluster=F (e.g. model,core=0.9,cap=1.2)")
+                             ",wall=W, a refinement temperature ,temp=T, ion-cluster noise ,cluster=F "
+                             "and a step cap ,stepcap=F (e.g. model,core=0.9,cap=1.2)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     args.model = model_path(args.model)  # a shipped model's name, like load_model takes, or a directory

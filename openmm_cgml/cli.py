@@ -445,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "fitted to the training RDF of the model's rdf_wall_pairs (e.g. LI-LI) to the score (0: off); "
                         ",temp=T scales the refinement's Langevin noise by sqrt(T) (1: standard); "
                         ",cluster=F lets ions share the noise of the "
-                        "molecule that binds them with fraction F of their variance (ion-cluster noise)")
+                        "molecule that binds them with fraction F of their variance (ion-cluster noise); ,stepcap=F "
+                        "caps each bead's step at F times the longest one of its type in the training data (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="learned steps between checkpoints (a killed run resumes from the last one)")
     p.add_argument("-o", "--output", required=True,

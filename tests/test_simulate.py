@@ -683,3 +683,49 @@ def test_noise_scale_must_be_positive_factors():
         with pytest.raises(ValueError, match="noise_scale") as err:
             ModelConfig(noise_scale=bad).validate()
         assert "\n" not in str(err.value)
+
+
+def test_step_cap_stops_a_runaway_at_the_longest_training_step(tmp_path):
+    """An anti-damped model (mean acceleration +h[-1]: the velocity doubles every step) runs away; with step_cap
+    every bead's step stays within the cap times its type's longest step in the data (contact_distances, checked by
+    brute force) and keeps its direction, in eager, scripted and batched steps."""
+    from openmm_cgml.data import contact_distances, write_dataset
+    from openmm_cgml.simulate.step import LearnedStep, rollout
+
+    model, bm = _brownian_model(0.001)
+    with torch.no_grad():
+        model.dynamics.node_head[-1].bias[1] = 1.0  # a = +h[-1]
+    rng = np.random.default_rng(1)
+    pairs = np.cumsum(rng.normal(0.0, 0.03, (40, bm.n_beads // 2, 3)), axis=0) + rng.random((bm.n_beads // 2, 3)) * 3
+    walk = np.repeat(pairs, 2, axis=1) + np.tile([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]], (bm.n_beads // 2, 1))
+    data = write_dataset(str(tmp_path / "walk.h5"), bm, walk, np.tile([3.0, 3.0, 3.0], (40, 1)), np.arange(40) * 50.0)
+    contacts = contact_distances([data], timestep_ps=100.0)
+    longest = np.linalg.norm(walk[2:] - walk[:-2], axis=2).max()  # 100 ps = 2 frames
+    assert contacts["max_step_nm"] == [pytest.approx(longest)]
+    with pytest.raises(ValueError, match="not a multiple"):
+        contact_distances([data], timestep_ps=75.0)
+    model.contacts = contacts
+    x = torch.as_tensor(walk[10], dtype=torch.float32)
+    h = torch.full((2, bm.n_beads, 3), 0.05)
+    box = torch.tensor([3.0, 3.0, 3.0])
+    free = LearnedStep.from_model(model, bm)
+    with torch.no_grad():
+        x_free, _ = rollout(free, x, h, box, seed=0, n_steps=8)
+    assert float((x_free - x).norm(dim=1).max()) > 8 * 1.5 * longest  # the runaway outgrows any cap
+    model.config.step_cap = 1.5
+    capped = LearnedStep.from_model(model, bm)
+    assert LearnedStep.from_model(model, bm, refine={"step_cap": 0}).step_cap == 0.0
+    with torch.no_grad():
+        x_cap, h_cap = rollout(capped, x, h, box, seed=0, n_steps=8)
+        x_script, _ = rollout(torch.jit.script(capped), x, h, box, seed=0, n_steps=8)
+        _, h_two = rollout(capped.batched(2), x.repeat(2, 1), h.repeat(1, 2, 1), box.repeat(2, 1), seed=0, n_steps=8)
+    steps = h_cap.norm(dim=2)
+    assert float(steps.max()) <= 1.5 * longest * (1 + 1e-5) and float(steps.min()) > 1.4 * longest  # capped, not cut
+    assert torch.allclose(torch.nn.functional.cosine_similarity(h_cap[-1], h_cap[-2], dim=1), torch.ones(1), atol=1e-3)
+    assert torch.allclose(x_script, x_cap, atol=1e-5)
+    assert float(h_two.norm(dim=2).max()) <= 1.5 * longest * (1 + 1e-5)  # replicas keep their caps
+    model.contacts = {k: v for k, v in contacts.items() if k != "max_step_nm"}
+    with pytest.raises(ValueError, match="step_cap needs"):
+        LearnedStep.from_model(model, bm)
+    with pytest.raises(ValueError, match="step_cap"):
+        type(model.config)(step_cap=0.5).validate()

@@ -431,7 +431,9 @@ def test_contacts_written_by_train(small_run):
 
     with open(os.path.join(small_run["full"], "contacts.json")) as f:
         contacts = json.load(f)
-    assert contacts == json.loads(json.dumps(contact_distances([small_run["data"]])))
+    model = load_model(small_run["full"])
+    assert contacts == json.loads(json.dumps(contact_distances([small_run["data"]], timestep_ps=model.timestep_ps)))
+    assert len(contacts["max_step_nm"]) == len(contacts["type_names"])  # what step_cap reads
     assert contacts["type_names"] == small_run["bm"].type_names
     assert not [f for f in os.listdir(small_run["full"]) if f.endswith(".tmp")]  # atomic writes leave no temp files
 

@@ -115,7 +115,19 @@ def longest_bond(positions, box, types, n_types: int, bonds) -> np.ndarray:
     return np.maximum(table, table.T)
 
 
-def contact_distances(paths, max_frames: int = 200, frame_counts=None) -> dict:
+def longest_step(positions, types, n_types: int, lag: int) -> np.ndarray:
+    """Longest displacement (nm) of a bead over ``lag`` frames, per bead type: (K,), 0 for types with no bead.
+    ``positions`` (T, N, 3) unwrapped nm (as CG datasets store them, so no minimum image is needed)."""
+    x = np.asarray(positions, dtype=np.float64)
+    table = np.zeros(n_types)
+    if lag < 1 or len(x) <= lag:
+        return table
+    distance = np.linalg.norm(x[lag:] - x[:-lag], axis=2).max(axis=0)
+    np.maximum.at(table, np.asarray(types, dtype=np.int64), distance)
+    return table
+
+
+def contact_distances(paths, max_frames: int = 200, frame_counts=None, timestep_ps: float = 0.0) -> dict:
     """Closest approach (nm) of non-bonded bead pairs and longest CG bond per bead-type pair, over CG datasets.
 
     Returns ``{"type_names": [...], "min_distance_nm": K x K list, "max_bond_nm": K x K list}`` with ``None``
@@ -123,7 +135,9 @@ def contact_distances(paths, max_frames: int = 200, frame_counts=None) -> dict:
     :data:`RDF_EDGES_NM`) and ``"rdf_g"`` (K x K x bins: the non-bonded RDF of each type pair pooled over the
     files, i.e. their pair counts over their ideal-gas counts; None where a pair has no ideal count). Frames are
     taken evenly from each file (at most ``max_frames`` per file), from its first ``frame_counts[i]`` frames if
-    given (the part a model was trained on).
+    given (the part a model was trained on). With ``timestep_ps`` > 0 (a model step, a multiple of every file's
+    frame interval) it adds ``"max_step_nm"``: per bead type, the longest displacement over one such step in all
+    those frames (None for a type no file has).
     """
     names: list = []
     tables = []
@@ -137,19 +151,27 @@ def contact_distances(paths, max_frames: int = 200, frame_counts=None) -> dict:
             frames = np.linspace(0, n_frames - 1, min(max_frames, n_frames)).astype(int)
             positions = [ds.positions[t] for t in frames]
             box = None if ds.box is None else ds.box[frames]
+            lag = int(round(timestep_ps / ds.frame_interval_ps)) if timestep_ps > 0 else 0
+            if lag and abs(lag * ds.frame_interval_ps - timestep_ps) > 1e-6 * timestep_ps:
+                raise ValueError(f"{path}: a {timestep_ps:g} ps step is not a multiple of its "
+                                 f"{ds.frame_interval_ps:g} ps frame interval")
+            steps = longest_step(ds.positions[:n_frames], types, len(names), lag)
             tables.append(pair_statistics(positions, box, types, len(names), bm.bonds)
-                          + (longest_bond(positions, box, types, len(names), bm.bonds), len(names)))
+                          + (longest_bond(positions, box, types, len(names), bm.bonds), steps, len(names)))
     k = len(names)
-    best, longest = np.full((k, k), np.inf), np.zeros((k, k))
+    best, longest, step = np.full((k, k), np.inf), np.zeros((k, k)), np.zeros(k)
     counts, ideal = np.zeros((k, k, len(RDF_EDGES_NM) - 1)), np.zeros((k, k, len(RDF_EDGES_NM) - 1))
-    for table, pair_counts, pair_ideal, bonds, size in tables:
+    for table, pair_counts, pair_ideal, bonds, steps, size in tables:
         best[:size, :size] = np.minimum(best[:size, :size], table)
         longest[:size, :size] = np.maximum(longest[:size, :size], bonds)
+        step[:size] = np.maximum(step[:size], steps)
         counts[:size, :size] += pair_counts
         ideal[:size, :size] += pair_ideal
     matrix = [[float(best[a, b]) if np.isfinite(best[a, b]) else None for b in range(k)] for a in range(k)]
     bond_matrix = [[float(longest[a, b]) if longest[a, b] > 0 else None for b in range(k)] for a in range(k)]
     out = {"type_names": names, "min_distance_nm": matrix, "max_bond_nm": bond_matrix}
+    if timestep_ps > 0:
+        out["max_step_nm"] = [float(s) if s > 0 else None for s in step]
     if ideal.any():
         g = np.round(counts / np.where(ideal > 0, ideal, 1.0), 4)
         out["rdf_edges_nm"] = [float(e) for e in RDF_EDGES_NM]
@@ -239,10 +261,21 @@ def read_contacts(model_dir: str) -> "dict | None":
         return json.load(handle)
 
 
-def write_contacts(model_dir: str, paths, max_frames: int = 200) -> str:
+def step_table(contacts: dict, type_names) -> "np.ndarray | None":
+    """(K,) longest one-step displacement (nm, ``"max_step_nm"`` of a :func:`contact_distances` dict) per type of
+    ``type_names``; a type the data never showed gets the longest of all. None when the dict has no such table."""
+    steps = contacts.get("max_step_nm")
+    if steps is None:
+        return None
+    known = dict(zip(contacts["type_names"], steps))
+    longest = max(s for s in steps if s is not None)
+    return np.asarray([longest if known.get(name) is None else known[name] for name in type_names])
+
+
+def write_contacts(model_dir: str, paths, max_frames: int = 200, timestep_ps: float = 0.0) -> str:
     """Write :func:`contact_distances` of the datasets ``paths`` to ``model_dir/contacts.json`` (atomically:
     a temporary file, then a rename, so an interrupted run never leaves a half-written file). Returns the path."""
-    contacts = contact_distances(paths, max_frames)
+    contacts = contact_distances(paths, max_frames, timestep_ps=timestep_ps)
     path = os.path.join(model_dir, CONTACTS_FILE)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as handle:

@@ -7,7 +7,9 @@
                                            shell motion (carried beads, e.g. Li+): their Gaussian is over the
                                            displacement relative to the mean one of the beads within
                                            shell_radius, so x_pred = x + shell_mean(h[-1] + a) + a for them
-    x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step
+    x_pred = x + h[-1] + a                 semi-implicit Euler with dt = 1 model step (h[-1] + a capped at a
+                                           multiple of the bead type's longest training step if the model sets
+                                           step_cap)
     x_new  = refine(x_pred)                score GNN: annealed Langevin or predictor-corrector, consuming
                                            refine_noise in order
     x_new  = push_apart(x_new)             hard core and bond cap (if the model sets them): no non-bonded pair
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.contacts import contact_table, rdf_onset, rdf_wall
+from ..data.contacts import contact_table, rdf_onset, rdf_wall, step_table
 from ..nn.dynamics import (cluster_loadings, ion_partners, molecule_mean, sample_acceleration, shell_mean,
                            shell_pairs)
 from ..nn.score import SCHEMES, refine_evaluations, wall_score
@@ -78,7 +80,7 @@ def _ladder_levels(ladder: list, scheme: str, k: int, span: int) -> list:
 
 #: Keys of the ``refine`` dict of :meth:`LearnedStep.from_model`.
 REFINE_KEYS = ("scheme", "levels", "n_levels", "steps_per_level", "step_size", "denoise", "temperature", "hard_core",
-               "bond_cap", "core_rdf", "rdf_wall", "cluster_noise")
+               "bond_cap", "core_rdf", "rdf_wall", "cluster_noise", "step_cap")
 
 
 def _setting(config, refine, key: str, field: str = "") -> float:
@@ -141,6 +143,15 @@ def _cluster_noise(config, refine) -> float:
     return fraction
 
 
+def _step_cap(config, refine) -> float:
+    """The step-cap multiple (``ModelConfig.step_cap``) of ``refine``; like the cluster noise it belongs to the
+    dynamics, so ``refine=False`` keeps the model's."""
+    multiple = _setting(config, refine, "step_cap")
+    if multiple != 0.0 and multiple < 1.0:
+        raise ValueError(f"step_cap must be 0 (off) or a multiple >= 1 of the longest training step, got {multiple}")
+    return multiple
+
+
 def _refine_settings(config, refine) -> Tuple[str, list, int, float]:
     """(scheme, levels nm, steps per level, step size nm²) from the model defaults overridden by ``refine``."""
     ladder = config.levels()
@@ -187,7 +198,7 @@ def refine_settings(config, refine=None) -> dict:
             "denoise": denoise, "temperature": _temperature(config, refine),
             "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
             "hard_core": core, "bond_cap": cap, "core_rdf": onset, "rdf_wall": _rdf_wall(config, refine),
-            "cluster_noise": _cluster_noise(config, refine)}
+            "cluster_noise": _cluster_noise(config, refine), "step_cap": _step_cap(config, refine)}
 
 
 def parse_refine(spec: str):
@@ -206,7 +217,8 @@ def parse_refine(spec: str):
     ``"model,wall=0"``); ``,denoise=S`` a
     final noise-free denoising step at noise level S nm (``ModelConfig.refine_denoise``; e.g.
     ``"model,denoise=0.003"``); ``,temp=T`` the temperature of the refinement's Langevin noise
-    (``ModelConfig.refine_temperature``; e.g. ``"model,temp=1"``).
+    (``ModelConfig.refine_temperature``; e.g. ``"model,temp=1"``); ``,stepcap=F`` the step cap, F times each bead
+    type's longest training step, 0 off (``ModelConfig.step_cap``; e.g. ``"model,stepcap=0"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
@@ -235,10 +247,13 @@ def parse_refine(spec: str):
             repairs["rdf_wall"] = number
         elif key == "temp" and number >= 0.0 and settings is not False:
             repairs["temperature"] = number
+        elif key == "stepcap" and (number == 0.0 or number >= 1.0):
+            repairs["step_cap"] = number
         else:
             raise ValueError(f"refinement {spec!r}: suffixes must be ,core=F with F a fraction in [0, 1], ,cap=G "
                              "with G 0 or >= 1, ,step=S with S > 0 nm², ,denoise=S with S >= 0 nm, ,rdf=G with G in "
-                             "[0, 1), ,wall=W with W >= 0, ,temp=T with T >= 0 or ,cluster=F with F in [0, 1) "
+                             "[0, 1), ,wall=W with W >= 0, ,temp=T with T >= 0, ,cluster=F with F in [0, 1) or ,stepcap=F with F 0 "
+                             "or >= 1 "
                              "(e.g. ,core=0.9,cap=1.2,step=2e-6,rdf=0.1)")
     base = {"n_levels": 0} if settings is False else dict(settings or {})
     return {**base, **repairs}
@@ -312,6 +327,7 @@ class LearnedStep(nn.Module):
     shell_radius: float
     cluster_noise: float
     rdf_wall: float
+    step_cap: float
 
     def __init__(self, dynamics: nn.Module, score: nn.Module, embed: torch.Tensor, masses: torch.Tensor,
                  bonds: torch.Tensor, timestep_ps: float, periodic: bool, levels=(), steps_per_level: int = 0,
@@ -322,7 +338,8 @@ class LearnedStep(nn.Module):
                  cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
                  cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0, rdf_wall: float = 0.0,
                  wall_slope: Optional[torch.Tensor] = None, wall_reach: Optional[torch.Tensor] = None,
-                 temperature: float = 1.0, noise_scale: Optional[torch.Tensor] = None):
+                 temperature: float = 1.0, noise_scale: Optional[torch.Tensor] = None, step_cap: float = 0.0,
+                 max_step: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
         self.score = score
@@ -375,6 +392,11 @@ class LearnedStep(nn.Module):
         # (N,) factor on each bead's predicted spread (ModelConfig.noise_scale; ones when uncalibrated)
         scale = torch.ones(n) if noise_scale is None else torch.as_tensor(noise_scale)
         self.register_buffer("noise_scale", scale.to(torch.float32).reshape(n).clone())
+        # (N,) longest displacement per step a bead may make before refinement, nm (ModelConfig.step_cap times its
+        # type's longest training step); empty when off
+        self.step_cap = float(step_cap) if max_step is not None and step_cap > 0 else 0.0
+        cap_nm = torch.zeros(0) if self.step_cap == 0.0 else torch.as_tensor(max_step).reshape(n)
+        self.register_buffer("max_step", cap_nm.to(torch.float32).clone())
         self.timestep_ps = float(timestep_ps)
         self.history_length = int(dynamics.history_length)
         self.scheme = str(scheme)
@@ -446,6 +468,13 @@ class LearnedStep(nn.Module):
             core = torch.maximum(core, torch.as_tensor(table, dtype=torch.float32))
         if bond_cap > 0:  # type pairs never bonded in the data get no cap
             cap = bond_cap * _training_table(model, beadmap, "max_bond_nm", 0.0, "bond_cap")
+        step_cap, max_step = _step_cap(model.config, refine), None
+        if step_cap > 0:
+            table = None if model.contacts is None else step_table(model.contacts, beadmap.type_names)
+            if table is None:
+                raise ValueError("step_cap needs the model's contacts.json with max_step_nm (written by training "
+                                 "since step_cap exists); set step_cap to 0")
+            max_step = step_cap * torch.as_tensor(table, dtype=torch.float32)
         wall, wall_slope, wall_reach = _rdf_wall(model.config, refine), None, None
         if wall > 0:
             wall_slope, wall_reach = _wall_tables(model, beadmap)
@@ -475,7 +504,7 @@ class LearnedStep(nn.Module):
                    denoise=_denoise(model.config, refine), rdf_wall=wall, wall_slope=wall_slope,
                    wall_reach=wall_reach, temperature=_temperature(model.config, refine),
                    noise_scale=torch.as_tensor(model.noise_scales(beadmap.type_names), dtype=torch.float32)[types],
-                   ).to(device)
+                   step_cap=step_cap, max_step=None if max_step is None else max_step[types]).to(device)
 
     def check_box(self, box_lengths):
         """Raise a one-line ValueError unless every box edge (nm) is at least twice the model's largest cutoff
@@ -511,6 +540,7 @@ class LearnedStep(nn.Module):
                     other.denoise != first.denoise or other.rdf_wall != first.rdf_wall or \
                     other.temperature != first.temperature or \
                     other.bond_cap != first.bond_cap or other.cluster_noise != first.cluster_noise or \
+                    other.step_cap != first.step_cap or \
                     not torch.equal(other.levels, first.levels):
                 raise ValueError("replicas advanced together must use one model with the same refinement settings")
         sizes = torch.tensor([int(s.n_beads) for s in steps], device=first.bonds.device)
@@ -528,7 +558,8 @@ class LearnedStep(nn.Module):
             first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
             first.denoise, first.rdf_wall, torch.block_diag(*[s.wall_slope for s in steps]),
             torch.block_diag(*[s.wall_reach for s in steps]), first.temperature,
-            torch.cat([s.noise_scale for s in steps]),
+            torch.cat([s.noise_scale for s in steps]), first.step_cap,
+            torch.cat([s.max_step for s in steps]) if first.step_cap > 0 else None,
         ).to(first.embed.device)
 
     def _whole(self, x: torch.Tensor, x_pred: torch.Tensor, bead_box: torch.Tensor) -> torch.Tensor:
@@ -596,6 +627,9 @@ class LearnedStep(nn.Module):
         if self.shell_radius > 0:
             ion, shell = shell_pairs(x, self.carried, self.shell_radius, box_opt, self.batch)
             moved = torch.where(self.carried.unsqueeze(1), a + shell_mean(moved, ion, shell), moved)
+        if self.step_cap > 0:  # shorten, never turn: a capped bead keeps its predicted direction
+            length = torch.linalg.vector_norm(moved, dim=1, keepdim=True)
+            moved = moved * torch.clamp(self.max_step.unsqueeze(1) / length.clamp(min=1e-12), max=1.0)
         x_pred = x + moved
         # A non-finite prediction skips the refinement (whose graph building would fail on it) and is returned
         # as it is, so every wrapper reports it as a blow-up of this step.

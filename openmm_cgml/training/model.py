@@ -123,6 +123,11 @@ class ArchitectureConfig(Config):
     # the data (it sees its own, slightly hotter frames, and the refinement diffuses beads too); `cgml calibrate`
     # fits these factors so rollouts on the training sets reproduce their 1-ns MSD
     noise_scale: Dict[str, float] = field(default_factory=dict)
+    # > 0 caps each bead's dynamics displacement per step (before refinement) at this multiple of the longest
+    # one-step displacement of its bead type in the training data (contacts.json "max_step_nm"). In a melt it never
+    # acts; where the model extrapolates (a bead with no neighbours in a near-empty box) it stops a runaway
+    # velocity from feeding itself step after step; 0 = off
+    step_cap: float = 0.0
 
     def validate(self):
         super().validate()
@@ -149,6 +154,7 @@ class ArchitectureConfig(Config):
         check(self.refine_temperature >= 0, f"refine_temperature must be >= 0, got {self.refine_temperature}")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
+        check(self.step_cap == 0.0 or self.step_cap >= 1.0, f"step_cap must be 0 (off) or >= 1, got {self.step_cap}")
         check(0.0 <= self.core_rdf < 1.0 and (self.core_rdf == 0.0 or self.hard_core > 0),
               f"core_rdf must be an RDF value in [0, 1) and needs hard_core > 0, got {self.core_rdf}")
         check(self.rdf_wall >= 0 and all(isinstance(p, str) and len(p.split("-")) == 2 for p in self.rdf_wall_pairs),

@@ -443,11 +443,11 @@ def train(
             "n_validation_windows": int(val_windows.shape[0]),
         }
         # contacts.json first: a directory with a model manifest always has its collision yardstick
-        write_contacts(out_dir, [t.path for t in trajectories])
+        write_contacts(out_dir, [t.path for t in trajectories], timestep_ps=model.timestep_ps)
         model.contacts = read_contacts(out_dir)
         model.save(out_dir, extra, overwrite=True)
-    elif config.hard_core > 0:  # in memory: the step's excluded volume still needs the closest approaches
-        model.contacts = contact_distances([t.path for t in trajectories])
+    elif config.hard_core > 0 or config.step_cap > 0:  # in memory: the step's repairs still need the statistics
+        model.contacts = contact_distances([t.path for t in trajectories], timestep_ps=model.timestep_ps)
     distributed.barrier()  # every rank returns once the model is on disk
     return model.eval()
 
