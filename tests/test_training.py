@@ -486,16 +486,16 @@ def test_resume_on_other_data_or_config_is_refused(small_run, tmp_path, capsys):
 
 
 def test_load_model_by_name():
-    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi-molecule-memory") the same
+    """openmm-ml style: load_model() is the default shipped model, load_model("peo-litfsi-calibrated") the same
     by name; the earlier defaults keep their names."""
     from openmm_cgml.training import DEFAULT_MODEL, PRETRAINED_MODELS
 
     assert "peo-litfsi" in PRETRAINED_MODELS and os.path.isdir(PRETRAINED_MODELS["peo-litfsi"])
-    assert PRETRAINED_MODELS["peo-litfsi-molecule-memory"] == DEFAULT_MODEL != PRETRAINED_MODELS["peo-litfsi-molecule"]
-    by_default, by_name, by_path = load_model(), load_model("peo-litfsi-molecule-memory"), load_model(DEFAULT_MODEL)
-    # its hard core and bond cap come from the training data's statistics, shipped next to the weights
-    assert (by_default.config.hard_core, by_default.config.bond_cap) == (0.9, 1.5)
-    assert {"min_distance_nm", "max_bond_nm"} <= set(by_default.contacts)
+    assert PRETRAINED_MODELS["peo-litfsi-calibrated"] == DEFAULT_MODEL != PRETRAINED_MODELS["peo-litfsi-molecule-memory"]
+    by_default, by_name, by_path = load_model(), load_model("peo-litfsi-calibrated"), load_model(DEFAULT_MODEL)
+    # its hard core, bond cap and step cap come from the training data's statistics, shipped next to the weights
+    assert (by_default.config.hard_core, by_default.config.bond_cap, by_default.config.step_cap) == (0.9, 1.5, 1.5)
+    assert {"min_distance_nm", "max_bond_nm", "max_step_nm"} <= set(by_default.contacts)
     with open(os.path.join(DEFAULT_MODEL, "cgml_model.json")) as f:
         shipped = json.load(f)
     for model in (by_default, by_name, by_path):
@@ -503,20 +503,21 @@ def test_load_model_by_name():
         assert model.vocab.type_names == shipped["extra"]["vocab"]["type_names"]
         for name, value in model.state_dict().items():
             assert torch.equal(value, by_path.state_dict()[name]), name
-    # the default fine-tuned only its predecessors' dynamics GNN (and grew molecule memory there): embedding and
-    # score are peo-litfsi-molecule's, bit for bit
-    before, after = load_model("peo-litfsi-molecule").state_dict(), by_default.state_dict()
-    changed = {name.split(".")[0] for name, value in after.items()
-               if name not in before or not torch.equal(value, before[name])}
-    assert changed == {"dynamics"} and by_default.config.molecule_memory
-    assert set(after) - set(before) == {name for name in after if name.startswith("dynamics.memory_head.")}
-    # the rollout-calibrated model: one factor per residue, fitted on committed training sets only
+    # the molecule-memory models fine-tuned only their predecessors' dynamics GNN (and grew molecule memory there):
+    # embedding and score are peo-litfsi-molecule's, bit for bit
+    before = load_model("peo-litfsi-molecule").state_dict()
+    for model in (load_model("peo-litfsi-molecule-memory"), by_default):
+        after = model.state_dict()
+        changed = {name.split(".")[0] for name, value in after.items()
+                   if name not in before or not torch.equal(value, before[name])}
+        assert changed == {"dynamics"} and model.config.molecule_memory
+        assert set(after) - set(before) == {name for name in after if name.startswith("dynamics.memory_head.")}
+    # the default is rollout-calibrated: one factor per residue, fitted on committed training sets only
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    calibrated = load_model("peo-litfsi-calibrated")
-    assert set(calibrated.config.noise_scale) == {"LI", "PEO", "TFS"} and not by_default.config.noise_scale
-    with open(os.path.join(PRETRAINED_MODELS["peo-litfsi-calibrated"], "cgml_model.json")) as f:
-        calibration = json.load(f)["extra"]["calibration"]
-    assert calibration["noise_scale"] == calibrated.config.noise_scale
+    assert set(by_default.config.noise_scale) == {"LI", "PEO", "TFS"}
+    assert not load_model("peo-litfsi-molecule-memory").config.noise_scale
+    calibration = shipped["extra"]["calibration"]
+    assert calibration["noise_scale"] == by_default.config.noise_scale
     assert all(os.path.isfile(os.path.join(root, p)) and "eo4_li9" not in p and "eo6_li8" not in p
                for p in calibration["datasets"])
     with pytest.raises(ValueError, match=r"unknown model 'peo-litfsi-xl'.*'peo-litfsi'.*'peo-litfsi-multi'") as err:
