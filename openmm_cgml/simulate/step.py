@@ -437,7 +437,10 @@ class LearnedStep(nn.Module):
             ``bond_cap`` (multiple of each type pair's longest training bond beyond which bonded beads are pulled
             together; 0: none),
             ``cluster_noise`` (ion-cluster noise fraction in [0, 1), see ``nn.dynamics``; its ions and binding radii
-            are ``ModelConfig.cluster_ions`` and ``.cluster_radius_nm``; default ``ModelConfig.cluster_noise``).
+            are ``ModelConfig.cluster_ions`` and ``.cluster_radius_nm``; default ``ModelConfig.cluster_noise``),
+            ``step_cap`` (multiple >= 1 of each bead type's longest one-step displacement in the training data that
+            caps a bead's dynamics step before the refinement; 0: none; default ``ModelConfig.step_cap``; kept
+            with ``refine=False``).
         allow_unseen_types : bool
             Run bead types the model was not trained on (their embeddings are computed by the embedding GNN
             from their atom graphs) instead of refusing them.
