@@ -28,6 +28,8 @@ BENCHMARKS = [
     ("speedup", [], ["speedup.json"]),
     # The default `cgml demo` (shipped box, shipped model): its wall time.
     ("demo", [], ["demo.json"]),
+    # The default model's own runs against every campaign reference of >= 3 ns: rollout / data MSD at 1 ns.
+    ("rollout_drift", [], ["rollout_drift.json"]),
     ("dig", [], ["dig.json"]),
     # Trained DiG's ODE log-density vs an exact Gaussian chain; double-well free energy vs exact.
     ("dig_density", [], ["dig_density.json"]),
@@ -112,6 +114,26 @@ def _demo_lines(demo) -> list:
             f"(minimum image) {_fmt(demo.get('max_cg_bond_nm'))} nm", ""]
 
 
+def _rollout_drift_lines(drift) -> list:
+    """Rollout / data MSD at 1 ns per campaign dataset (benchmarks/rollout_drift.py)."""
+    if not drift:
+        return []
+    species = sorted(drift["slope_vs_chain_length"])
+    lines = [f"## Rollout drift: a model's own runs against the data ({drift['replicas']} rollouts × "
+             f"{drift['n_steps']} steps per dataset, model `{os.path.basename(drift['model'])}`)",
+             "| dataset | model | EO/chain, LiTFSI, T | " + " | ".join(f"{sp} rollout / data MSD at "
+                                                          f"{drift['lag_ps'] / 1000:g} ns" for sp in species) + " |",
+             "|---|---|---|" + "---|" * len(species)]
+    for row in drift["datasets"]:
+        path = row["dataset"]  # a campaign system's folder name, else the file's name
+        name = path.split(os.sep)[-3] if path.endswith(os.path.join("reference", "cg.h5")) else os.path.basename(path)
+        lines.append(f"| {name} | "
+                     f"{row['role']} | EO{row['eo_per_chain']}, {row['n_salt']}, {row['temperature_K']:g} K | "
+                     + " | ".join(f"{row['msd_ratio'][sp]:.2f}" for sp in species) + " |")
+    slopes = ", ".join(f"{sp} {_fmt(drift['slope_vs_chain_length'][sp], '+.2f')}" for sp in species)
+    return lines + ["", f"- slope of log ratio against log EO units per chain: {slopes}", ""]
+
+
 def summary_markdown() -> str:
     """SUMMARY.md text from whatever result files exist."""
     lines = ["# openmm-cgml benchmark summary", ""]
@@ -138,6 +160,7 @@ def summary_markdown() -> str:
                 lines.append(f"- {key}: {_fmt(sp[key])}")
         lines.append("")
     lines += _demo_lines(_load("demo.json"))
+    lines += _rollout_drift_lines(_load("rollout_drift.json"))
     lines += _model_step_lines(_load("model_step.json"))
     lines += _pareto_lines(_load("pareto.json"))
     lines += _refine_screen_lines()
@@ -187,6 +210,8 @@ def summary_markdown() -> str:
                 title += f", hard core {refine['hard_core']:g} × closest approach"
             if refine.get("bond_cap"):
                 title += f", bond cap {refine['bond_cap']:g} × longest bond"
+            if refine.get("step_cap"):
+                title += f", step cap {refine['step_cap']:g} × longest training step"
         built = (acc.get("reference_system") or {}).get("args", {})
         box = (f"{built['n_chains']} × EO{built['eo_per_chain']} + {built['n_salt']} LiTFSI, "
                f"{built['temperature_K']:g} K; " if {"n_chains", "eo_per_chain", "n_salt"} <= set(built) else "")
