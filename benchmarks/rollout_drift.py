@@ -54,6 +54,7 @@ def plot(result: dict, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     species = sorted(result["slope_vs_chain_length"])
     fig, axes = plt.subplots(1, len(species), figsize=(4.2 * len(species), 3.6), sharey=True)
@@ -66,6 +67,11 @@ def plot(result: dict, path: str) -> None:
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        lengths = sorted({row["eo_per_chain"] for row in result["datasets"]})
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("EO units per chain")
         slope = result["slope_vs_chain_length"][sp]
         ax.set_title(sp if slope is None else f"{sp}: slope {slope:+.2f}")

@@ -5,7 +5,8 @@
 Builds ``--boxes`` small PEO/LiTFSI boxes (4 × EO8 + 2 LiTFSI, seeds 0, 1, ...) with only 2 ps of equilibration,
 so they are still far below melt density (about 0.1 g/cm³; the demo test's box), maps them, and runs the model from
 rest in the batched engine for ``--ns`` of CG time each (random stream = box seed). A run *blows up* at the first
-step where a bead moves more than ``--bound`` nm (the integrator's default bound) or becomes non-finite.
+step where a bead moves more than ``--bound`` nm (default: the integrator's own bound for the model,
+``simulate.integrator.displacement_bound``) or becomes non-finite.
 Reported per box and in total (benchmarks/results/stability.json): blow-ups and the step they happened at, the
 largest one-step bead move, the mean CG bond length (all-atom mapping: 0.32 nm) and collisions per bead per frame.
 """
@@ -16,6 +17,7 @@ from openmm import unit
 from openmm_cgml.analysis import bond_lengths, collision_thresholds, count_collisions
 from openmm_cgml.mapping import BeadMap
 from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp
+from openmm_cgml.simulate.integrator import displacement_bound
 from openmm_cgml.systems import build_peo_litfsi
 from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
@@ -57,11 +59,14 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--boxes", type=int, default=8)
     parser.add_argument("--ns", type=float, default=10.0, help="CG time per box")
-    parser.add_argument("--bound", type=float, default=2.0, help="largest allowed one-step bead move, nm")
+    parser.add_argument("--bound", type=float, default=None,
+                        help="largest allowed one-step bead move, nm (default: the integrator's bound for the model)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
     model = load_model(args.model)
+    if args.bound is None:  # the bound `cgml simulate` and the OpenMM integrator use for this model
+        args.bound = displacement_bound(model)
     n_steps = int(np.ceil(args.ns * 1000.0 / model.timestep_ps))
     boxes = []
     with Stopwatch() as clock:
