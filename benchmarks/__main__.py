@@ -39,6 +39,9 @@ BENCHMARKS = [
     ("accuracy", ["--reference", os.path.join(DATA, "peo_litfsi_5salt_400K.h5"), "--replicas", "4",
                   "--ns", "10"], ["accuracy.json"]),
     ("stability", [], ["stability.json"]),
+    # The same boxes with the step cap off: what the cap prevents.
+    ("stability", ["--refine", "model,stepcap=0", "--out", result_path("stability_no_step_cap")],
+     ["stability_no_step_cap.json"]),
     # SIGKILL each long-running verb at random moments, resume, compare with an uninterrupted run.
     ("faults", [], ["faults.json"]),
     # Training iterations per second with 1 vs 2 DDP ranks (gloo).
@@ -176,13 +179,17 @@ def summary_markdown() -> str:
                   f"{dig.get('method', 'ode')} steps ({_fmt(dg.get('speedup_independent_samples'))}x MD) after "
                   f"{dig.get('train_iterations')} training iterations; Rg² {_fmt(dig.get('rg2_mean_nm2'))} nm² vs MD {_fmt(md.get('rg2_mean_nm2'))} nm², "
                   f"JS divergence {_fmt(dig.get('rg2_js_vs_md'))}", ""]
-    st = _load("stability.json")
-    if st:
+    for name in ("stability.json", "stability_no_step_cap.json"):
+        st = _load(name)
+        if not st:
+            continue
+        cap = (st.get("refine") or {}).get("step_cap")
         lines += [f"## Stability on unseen boxes ({len(st['boxes'])} × {st['box']['n_chains']} × EO"
                   f"{st['box']['eo_per_chain']} + {st['box']['n_salt']} LiTFSI at "
                   f"{_fmt(sum(b['density_g_cm3'] for b in st['boxes']) / len(st['boxes']), '.2f')} g/cm³, "
-                  f"{st['cg_ns_per_box']:g} ns each)",
-                  f"- blow-ups (a bead moving > {st['bound_nm']:g} nm in one step): {st['blow_ups']} of "
+                  f"{st['cg_ns_per_box']:g} ns each; model `{os.path.basename(os.path.normpath(st['model']))}`"
+                  + ("" if cap is None else f", step cap {cap:g}" if cap else ", no step cap") + ")",
+                  f"- blow-ups (a bead moving > {st['bound_nm']:.2f} nm in one step): {st['blow_ups']} of "
                   f"{len(st['boxes'])}; largest one-step move {st['largest_move_nm']:.2f} nm; mean CG bond "
                   f"{st['mean_cg_bond_nm']:.3f} nm", ""]
     campaign = [(name, "held-out campaign system") for name in sorted(os.listdir(RESULTS))

@@ -1,6 +1,6 @@
 """Stability of a learned CG model on boxes it was not trained on.
 
-    python -m benchmarks.stability [--model MODEL_DIR] [--boxes 8] [--ns 10]
+    python -m benchmarks.stability [--model MODEL_DIR] [--boxes 8] [--ns 10] [--refine model,stepcap=0]
 
 Builds ``--boxes`` small PEO/LiTFSI boxes (4 × EO8 + 2 LiTFSI, seeds 0, 1, ...) with only 2 ps of equilibration,
 so they are still far below melt density (about 0.1 g/cm³; the demo test's box), maps them, and runs the model from
@@ -16,8 +16,9 @@ from openmm import unit
 
 from openmm_cgml.analysis import bond_lengths, collision_thresholds, count_collisions
 from openmm_cgml.mapping import BeadMap
-from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp
+from openmm_cgml.simulate import LearnedStep, ReplicaEngine, SimulationBlowUp, parse_refine
 from openmm_cgml.simulate.integrator import displacement_bound
+from openmm_cgml.simulate.step import refine_settings
 from openmm_cgml.systems import build_peo_litfsi
 from openmm_cgml.training.loop import provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, load_model
@@ -27,12 +28,12 @@ from .common import Stopwatch, benchmark_parser, machine, set_threads, write_jso
 BOX = dict(n_chains=4, eo_per_chain=8, n_salt=2, equilibration_ps=2.0)
 
 
-def run_box(model, model_path: str, seed: int, n_steps: int, bound_nm: float) -> dict:
+def run_box(model, model_path: str, seed: int, n_steps: int, bound_nm: float, refine=None) -> dict:
     built = build_peo_litfsi(seed=seed, progress=False, platform="CPU", **BOX)
     beadmap = BeadMap.from_openmm(built.topology, built.system, **model.mapping)
     box = np.diag(built.box_vectors.value_in_unit(unit.nanometer)).astype(np.float32)
     # The engine's step, random stream (seed, step index) and blow-up check are those of `cgml simulate`.
-    engine = ReplicaEngine(LearnedStep.from_model(model, beadmap),
+    engine = ReplicaEngine(LearnedStep.from_model(model, beadmap, refine),
                            beadmap.map_positions(built.positions, built.box_vectors), seeds=[seed], box=box,
                            max_displacement=bound_nm)
     frames, largest, blew_up_at = [engine.positions[0]], 0.0, None
@@ -61,8 +62,11 @@ def main(argv=None) -> None:
     parser.add_argument("--ns", type=float, default=10.0, help="CG time per box")
     parser.add_argument("--bound", type=float, default=None,
                         help="largest allowed one-step bead move, nm (default: the integrator's bound for the model)")
+    parser.add_argument("--refine", default="model",
+                        help="refinement and repairs as in benchmarks/accuracy.py (e.g. model,stepcap=0: no step cap)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    refine = parse_refine(args.refine)
 
     model = load_model(args.model)
     if args.bound is None:  # the bound `cgml simulate` and the OpenMM integrator use for this model
@@ -71,7 +75,7 @@ def main(argv=None) -> None:
     boxes = []
     with Stopwatch() as clock:
         for seed in range(args.boxes):
-            boxes.append(run_box(model, args.model, seed, n_steps, args.bound))
+            boxes.append(run_box(model, args.model, seed, n_steps, args.bound, refine))
             row = boxes[-1]
             fate = "stable" if row["blew_up_at_step"] is None else f"blew up at step {row['blew_up_at_step']}"
             print(f"box {seed}: {fate}, largest move {row['largest_move_nm']:.2f} nm, "
@@ -79,7 +83,7 @@ def main(argv=None) -> None:
     result = {
         "machine": machine(),
         "model": provenance_path(args.model), "box": BOX, "cg_ns_per_box": n_steps * model.timestep_ps / 1000.0,
-        "bound_nm": args.bound, "boxes": boxes, "seconds": clock.seconds,
+        "refine": refine_settings(model.config, refine), "bound_nm": args.bound, "boxes": boxes, "seconds": clock.seconds,
         "blow_ups": sum(b["blew_up_at_step"] is not None for b in boxes),
         "largest_move_nm": max(b["largest_move_nm"] for b in boxes),
         "mean_cg_bond_nm": float(np.mean([b["mean_cg_bond_nm"] for b in boxes])),
