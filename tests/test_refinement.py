@@ -153,6 +153,12 @@ def test_bad_refinement_spec_is_one_line(capsys, tmp_path):
                str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "SCHEME:LxK" in err[0]
+    from openmm_cgml.simulate import parse_refine
+
+    assert parse_refine("model,stepcap=0") == {"step_cap": 0.0} and parse_refine("none,stepcap=2")["step_cap"] == 2.0
+    with pytest.raises(ValueError, match="stepcap=F") as bad:
+        parse_refine("model,stepcap=0.5")  # a cap below the longest training step would cut ordinary motion
+    assert "\n" not in str(bad.value)
     with pytest.raises(ValueError, match="refine_scheme"):
         from openmm_cgml.training.model import ModelConfig
 
