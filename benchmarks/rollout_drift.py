@@ -20,7 +20,7 @@ import numpy as np
 
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate.calibrate import calibrate_noise
-from openmm_cgml.training.loop import provenance_path
+from openmm_cgml.training.loop import DATA_FILE, provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, model_path
 
 from .common import DATA, benchmark_parser, figure_path, machine, set_threads, write_json
@@ -36,7 +36,7 @@ def composition(path: str) -> dict:
 
 def trained_on(model: str) -> set:
     """The datasets (repository-relative paths) of a model's ``training_data.json``; empty if it has none."""
-    path = os.path.join(model_path(model), "training_data.json")
+    path = os.path.join(model_path(model), DATA_FILE)
     if not os.path.exists(path):
         return set()
     with open(path) as handle:

@@ -149,13 +149,15 @@ def contact_distances(paths, max_frames: int = 200, frame_counts=None, timestep_
             types = np.asarray([names.index(bm.type_names[t]) for t in bm.bead_types], dtype=np.int64)
             n_frames = ds.n_frames if frame_counts is None else min(int(frame_counts[i]), ds.n_frames)
             frames = np.linspace(0, n_frames - 1, min(max_frames, n_frames)).astype(int)
-            positions = [ds.positions[t] for t in frames]
             box = None if ds.box is None else ds.box[frames]
             lag = int(round(timestep_ps / ds.frame_interval_ps)) if timestep_ps > 0 else 0
             if lag and abs(lag * ds.frame_interval_ps - timestep_ps) > 1e-6 * timestep_ps:
                 raise ValueError(f"{path}: a {timestep_ps:g} ps step is not a multiple of its "
                                  f"{ds.frame_interval_ps:g} ps frame interval")
-            steps = longest_step(ds.positions[:n_frames], types, len(names), lag)
+            # the step statistic needs every frame, read once; the pair statistics take their sample from it
+            every = ds.positions[:n_frames] if lag else None
+            positions = [ds.positions[t] for t in frames] if every is None else every[frames]
+            steps = longest_step(every, types, len(names), lag) if lag else np.zeros(len(names))
             tables.append(pair_statistics(positions, box, types, len(names), bm.bonds)
                           + (longest_bond(positions, box, types, len(names), bm.bonds), steps, len(names)))
     k = len(names)
