@@ -210,10 +210,11 @@ def _calibrate(args):
         raise ValueError(f"-o {args.output} exists; calibrate writes a new model directory")
     result = calibrate_noise(args.model, args.datasets, n_steps=args.steps, replicas=args.replicas,
                              lag_ps=args.lag_ps, iterations=args.iterations, burn_in=args.burn_in,
-                             seed=args.seed)
+                             seed=args.seed, fit_size=args.fit_size)
     for k, it in enumerate(result["history"]):
         ratios = ", ".join(f"{sp} {mean_ratio(r):.2f}" for sp, r in it["msd_ratio"].items())
         scales = ", ".join(f"{sp} {v:.3f}" for sp, v in sorted(it["noise_scale"].items())) or "none"
+        scales += "".join(f", {sp} x size^{b:.3f}" for sp, b in sorted(it["noise_size_exponent"].items()))
         print(f"pass {k + 1}: noise_scale {scales} -> rollout/data MSD at {result['lag_ps']:g} ps: {ratios}")
     print(f"calibrated model written to {write_calibrated(args.model, args.output, result)}")
 
@@ -396,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=2, help="rollouts per dataset")
     p.add_argument("--lag-ps", type=float, default=1000.0, help="lag of the MSD that is matched, ps")
     p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--fit-size", action="store_true",
+                   help="also fit each residue's exponent on its molecule size (beads) where the datasets' chain "
+                        "lengths differ, so the MSD ratio goes to 1 along the chain length, not only on average")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=_calibrate)

@@ -676,12 +676,55 @@ def test_calibration_recovers_the_spread_of_a_brownian_model(tmp_path):
     assert torch.allclose(moved, 0.02 * dyn, atol=1e-5)
 
 
+def test_size_calibration_recovers_a_power_law_in_chain_length(tmp_path):
+    """Rigid dimers and tetramers of one bead type whose data spread per step grows as size^0.5 (0.03 and
+    0.03 x sqrt(2) nm) against a Brownian model of 0.02 nm: ``fit_size`` recovers the exponent 0.5 and the factor
+    1.5 / 2^0.5 at size 1, and the step of each molecule then draws its size's factor."""
+    from openmm_cgml.data import write_dataset
+    from openmm_cgml.mapping import BeadMap
+    from openmm_cgml.simulate.calibrate import calibrate_noise, molecule_sizes, write_calibrated
+    from openmm_cgml.training.model import load_model
+
+    model, dimers = _brownian_model(0.02)
+    path = model.save(str(tmp_path / "brownian"))
+    tetramers = dimers.to_dict()
+    tetramers["atom_bonds"] = [[k, k + 1] for k in range(dimers.n_beads - 1) if k % 4 != 3]
+    tetramers = BeadMap.from_dict(tetramers)
+    assert molecule_sizes(tetramers) == {"PAIR": 4.0} and molecule_sizes(dimers) == {"PAIR": 2.0}
+    rng = np.random.default_rng(1)
+    data = []
+    for bm, size in ((dimers, 2), (tetramers, 4)):
+        n_mol = bm.n_beads // size
+        walk = np.cumsum(rng.normal(0.0, 0.03 * (size / 2) ** 0.5, (300, n_mol, 3)), axis=0)
+        walk = np.repeat(walk + rng.random((n_mol, 3)) * 3, size, axis=1)
+        data.append(write_dataset(str(tmp_path / f"walk{size}.h5"), bm, walk, np.tile([3.0, 3.0, 3.0], (300, 1)),
+                                  np.arange(300) * 100.0))
+    result = calibrate_noise(path, data, n_steps=16, replicas=6, lag_ps=200.0, iterations=2, burn_in=1,
+                             fit_size=True, progress=False)
+    assert abs(result["noise_size_exponent"]["PAIR"] - 0.5) < 0.1, result["history"]
+    assert abs(result["noise_scale"]["PAIR"] * 2 ** 0.5 / 1.5 - 1) < 0.1, result["history"]
+    for ratio in result["history"][-1]["msd_ratio"]["PAIR"].values():
+        assert abs(ratio - 1) < 0.2, result["history"]
+    calibrated = load_model(write_calibrated(path, str(tmp_path / "sized"), result))
+    assert calibrated.config.noise_size_exponent == result["noise_size_exponent"]
+    factor = result["noise_scale"]["PAIR"] * 4 ** result["noise_size_exponent"]["PAIR"]
+    assert np.allclose(calibrated.bead_noise_scales(tetramers), factor)
+    # without fit_size the same sets keep one factor per residue
+    plain = calibrate_noise(path, data, n_steps=16, replicas=2, lag_ps=200.0, iterations=1, burn_in=1,
+                            progress=False)
+    assert plain["noise_size_exponent"] == {}
+
+
 def test_noise_scale_must_be_positive_factors():
     from openmm_cgml.training.model import ModelConfig
 
     for bad in ({"LI": 0.0}, {"LI": "x"}, {"": 1.0}):
         with pytest.raises(ValueError, match="noise_scale") as err:
             ModelConfig(noise_scale=bad).validate()
+        assert "\n" not in str(err.value)
+    for bad in ({"PEO": float("nan")}, {"PEO": "x"}, {"": 0.3}):
+        with pytest.raises(ValueError, match="noise_size_exponent") as err:
+            ModelConfig(noise_size_exponent=bad).validate()
         assert "\n" not in str(err.value)
 
 

@@ -4,7 +4,8 @@ A dynamics GNN is trained on one-step windows that start from all-atom frames. I
 frames it made, which are slightly more disordered, and the score GNN's refinement adds a little random motion of
 its own, so the rollouts move faster than the data the model was trained on. The calibration runs short rollouts
 from frames of the training sets, compares each residue's mean-squared displacement at one lag with the data's, and
-scales that residue's predicted spread until the two agree. Only training data are used, so held-out systems stay a
+scales that residue's predicted spread until the two agree. Where the drift depends on chain length, the factor
+can follow a power of the molecule's size (``fit_size``). Only training data are used, so held-out systems stay a
 test.
 """
 import os
@@ -65,8 +66,28 @@ class CalibrationSet:
         return cls(path, x[::stride], box, beadmap)
 
 
+def molecule_sizes(beadmap) -> Dict[str, float]:
+    """Each species' mean molecule size, beads per molecule, averaged over its beads."""
+    molecule = np.asarray(beadmap.bead_molecule, dtype=np.int64)
+    size = np.bincount(molecule)[molecule]
+    species = np.asarray(beadmap.bead_species())
+    return {str(s): float(size[species == s].mean()) for s in np.unique(species)}
+
+
+SLOPE_RANGE = (1.0, 6.0)  # bounds on the measured response d log(MSD ratio) / d log(factor)
+
+
+def _secant(change: Optional[tuple], first: float) -> float:
+    """The response slope from (change of log ratio, change of log factor) between two passes, kept within
+    ``SLOPE_RANGE``; ``first`` where there is no previous pass or the factor did not move."""
+    if not change or abs(change[1]) <= 1e-3:
+        return first
+    return float(np.clip(change[0] / change[1], *SLOPE_RANGE))
+
+
 def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, replicas: int = 2, lag_ps: float = 1000.0,
-                    iterations: int = 3, burn_in: int = 5, seed: int = 0, progress: bool = True) -> dict:
+                    iterations: int = 3, burn_in: int = 5, seed: int = 0, fit_size: bool = False,
+                    progress: bool = True) -> dict:
     """Fit ``ModelConfig.noise_scale`` of ``model`` (a shipped name or a model directory) on ``datasets``.
 
     Each iteration runs ``replicas`` rollouts of ``n_steps`` model steps from frames spread over every dataset (all
@@ -76,8 +97,16 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
     first one assuming MSD ∝ factor² (the response is steeper, as a faster rollout makes frames the model moves
     faster still, so the slope is measured from the previous pass and kept between 1 and 6).
 
-    Returns a dict: ``noise_scale`` (residue -> factor) and ``history`` (per iteration: the factors used and each
-    residue's rollout / data MSD ratio per dataset).
+    With ``fit_size``, a residue whose molecules differ in size between the datasets also gets an exponent
+    (``ModelConfig.noise_size_exponent``): the least-squares line of log MSD ratio against log molecule size
+    splits each pass's error into its mean, which moves the factor at the mean size, and its slope, which moves the
+    exponent by a secant step of its own (the first one assuming the steepest response, 6: a long chain's rollout
+    heats up abruptly once its factor is too high), so the ratios go to 1 along the chain length, not only on
+    average.
+
+    Returns a dict: ``noise_scale`` (residue -> factor), ``noise_size_exponent`` (residue -> exponent) and
+    ``history`` (per iteration: the factors and exponents used and each residue's rollout / data MSD ratio per
+    dataset).
     """
     from tqdm.auto import tqdm
 
@@ -95,10 +124,12 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
         if s.positions.shape[0] < h + lag + 2:
             raise ValueError(f"{s.name} has only {s.positions.shape[0]} frames at the model step; need > {h + lag + 1}")
     scale = {str(k): float(v) for k, v in cg.config.noise_scale.items()}
+    exponent = {str(k): float(v) for k, v in cg.config.noise_size_exponent.items()}
+    sizes = {s.name: molecule_sizes(s.beadmap) for s in sets}
     history: List[dict] = []
-    last: Dict[str, tuple] = {}  # residue -> (log factor, log MSD ratio) of the previous pass
+    last: Dict[str, tuple] = {}  # residue -> (log factor at the mean size, log ratio, exponent, tilt), last pass
     for it in range(iterations + 1):  # the last pass only measures the final factors
-        cg.config.noise_scale = dict(scale)
+        cg.config.noise_scale, cg.config.noise_size_exponent = dict(scale), dict(exponent)
         steps, x0, hist, boxes, owners = [], [], [], [], []
         for s in sets:
             step = LearnedStep.from_model(cg, s.beadmap)
@@ -124,26 +155,36 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
             rollout = [msd_at_lag(r, lag, species) for r in runs]
             for sp, ref in data.items():
                 ratios.setdefault(sp, {})[s.name] = float(np.mean([r[sp] for r in rollout]) / ref)
-        history.append({"noise_scale": dict(scale), "msd_ratio": ratios})
+        history.append({"noise_scale": dict(scale), "noise_size_exponent": dict(exponent), "msd_ratio": ratios})
         if it == iterations:
             break
         for sp, per_set in ratios.items():
-            log_ratio, log_scale = np.log(mean_ratio(per_set)), np.log(scale.get(sp, 1.0))
-            slope = 2.0
-            if sp in last:
-                moved = log_scale - last[sp][0]
-                if abs(moved) > 1e-3:
-                    slope = float(np.clip((log_ratio - last[sp][1]) / moved, 1.0, 6.0))
-            last[sp] = (log_scale, log_ratio)
-            scale[sp] = float(np.exp(log_scale - log_ratio / slope))
-    return {"noise_scale": history[-1]["noise_scale"], "history": history, "lag_ps": lag * cg.timestep_ps,
-            "n_steps": n_steps, "burn_in": burn_in, "replicas": replicas, "datasets": list(datasets)}
+            log_n = np.log([sizes[name][sp] for name in per_set])
+            log_r = np.log(list(per_set.values()))
+            centre, b = float(log_n.mean()), exponent.get(sp, 0.0)
+            log_ratio, log_scale = float(log_r.mean()), np.log(scale.get(sp, 1.0)) + b * centre
+            # the secant acts on the factor at the mean size, and a second one moves the exponent by the fitted
+            # slope of log ratio on log size
+            tilt = float(np.polyfit(log_n, log_r, 1)[0]) if fit_size and np.ptp(log_n) > 1e-6 else 0.0
+            previous = last.get(sp)
+            slope = _secant(previous and (log_ratio - previous[1], log_scale - previous[0]), first=2.0)
+            # the first exponent step assumes the steepest response: an exponent acts most on the shortest and
+            # longest chains, and a long chain's rollout heats up abruptly once its factor is too high
+            tilt_slope = _secant(previous and (tilt - previous[3], b - previous[2]), first=SLOPE_RANGE[1])
+            last[sp] = (log_scale, log_ratio, b, tilt)
+            if tilt:
+                exponent[sp] = b = b - tilt / tilt_slope
+            scale[sp] = float(np.exp(log_scale - log_ratio / slope - b * centre))
+    return {"noise_scale": history[-1]["noise_scale"], "noise_size_exponent": history[-1]["noise_size_exponent"],
+            "history": history, "lag_ps": lag * cg.timestep_ps, "n_steps": n_steps, "burn_in": burn_in,
+            "replicas": replicas, "datasets": list(datasets), "molecule_sizes": sizes}
 
 
 def write_calibrated(model: str, out_dir: str, result: dict) -> str:
-    """Copy the model directory ``model`` to ``out_dir`` with ``result["noise_scale"]`` in its config and the
-    calibration record in its manifest's ``extra["calibration"]``; returns ``out_dir``. Written under a temporary
-    name and renamed, so an interrupted write leaves nothing behind."""
+    """Copy the model directory ``model`` to ``out_dir`` with ``result["noise_scale"]`` and
+    ``result["noise_size_exponent"]`` in its config and the calibration record in its manifest's
+    ``extra["calibration"]``; returns ``out_dir``. Written under a temporary name and renamed, so an interrupted
+    write leaves nothing behind."""
     if os.path.exists(out_dir):
         raise FileExistsError(f"{out_dir} exists; choose a new output directory")
     tmp = out_dir.rstrip(os.sep) + ".tmp"
@@ -151,6 +192,7 @@ def write_calibrated(model: str, out_dir: str, result: dict) -> str:
     shutil.copytree(model_path(model), tmp, ignore=shutil.ignore_patterns("checkpoint*"))
     config, state_dict, extra = load_model_dir(tmp, MODEL_KIND)
     config["noise_scale"] = dict(result["noise_scale"])
+    config["noise_size_exponent"] = dict(result.get("noise_size_exponent", {}))
     extra["calibration"] = result
     save_model_dir(tmp, MODEL_KIND, config, state_dict, extra, overwrite=True)
     os.replace(tmp, out_dir)

@@ -506,7 +506,7 @@ class LearnedStep(nn.Module):
                    cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
                    denoise=_denoise(model.config, refine), rdf_wall=wall, wall_slope=wall_slope,
                    wall_reach=wall_reach, temperature=_temperature(model.config, refine),
-                   noise_scale=torch.as_tensor(model.noise_scales(beadmap.type_names), dtype=torch.float32)[types],
+                   noise_scale=torch.as_tensor(model.bead_noise_scales(beadmap), dtype=torch.float32),
                    step_cap=step_cap, max_step=None if max_step is None else max_step[types]).to(device)
 
     def check_box(self, box_lengths):

@@ -5,10 +5,12 @@ of the three networks as safetensors (keys ``embedding.*``, ``dynamics.*``, ``sc
 bead-type vocabulary (type names and atom graphs) the model was trained on.
 """
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 from torch import nn
 
 from ..data.contacts import read_contacts
@@ -123,6 +125,10 @@ class ArchitectureConfig(Config):
     # the data (it sees its own, slightly hotter frames, and the refinement diffuses beads too); `cgml calibrate`
     # fits these factors so rollouts on the training sets reproduce their 1-ns MSD
     noise_scale: Dict[str, float] = field(default_factory=dict)
+    # residue name -> exponent b: that residue's factor becomes noise_scale x (beads in the molecule)^b, so one
+    # calibration can follow a drift that depends on chain length (a model's own runs move short chains too fast
+    # and long ones too slow); missing residues: 0. `cgml calibrate --fit-size` fits it where chain lengths differ
+    noise_size_exponent: Dict[str, float] = field(default_factory=dict)
     # > 0 caps each bead's dynamics displacement per step (before refinement) at this multiple of the longest
     # one-step displacement of its bead type in the training data (contacts.json "max_step_nm"). In a melt it never
     # acts; where the model extrapolates (a bead with no neighbours in a near-empty box) it stops a runaway
@@ -163,6 +169,10 @@ class ArchitectureConfig(Config):
         check(all(isinstance(n, str) and n and isinstance(f, (int, float)) and f > 0
                   for n, f in self.noise_scale.items()),
               f"noise_scale must map residue names to factors > 0 (e.g. {{TFS: 0.8}}), got {self.noise_scale!r}")
+        check(all(isinstance(n, str) and n and isinstance(b, (int, float)) and math.isfinite(b)
+                  for n, b in self.noise_size_exponent.items()),
+              "noise_size_exponent must map residue names to finite exponents (e.g. {PEO: 0.3}), got "
+              f"{self.noise_size_exponent!r}")
 
 
 @dataclass
@@ -221,9 +231,15 @@ class CGModel(nn.Module):
         return ([r in self.config.cluster_ions for r in residues],
                 [float(self.config.cluster_radius_nm.get(r, 0.0)) for r in residues])
 
-    def noise_scales(self, type_names) -> List[float]:
-        """Per bead type (names "RESIDUE:..."): the factor on the predicted spread (``ModelConfig.noise_scale``)."""
-        return [float(self.config.noise_scale.get(name.split(":")[0], 1.0)) for name in type_names]
+    def bead_noise_scales(self, beadmap) -> np.ndarray:
+        """(N,) factor on each bead's predicted spread: its residue's ``ModelConfig.noise_scale`` times the number of
+        beads in its molecule to the power ``noise_size_exponent``."""
+        residues = [name.split(":")[0] for name in beadmap.type_names]
+        types = np.asarray(beadmap.bead_types, dtype=np.int64)
+        factor = np.array([self.config.noise_scale.get(r, 1.0) for r in residues], dtype=np.float64)[types]
+        exponent = np.array([self.config.noise_size_exponent.get(r, 0.0) for r in residues], dtype=np.float64)[types]
+        molecule = np.asarray(beadmap.bead_molecule, dtype=np.int64)
+        return factor * np.bincount(molecule)[molecule].astype(np.float64) ** exponent
 
     @property
     def mapping(self) -> dict:
