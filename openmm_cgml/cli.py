@@ -216,6 +216,9 @@ def _calibrate(args):
         scales = ", ".join(f"{sp} {v:.3f}" for sp, v in sorted(it["noise_scale"].items())) or "none"
         scales += "".join(f", {sp} x size^{b:.3f}" for sp, b in sorted(it["noise_size_exponent"].items()))
         print(f"pass {k + 1}: noise_scale {scales} -> rollout/data MSD at {result['lag_ps']:g} ps: {ratios}")
+    final = result["history"][-1]["msd_ratio"]
+    for path in result["datasets"]:  # the spread that one geometric mean per residue hides
+        print(f"  {path}: " + ", ".join(f"{sp} {r[path]:.2f}" for sp, r in sorted(final.items()) if path in r))
     print(f"calibrated model written to {write_calibrated(args.model, args.output, result)}")
 
 
