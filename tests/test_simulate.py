@@ -683,6 +683,7 @@ def test_size_calibration_recovers_a_power_law_in_chain_length(tmp_path):
     from openmm_cgml.data import write_dataset
     from openmm_cgml.mapping import BeadMap
     from openmm_cgml.simulate.calibrate import calibrate_noise, molecule_sizes, write_calibrated
+    from openmm_cgml.simulate.step import LearnedStep
     from openmm_cgml.training.model import load_model
 
     model, dimers = _brownian_model(0.02)
@@ -709,6 +710,7 @@ def test_size_calibration_recovers_a_power_law_in_chain_length(tmp_path):
     assert calibrated.config.noise_size_exponent == result["noise_size_exponent"]
     factor = result["noise_scale"]["PAIR"] * 4 ** result["noise_size_exponent"]["PAIR"]
     assert np.allclose(calibrated.bead_noise_scales(tetramers), factor)
+    assert torch.allclose(LearnedStep.from_model(calibrated, tetramers).noise_scale, torch.tensor(factor))
     # without fit_size the same sets keep one factor per residue
     plain = calibrate_noise(path, data, n_steps=16, replicas=2, lag_ps=200.0, iterations=1, burn_in=1,
                             progress=False)

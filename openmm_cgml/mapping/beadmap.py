@@ -350,6 +350,10 @@ class BeadMap:
         """Readable species label per bead: the main residue name of its molecule (e.g. "LI", "TFS", "PEO")."""
         return list(self._species)
 
+    def bead_molecule_sizes(self) -> np.ndarray:
+        """(n_beads,) int: the number of beads in each bead's molecule."""
+        return np.bincount(self.bead_molecule)[self.bead_molecule]
+
     def _make_whole(self, x: np.ndarray, box: np.ndarray) -> np.ndarray:
         """Rebuild each molecule atom by atom along its bond tree with minimum-image bond vectors."""
         x = x.copy()

@@ -68,9 +68,7 @@ class CalibrationSet:
 
 def molecule_sizes(beadmap) -> Dict[str, float]:
     """Each species' mean molecule size, beads per molecule, averaged over its beads."""
-    molecule = np.asarray(beadmap.bead_molecule, dtype=np.int64)
-    size = np.bincount(molecule)[molecule]
-    species = np.asarray(beadmap.bead_species())
+    size, species = beadmap.bead_molecule_sizes(), np.asarray(beadmap.bead_species())
     return {str(s): float(size[species == s].mean()) for s in np.unique(species)}
 
 

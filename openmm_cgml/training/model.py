@@ -238,8 +238,7 @@ class CGModel(nn.Module):
         types = np.asarray(beadmap.bead_types, dtype=np.int64)
         factor = np.array([self.config.noise_scale.get(r, 1.0) for r in residues], dtype=np.float64)[types]
         exponent = np.array([self.config.noise_size_exponent.get(r, 0.0) for r in residues], dtype=np.float64)[types]
-        molecule = np.asarray(beadmap.bead_molecule, dtype=np.int64)
-        return factor * np.bincount(molecule)[molecule].astype(np.float64) ** exponent
+        return factor * beadmap.bead_molecule_sizes().astype(np.float64) ** exponent
 
     @property
     def mapping(self) -> dict:
