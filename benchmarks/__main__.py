@@ -30,6 +30,8 @@ BENCHMARKS = [
     ("demo", [], ["demo.json"]),
     # The default model's own runs against every campaign reference of >= 3 ns: rollout / data MSD at 1 ns.
     ("rollout_drift", [], ["rollout_drift.json"]),
+    # Close Li+-Li+ pairs (< 0.5 nm) in every all-atom campaign reference, every frame counted.
+    ("ion_pairs", [], ["ion_pairs.json"]),
     ("dig", [], ["dig.json"]),
     # Trained DiG's ODE log-density vs an exact Gaussian chain; double-well free energy vs exact.
     ("dig_density", [], ["dig_density.json"]),
@@ -137,6 +139,21 @@ def _rollout_drift_lines(drift) -> list:
     return lines + ["", f"- slope of log ratio against log EO units per chain: {slopes}", ""]
 
 
+def _ion_pair_lines(pairs) -> list:
+    """Close Li⁺–Li⁺ pairs in the all-atom campaign references (benchmarks/ion_pairs.py)."""
+    if not pairs:
+        return []
+    within = pairs["within_nm"]
+    lines = [f"## Li⁺–Li⁺ pairs closer than {within:g} nm in the all-atom references (every frame)",
+             "| dataset | role | EO/chain, LiTFSI, T | Li⁺ | frames | closest (nm) | frames with a pair | Li⁺ per Li⁺ |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in pairs["datasets"]:
+        lines.append(f"| {row['dataset'].split(os.sep)[-3]} | {row['role']} | EO{row['eo_per_chain']}, "
+                     f"{row['n_salt']}, {row['temperature_K']:g} K | {row['n_li']} | {row['n_frames']} | "
+                     f"{row['closest_nm']:.3f} | {row['frames_with_pair']} | {row['neighbours_per_li']:.1e} |")
+    return lines + [""]
+
+
 def summary_markdown() -> str:
     """SUMMARY.md text from whatever result files exist."""
     lines = ["# openmm-cgml benchmark summary", ""]
@@ -164,6 +181,7 @@ def summary_markdown() -> str:
         lines.append("")
     lines += _demo_lines(_load("demo.json"))
     lines += _rollout_drift_lines(_load("rollout_drift.json"))
+    lines += _ion_pair_lines(_load("ion_pairs.json"))
     lines += _model_step_lines(_load("model_step.json"))
     lines += _pareto_lines(_load("pareto.json"))
     lines += _refine_screen_lines()

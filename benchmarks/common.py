@@ -58,6 +58,17 @@ def write_json(result: dict, path: str) -> str:
     return write_text(json.dumps(result, indent=2) + "\n", path)
 
 
+# ---------------------------------------------------------------------------------------------- campaign data
+def composition(path: str) -> dict:
+    """EO units per chain, chains, LiTFSI pairs and temperature (K) of a campaign dataset (from its provenance)."""
+    from openmm_cgml.data import CGDataset
+
+    with CGDataset(path) as ds:
+        args = ds.provenance["system"]["args"]
+    return {"eo_per_chain": int(args["eo_per_chain"]), "n_chains": int(args["n_chains"]),
+            "n_salt": int(args["n_salt"]), "temperature_K": float(args["temperature_K"])}
+
+
 # ---------------------------------------------------------------------------------------------- machine
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""

@@ -23,15 +23,7 @@ from openmm_cgml.simulate.calibrate import calibrate_noise
 from openmm_cgml.training.loop import DATA_FILE, provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, model_path
 
-from .common import DATA, benchmark_parser, figure_path, machine, set_threads, write_json
-
-
-def composition(path: str) -> dict:
-    """EO units per chain, chains, LiTFSI pairs and temperature (K) of a campaign dataset (from its provenance)."""
-    with CGDataset(path) as ds:
-        args = ds.provenance["system"]["args"]
-    return {"eo_per_chain": int(args["eo_per_chain"]), "n_chains": int(args["n_chains"]),
-            "n_salt": int(args["n_salt"]), "temperature_K": float(args["temperature_K"])}
+from .common import DATA, benchmark_parser, composition, figure_path, machine, set_threads, write_json
 
 
 def trained_on(model: str) -> set:

@@ -464,3 +464,15 @@ def test_analyze_keeps_unwrapped_moves_longer_than_half_a_box():
     folded = analyze_trajectory(x, box, np.arange(n_frames) * 10.0, ["A", "B"])
     assert kept["msd"]["A"]["msd_nm2"][1] == pytest.approx(1.4 ** 2)
     assert folded["msd"]["A"]["msd_nm2"][1] == pytest.approx(0.6 ** 2)
+
+
+def test_closest_pairs_counts_pairs_through_the_periodic_boundary():
+    from benchmarks.ion_pairs import closest_pairs
+
+    # Frame 0: beads 0 and 1 are 0.3 nm apart through the boundary; frame 1 (a larger box): nothing within 0.5 nm.
+    x = np.array([[[0.1, 1.0, 1.0], [1.8, 1.0, 1.0], [1.0, 0.1, 0.2]],
+                  [[0.1, 1.0, 1.0], [1.8, 1.0, 1.0], [1.0, 0.1, 0.2]]])
+    box = np.array([[2.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+    got = closest_pairs(x, box, 0.5)
+    assert got["closest_nm"] == pytest.approx(0.3)
+    assert got["frames_with_pair"] == 1 and got["pair_frames"] == 1

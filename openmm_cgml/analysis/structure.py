@@ -74,7 +74,8 @@ def rdf(positions, box, species_a_mask, species_b_mask, r_max, n_bins: int = 100
 def coordination_number(positions, box, species_a_mask, species_b_mask, r) -> float:
     """Mean number of B beads (other than itself) within ``r`` nm of an A bead, over A beads and frames.
 
-    The weight of g_AB below ``r``: e.g. Li–Li within 0.5 nm, which all-atom PEO/LiTFSI never shows.
+    The weight of g_AB below ``r``: e.g. Li–Li within 0.5 nm, which all-atom PEO/LiTFSI shows
+    rarely (``python -m benchmarks.ion_pairs``).
     Positions (T, N, 3) or (N, 3) nm, box (3,) or (T, 3) nm, masks (N,) boolean; ``r`` at most half the box."""
     x = as_trajectory(positions)
     b = as_box(box, x.shape[0])

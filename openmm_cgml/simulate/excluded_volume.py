@@ -2,7 +2,7 @@
 apart, bonded beads farther than a cap are pulled together.
 
 Why it is needed: the score GNN learns a repulsion only where its training frames have density. A bead-type pair
-the all-atom data never brings close (Li⁺–Li⁺ in PEO/LiTFSI) gets no learned repulsion at all, so a prediction
+the all-atom data rarely bring close (Li⁺–Li⁺ in PEO/LiTFSI: never below 0.39 nm) gets no learned repulsion at all, so a prediction
 that lands two such beads on top of each other is not repaired (held-out EO4/LiTFSI: a learned Li–Li RDF peak at
 0.03 nm). Learned CG force fields meet the same gap with a prior for the unsampled region (CGSchNet, Husic et
 al. 2020); here the prior is a hard core, applied as a projection, so it has no stiffness or step size to tune.
