@@ -312,11 +312,18 @@ def test_refinement_temperature_scales_the_langevin_noise():
     level = torch.tensor([sigma])
     target = float(var[0]) + sigma ** 2
     for temperature in (1.0, 0.25):
-        x = score.refine(x0, level, 200, 1e-5, noise, *args, temperature=temperature)
+        x = score.refine(x0, level, 200, 1e-5, noise, *args, temperature=torch.tensor(temperature))
         assert float(x.var(dim=0).mean()) == pytest.approx(temperature * target, rel=0.1)
+    assert float(score.refine(x0, level, 200, 1e-5, noise, *args).var(dim=0).mean()) == pytest.approx(target, rel=0.1)
+    # one temperature per bead: the first half at 1, the second at 0.25 (refine_residue_temperature)
+    per_bead = torch.cat([torch.ones(n // 2), torch.full((n // 2,), 0.25)])
+    x = score.refine(x0, level, 200, 1e-5, noise, *args, temperature=per_bead)
+    assert float(x[: n // 2].var(dim=0).mean()) == pytest.approx(target, rel=0.1)
+    assert float(x[n // 2:].var(dim=0).mean()) == pytest.approx(0.25 * target, rel=0.1)
     x1 = torch.full((n, 3), 0.05)
-    cold = score.refine(x1, level, 200, 1e-5, noise, *args, temperature=0.0)
-    torch.testing.assert_close(cold, score.refine(x1, level, 200, 1e-5, -noise, *args, temperature=0.0))
+    zero = torch.tensor(0.0)
+    cold = score.refine(x1, level, 200, 1e-5, noise, *args, temperature=zero)
+    torch.testing.assert_close(cold, score.refine(x1, level, 200, 1e-5, -noise, *args, temperature=zero))
     assert float(cold.abs().max()) < 0.05 * 1e-3  # ascends to the mode: 0.95^200 of the start
 
 
@@ -338,10 +345,19 @@ def test_step_refines_at_the_model_or_requested_temperature(tiny_peo_litfsi):
     box = torch.tensor(np.diag(built.box_vectors.value_in_unit(unit.nanometer)), dtype=torch.float32)
     spec = parse_refine("model,temp=0.25")
     cold, plain = LearnedStep.from_model(model, beadmap, spec), LearnedStep.from_model(model, beadmap)
-    assert cold.temperature == 0.25 and plain.temperature == 1.0
+    assert bool((cold.temperature == 0.25).all()) and bool((plain.temperature == 1.0).all())
     assert refine_settings(model.config, spec)["temperature"] == 0.25
     model.config.refine_temperature = 0.25
-    assert LearnedStep.from_model(model, beadmap).temperature == 0.25
+    assert bool((LearnedStep.from_model(model, beadmap).temperature == 0.25).all())
+    # per residue: PEO beads at 1, the ions at refine_temperature; a spec's temp=T is every bead's
+    model.config.refine_residue_temperature = {"PEO": 1.0}
+    peo = torch.tensor([s == "PEO" for s in beadmap.bead_species()])
+    mixed = LearnedStep.from_model(model, beadmap).temperature
+    assert bool(peo.any() and (~peo).any())
+    torch.testing.assert_close(mixed, torch.where(peo, 1.0, 0.25))
+    assert bool((LearnedStep.from_model(model, beadmap, parse_refine("model,temp=0.5")).temperature == 0.5).all())
+    assert refine_settings(model.config)["residue_temperature"] == {"PEO": 1.0}
+    model.config.refine_residue_temperature = {}
     _, noise = step_noise(4, 0, beadmap.n_beads, cold.n_refine)
     with torch.no_grad():
         a = cold.repair(x, box, noise)
@@ -352,8 +368,11 @@ def test_step_refines_at_the_model_or_requested_temperature(tiny_peo_litfsi):
     assert float((a - plain.repair(x, box, noise)).abs().max()) > 1e-5
     with pytest.raises(ValueError, match="temp=T with T >= 0"):
         parse_refine("model,temp=-1")
-    with pytest.raises(ValueError, match="concatenate|same refinement"):
-        LearnedStep.concatenate([cold, plain])
+    # replicas at different temperatures advance together, each at its own
+    both = LearnedStep.concatenate([cold, plain])
+    with torch.no_grad():
+        together = both.repair(torch.cat([x, x]), torch.stack([box, box]), torch.cat([noise, noise], 1))
+        torch.testing.assert_close(together, torch.cat([a, plain.repair(x, box, noise)]), rtol=0, atol=1e-5)
 
 
 def test_step_transport_counts_chain_centres_of_mass_once():

@@ -728,6 +728,10 @@ def test_noise_scale_must_be_positive_factors():
         with pytest.raises(ValueError, match="noise_size_exponent") as err:
             ModelConfig(noise_size_exponent=bad).validate()
         assert "\n" not in str(err.value)
+    for bad in ({"PEO": -1.0}, {"PEO": float("inf")}, {"PEO": "x"}, {"": 1.0}):
+        with pytest.raises(ValueError, match="refine_residue_temperature") as err:
+            ModelConfig(refine_residue_temperature=bad).validate()
+        assert "\n" not in str(err.value)
 
 
 def test_step_cap_stops_a_runaway_at_the_longest_training_step(tmp_path):

@@ -121,7 +121,7 @@ class ScoreGNN(nn.Module):
         scheme: str = "langevin",
         skin: float = 0.0,
         wall: Optional[Wall] = None,
-        temperature: float = 1.0,
+        temperature: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Repair ``x`` (N, 3) nm by sampling down the noise ``levels`` (L,) nm (decreasing); see :data:`SCHEMES`.
 
@@ -141,15 +141,18 @@ class ScoreGNN(nn.Module):
         (nm) the evaluations share a Verlet neighbour list (``graph.neighbour_candidates``), rebuilt only when a
         bead has moved more than skin / 2: the same edges in the same order as a fresh search, so the same result.
         ``wall`` adds the score of repulsive pair walls (:func:`wall_score`) to every evaluation. ``temperature``
-        T scales every noise term by sqrt(T): the correctors then sample p_sigma^(1/T), and their diffusion moves
-        beads T times the mean-square distance (T = 0: noise-free ascent of log p_sigma).
+        T, one value or one per bead (N,) (None: 1), scales every noise term by sqrt(T): the correctors then sample
+        p_sigma^(1/T), and their diffusion moves beads T times the mean-square distance (T = 0: noise-free ascent
+        of log p_sigma).
         """
         n_levels = levels.shape[0]
         if noise.shape[0] != refine_evaluations(scheme, n_levels, steps_per_level):
             raise ValueError("refinement noise must have one row per score evaluation (refine_evaluations)")
         last = levels[n_levels - 1]
         k = 0
-        heat = temperature ** 0.5
+        heat = x.new_ones(()) if temperature is None else temperature.to(x.dtype).sqrt()
+        if heat.dim() == 1:
+            heat = heat.unsqueeze(1)
         skin = verlet_skin(skin, self.cutoff, box)
         reference = x.new_zeros((0, 3))
         candidates = torch.zeros((2, 0), dtype=torch.long, device=x.device)

@@ -24,7 +24,7 @@ as arguments; :func:`step_noise` derives it from (seed, step index), so every wr
 engine, scripted module) produces the same trajectory for the same seed.
 """
 import copy
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -115,12 +115,22 @@ def _denoise(config, refine) -> float:
     return sigma
 
 
-def _temperature(config, refine) -> float:
-    """The temperature of the refinement's Langevin noise (``ModelConfig.refine_temperature``) of ``refine``."""
+def _temperatures(config, refine) -> Tuple[float, Dict[str, float]]:
+    """The temperature of the refinement's Langevin noise and its per-residue overrides
+    (``ModelConfig.refine_temperature``, ``.refine_residue_temperature``) of ``refine``, whose ``temperature``, if
+    it has one, is every bead's."""
     temperature = _setting(config, refine, "temperature", "refine_temperature")
     if temperature < 0:
         raise ValueError(f"the refinement temperature must be >= 0 (1: standard Langevin), got {temperature}")
-    return temperature
+    given = isinstance(refine, dict) and "temperature" in refine
+    return temperature, {} if given else dict(config.refine_residue_temperature)
+
+
+def _bead_temperatures(config, refine, beadmap) -> torch.Tensor:
+    """(N,) refinement temperature of each bead of ``beadmap`` (:func:`_temperatures`)."""
+    temperature, by_residue = _temperatures(config, refine)
+    per_type = [by_residue.get(name.split(":")[0], temperature) for name in beadmap.type_names]
+    return torch.tensor(per_type, dtype=torch.float32)[torch.as_tensor(np.asarray(beadmap.bead_types))]
 
 
 def _rdf_wall(config, refine) -> float:
@@ -195,7 +205,8 @@ def refine_settings(config, refine=None) -> dict:
     core, cap, onset = _repairs(config, refine)
     denoise = _denoise(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "denoise": denoise, "temperature": _temperature(config, refine),
+            "denoise": denoise, "temperature": _temperatures(config, refine)[0],
+            "residue_temperature": _temperatures(config, refine)[1],
             "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
             "hard_core": core, "bond_cap": cap, "core_rdf": onset, "rdf_wall": _rdf_wall(config, refine),
             "cluster_noise": _cluster_noise(config, refine), "step_cap": _step_cap(config, refine)}
@@ -216,8 +227,8 @@ def parse_refine(spec: str):
     the training-RDF walls of ``ModelConfig.rdf_wall_pairs`` in the score (``ModelConfig.rdf_wall``; e.g.
     ``"model,wall=0"``); ``,denoise=S`` a
     final noise-free denoising step at noise level S nm (``ModelConfig.refine_denoise``; e.g.
-    ``"model,denoise=0.003"``); ``,temp=T`` the temperature of the refinement's Langevin noise
-    (``ModelConfig.refine_temperature``; e.g. ``"model,temp=1"``); ``,stepcap=F`` the step cap, F times each bead
+    ``"model,denoise=0.003"``); ``,temp=T`` the temperature of every bead's refinement noise
+    (``ModelConfig.refine_temperature``, over any ``.refine_residue_temperature``; e.g. ``"model,temp=1"``); ``,stepcap=F`` the step cap, F times each bead
     type's longest training step, 0 off (``ModelConfig.step_cap``; e.g. ``"model,stepcap=0"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
@@ -316,7 +327,6 @@ class LearnedStep(nn.Module):
     steps_per_level: int
     step_size: float
     denoise: float
-    temperature: float
     n_beads: int
     n_replicas: int
     tree_sizes: List[int]
@@ -338,7 +348,7 @@ class LearnedStep(nn.Module):
                  cluster_noise: float = 0.0, cluster_ion: Optional[torch.Tensor] = None,
                  cluster_reach: Optional[torch.Tensor] = None, denoise: float = 0.0, rdf_wall: float = 0.0,
                  wall_slope: Optional[torch.Tensor] = None, wall_reach: Optional[torch.Tensor] = None,
-                 temperature: float = 1.0, noise_scale: Optional[torch.Tensor] = None, step_cap: float = 0.0,
+                 temperature=1.0, noise_scale: Optional[torch.Tensor] = None, step_cap: float = 0.0,
                  max_step: Optional[torch.Tensor] = None):
         super().__init__()
         self.dynamics = dynamics
@@ -405,7 +415,9 @@ class LearnedStep(nn.Module):
         self.n_refine = refine_evaluations(self.scheme, len(levels), self.steps_per_level)
         self.step_size = float(step_size)
         self.denoise = float(denoise)
-        self.temperature = float(temperature)
+        # (N,) temperature of each bead's refinement noise (ModelConfig.refine_temperature and its per-residue
+        # overrides); a number is every bead's
+        self.register_buffer("temperature", torch.as_tensor(temperature, dtype=torch.float32).expand(n).clone())
         self.periodic = bool(periodic)
         self.n_beads = n
         self.n_replicas = int(n_replicas)
@@ -427,8 +439,8 @@ class LearnedStep(nn.Module):
             level; corrector steps for "pc"), ``step_size`` (nm², alpha at the last level), ``denoise`` (noise
             level sigma, nm, of a final noise-free step x + sigma² s(x, sigma) after the refinement, the Tweedie
             estimate of the clean frame; 0: none; default ``ModelConfig.refine_denoise``), ``temperature``
-            (of the refinement's Langevin noise, scaled by its square root; default
-            ``ModelConfig.refine_temperature``), ``hard_core``
+            (of every bead's refinement noise, scaled by its square root; default ``ModelConfig.refine_temperature``
+            with the per-residue ``.refine_residue_temperature``), ``hard_core``
             (fraction of each bead-type pair's closest approach in the training data below which non-bonded
             beads are pushed apart; 0: none; default ``ModelConfig.hard_core``), ``core_rdf`` (raise each pair's
             core to where its pooled training RDF first reaches this value; 0: off; needs hard_core > 0),
@@ -505,7 +517,7 @@ class LearnedStep(nn.Module):
                    cluster_ion=torch.as_tensor(ion, dtype=torch.bool)[types],
                    cluster_reach=torch.as_tensor(reach, dtype=torch.float32)[types],
                    denoise=_denoise(model.config, refine), rdf_wall=wall, wall_slope=wall_slope,
-                   wall_reach=wall_reach, temperature=_temperature(model.config, refine),
+                   wall_reach=wall_reach, temperature=_bead_temperatures(model.config, refine, beadmap),
                    noise_scale=torch.as_tensor(model.bead_noise_scales(beadmap), dtype=torch.float32),
                    step_cap=step_cap, max_step=None if max_step is None else max_step[types]).to(device)
 
@@ -541,7 +553,6 @@ class LearnedStep(nn.Module):
                     other.steps_per_level != first.steps_per_level or other.step_size != first.step_size or \
                     other.scheme != first.scheme or other.hard_core != first.hard_core or \
                     other.denoise != first.denoise or other.rdf_wall != first.rdf_wall or \
-                    other.temperature != first.temperature or \
                     other.bond_cap != first.bond_cap or other.cluster_noise != first.cluster_noise or \
                     other.step_cap != first.step_cap or \
                     not torch.equal(other.levels, first.levels):
@@ -560,7 +571,7 @@ class LearnedStep(nn.Module):
             first.bond_cap, torch.block_diag(*[s.cap for s in steps]), torch.cat([s.carried for s in steps]),
             first.cluster_noise, torch.cat([s.cluster_ion for s in steps]), torch.cat([s.cluster_reach for s in steps]),
             first.denoise, first.rdf_wall, torch.block_diag(*[s.wall_slope for s in steps]),
-            torch.block_diag(*[s.wall_reach for s in steps]), first.temperature,
+            torch.block_diag(*[s.wall_reach for s in steps]), torch.cat([s.temperature for s in steps]),
             torch.cat([s.noise_scale for s in steps]), first.step_cap,
             torch.cat([s.max_step for s in steps]) if first.step_cap > 0 else None,
         ).to(first.embed.device)

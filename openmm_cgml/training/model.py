@@ -106,6 +106,10 @@ class ArchitectureConfig(Config):
     # correctors sample p_sigma^(1/T). Every corrector step also diffuses the beads a little, transport the dynamics
     # GNN already predicts; T < 1 cuts that extra random displacement. 1 = standard annealed Langevin
     refine_temperature: float = 1.0
+    # residue name -> its beads' refinement temperature, over refine_temperature (e.g. {PEO: 1.0}). A cool
+    # refinement sharpens ion coordination but also quenches a chain's internal modes, which are most of a long
+    # chain's bead motion at 1 ns, so long chains run slow; missing residues: refine_temperature
+    refine_residue_temperature: Dict[str, float] = field(default_factory=dict)
     # excluded volume after the refinement: no non-bonded pair closer than this fraction of that bead-type pair's
     # closest approach in the training data (contacts.json); 0 = off
     hard_core: float = 0.0
@@ -158,6 +162,10 @@ class ArchitectureConfig(Config):
         check(self.refine_steps_per_level >= 0 and self.refine_step_size >= 0 and self.refine_denoise >= 0,
               "refine_steps_per_level, refine_step_size and refine_denoise must be >= 0")
         check(self.refine_temperature >= 0, f"refine_temperature must be >= 0, got {self.refine_temperature}")
+        check(all(isinstance(n, str) and n and isinstance(t, (int, float)) and math.isfinite(t) and t >= 0
+                  for n, t in self.refine_residue_temperature.items()),
+              "refine_residue_temperature must map residue names to temperatures >= 0 (e.g. {PEO: 1.0}), got "
+              f"{self.refine_residue_temperature!r}")
         check(0.0 <= self.hard_core <= 1.0, f"hard_core must be a fraction in [0, 1], got {self.hard_core}")
         check(self.bond_cap == 0.0 or self.bond_cap >= 1.0, f"bond_cap must be 0 (off) or >= 1, got {self.bond_cap}")
         check(self.step_cap == 0.0 or self.step_cap >= 1.0, f"step_cap must be 0 (off) or >= 1, got {self.step_cap}")
