@@ -30,6 +30,9 @@ BENCHMARKS = [
     ("demo", [], ["demo.json"]),
     # The default model's own runs against every campaign reference of >= 3 ns: rollout / data MSD at 1 ns.
     ("rollout_drift", [], ["rollout_drift.json"]),
+    # The same with the dynamics GNN alone: what the refinement does to the drift.
+    ("rollout_drift", ["--refine", "none", "--out", result_path("rollout_drift_no_refinement")],
+     ["rollout_drift_no_refinement.json"]),
     # Close Li+-Li+ pairs (< 0.5 nm) in every all-atom campaign reference, every frame counted.
     ("ion_pairs", [], ["ion_pairs.json"]),
     ("dig", [], ["dig.json"]),
@@ -124,8 +127,10 @@ def _rollout_drift_lines(drift) -> list:
     if not drift:
         return []
     species = sorted(drift["slope_vs_chain_length"])
+    refine = drift.get("refine", "model")
     lines = [f"## Rollout drift: a model's own runs against the data ({drift['replicas']} rollouts × "
-             f"{drift['n_steps']} steps per dataset, model `{os.path.basename(drift['model'])}`)",
+             f"{drift['n_steps']} steps per dataset, model `{os.path.basename(drift['model'])}`"
+             + ("" if refine == "model" else f", refinement `{refine}`") + ")",
              "| dataset | model | EO/chain, LiTFSI, T | " + " | ".join(f"{sp} rollout / data MSD at "
                                                           f"{drift['lag_ps'] / 1000:g} ns" for sp in species) + " |",
              "|---|---|---|" + "---|" * len(species)]
@@ -181,6 +186,7 @@ def summary_markdown() -> str:
         lines.append("")
     lines += _demo_lines(_load("demo.json"))
     lines += _rollout_drift_lines(_load("rollout_drift.json"))
+    lines += _rollout_drift_lines(_load("rollout_drift_no_refinement.json"))
     lines += _ion_pair_lines(_load("ion_pairs.json"))
     lines += _model_step_lines(_load("model_step.json"))
     lines += _pareto_lines(_load("pareto.json"))

@@ -1,6 +1,7 @@
 """How far a model's own runs drift from the data, composition by composition: rollout / data MSD at 1 ns.
 
     python -m benchmarks.rollout_drift [--model MODEL] [--data A.h5 B.h5 ...] [--replicas 3] [--steps 25]
+                                       [--refine SPEC]
 
 One measuring pass of ``cgml calibrate`` (``calibrate_noise`` with ``iterations=0``: nothing is fitted): from frames
 spread over each dataset, ``--replicas`` rollouts of ``--steps`` model steps, each residue's bead MSD at 1 ns after a
@@ -10,7 +11,8 @@ references of at least 3 ns (each marked as trained on or not: in the model's ``
 of log ratio against log chain length per residue) and ``rollout_drift.png`` (ratio against EO units per chain).
 
 A calibrated model has a geometric-mean ratio near 1 over its calibration sets; the spread around it is what one
-factor per residue cannot remove.
+factor per residue cannot remove. ``--refine`` (a ``cgml simulate --refine`` spec, e.g. ``none`` for the dynamics
+GNN alone) shows what the refinement adds to it.
 """
 import glob
 import json
@@ -20,6 +22,7 @@ import numpy as np
 
 from openmm_cgml.data import CGDataset
 from openmm_cgml.simulate.calibrate import calibrate_noise
+from openmm_cgml.simulate.step import parse_refine
 from openmm_cgml.training.loop import DATA_FILE, provenance_path
 from openmm_cgml.training.model import DEFAULT_MODEL, model_path
 
@@ -82,13 +85,15 @@ def main(argv=None) -> None:
                         help="CG datasets (default: every campaign reference with at least 3 ns)")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--steps", type=int, default=25, help="model steps per rollout (5 of them burn-in)")
+    parser.add_argument("--refine", default="model", help="refinement spec (default: the model's own)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     paths = args.data or sorted(p for p in glob.glob(os.path.join(DATA, "peo_litfsi_*", "reference", "cg.h5")))
     if args.data is None:  # only references long enough to give a stable 1-ns MSD
         paths = [p for p in paths if nanoseconds(p) >= 3.0 - 1e-6]
     seen = trained_on(args.model)
-    measured = calibrate_noise(args.model, paths, n_steps=args.steps, replicas=args.replicas, iterations=0)
+    measured = calibrate_noise(args.model, paths, n_steps=args.steps, replicas=args.replicas, iterations=0,
+                               refine=parse_refine(args.refine))
     ratios = measured["history"][0]["msd_ratio"]
     rows = []
     for p in paths:
@@ -100,7 +105,7 @@ def main(argv=None) -> None:
               if len(set(length)) > 1 else None for sp in ratios}  # None: one chain length, no trend to fit
     result = {"machine": machine(args.threads), "model": provenance_path(model_path(args.model)),
               "noise_scale": measured["noise_scale"], "lag_ps": measured["lag_ps"], "n_steps": args.steps,
-              "burn_in": measured["burn_in"], "replicas": args.replicas, "datasets": rows,
+              "burn_in": measured["burn_in"], "replicas": args.replicas, "refine": args.refine, "datasets": rows,
               "slope_vs_chain_length": slopes}
     write_json(result, args.out)
     plot(result, figure_path(args.out))

@@ -85,7 +85,7 @@ def _secant(change: Optional[tuple], first: float) -> float:
 
 def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, replicas: int = 2, lag_ps: float = 1000.0,
                     iterations: int = 3, burn_in: int = 5, seed: int = 0, fit_size: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, refine=None) -> dict:
     """Fit ``ModelConfig.noise_scale`` of ``model`` (a shipped name or a model directory) on ``datasets``.
 
     Each iteration runs ``replicas`` rollouts of ``n_steps`` model steps from frames spread over every dataset (all
@@ -101,6 +101,9 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
     exponent by a secant step of its own (the first one assuming the steepest response, 6: a long chain's rollout
     heats up abruptly once its factor is too high), so the ratios go to 1 along the chain length, not only on
     average.
+
+    ``refine`` is the rollouts' refinement (``LearnedStep.from_model``'s; None: the model's own). Fit only under
+    the refinement the model will run with; another one serves to measure what the refinement does.
 
     Returns a dict: ``noise_scale`` (residue -> factor), ``noise_size_exponent`` (residue -> exponent) and
     ``history`` (per iteration: the factors and exponents used and each residue's rollout / data MSD ratio per
@@ -118,7 +121,7 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
     h = cg.history_length
     sets = [CalibrationSet.load(p, cg.timestep_ps) for p in datasets]
     for s in sets:
-        LearnedStep.from_model(cg, s.beadmap)  # refuses bead types the model was not trained on, before any work
+        LearnedStep.from_model(cg, s.beadmap, refine)  # refuses bead types the model was not trained on, before any work
         if s.positions.shape[0] < h + lag + 2:
             raise ValueError(f"{s.name} has only {s.positions.shape[0]} frames at the model step; need > {h + lag + 1}")
     scale = {str(k): float(v) for k, v in cg.config.noise_scale.items()}
@@ -130,7 +133,7 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
         cg.config.noise_scale, cg.config.noise_size_exponent = dict(scale), dict(exponent)
         steps, x0, hist, boxes, owners = [], [], [], [], []
         for s in sets:
-            step = LearnedStep.from_model(cg, s.beadmap)
+            step = LearnedStep.from_model(cg, s.beadmap, refine)
             for start in np.linspace(h, s.positions.shape[0] - 1, replicas).astype(int):
                 steps.append(step)
                 x0.append(s.positions[start])
