@@ -150,7 +150,8 @@ def _ion_pair_lines(pairs) -> list:
         return []
     within = pairs["within_nm"]
     lines = [f"## Li⁺–Li⁺ pairs closer than {within:g} nm in the all-atom references (every frame)",
-             "| dataset | role | EO/chain, LiTFSI, T | Li⁺ | frames | closest (nm) | frames with a pair | Li⁺ per Li⁺ |",
+             "| dataset | role | EO/chain, LiTFSI, T | Li⁺ | frames | closest (nm) | frames with a pair "
+             "| Li⁺ per Li⁺ |",
              "|---|---|---|---|---|---|---|---|"]
     for row in pairs["datasets"]:
         lines.append(f"| {row['dataset'].split(os.sep)[-3]} | {row['role']} | EO{row['eo_per_chain']}, "

@@ -204,9 +204,9 @@ def refine_settings(config, refine=None) -> dict:
     scheme, levels, steps, size = _refine_settings(config, refine)
     core, cap, onset = _repairs(config, refine)
     denoise = _denoise(config, refine)
+    temperature, by_residue = _temperatures(config, refine)
     return {"scheme": scheme, "levels": [float(s) for s in levels], "steps_per_level": steps, "step_size": size,
-            "denoise": denoise, "temperature": _temperatures(config, refine)[0],
-            "residue_temperature": _temperatures(config, refine)[1],
+            "denoise": denoise, "temperature": temperature, "residue_temperature": by_residue,
             "evaluations": refine_evaluations(scheme, len(levels), steps) + int(denoise > 0),
             "hard_core": core, "bond_cap": cap, "core_rdf": onset, "rdf_wall": _rdf_wall(config, refine),
             "cluster_noise": _cluster_noise(config, refine), "step_cap": _step_cap(config, refine)}
@@ -228,8 +228,9 @@ def parse_refine(spec: str):
     ``"model,wall=0"``); ``,denoise=S`` a
     final noise-free denoising step at noise level S nm (``ModelConfig.refine_denoise``; e.g.
     ``"model,denoise=0.003"``); ``,temp=T`` the temperature of every bead's refinement noise
-    (``ModelConfig.refine_temperature``, over any ``.refine_residue_temperature``; e.g. ``"model,temp=1"``); ``,stepcap=F`` the step cap, F times each bead
-    type's longest training step, 0 off (``ModelConfig.step_cap``; e.g. ``"model,stepcap=0"``).
+    (``ModelConfig.refine_temperature``, over any ``.refine_residue_temperature``; e.g. ``"model,temp=1"``);
+    ``,stepcap=F`` the step cap, F times each bead type's longest training step, 0 off (``ModelConfig.step_cap``;
+    e.g. ``"model,stepcap=0"``).
     """
     text, *suffixes = [part.strip() for part in str(spec).strip().lower().split(",")]
     settings = _parse_refinement(text, spec)
