@@ -476,3 +476,6 @@ def test_closest_pairs_counts_pairs_through_the_periodic_boundary():
     got = closest_pairs(x, box, 0.5)
     assert got["closest_nm"] == pytest.approx(0.3)
     assert got["frames_with_pair"] == 1 and got["pair_frames"] == 1
+    # the neighbours per bead benchmarks.ion_pairs derives from the pair count are coordination_number's
+    everyone = np.ones(3, dtype=bool)
+    assert 2.0 * got["pair_frames"] / (3 * 2) == pytest.approx(coordination_number(x, box, everyone, everyone, 0.5))

@@ -121,7 +121,8 @@ def calibrate_noise(model: str, datasets: Sequence[str], n_steps: int = 25, repl
     h = cg.history_length
     sets = [CalibrationSet.load(p, cg.timestep_ps) for p in datasets]
     for s in sets:
-        LearnedStep.from_model(cg, s.beadmap, refine)  # refuses bead types the model was not trained on, before any work
+        # refuses bead types the model was not trained on, before any work
+        LearnedStep.from_model(cg, s.beadmap, refine)
         if s.positions.shape[0] < h + lag + 2:
             raise ValueError(f"{s.name} has only {s.positions.shape[0]} frames at the model step; need > {h + lag + 1}")
     scale = {str(k): float(v) for k, v in cg.config.noise_scale.items()}

@@ -129,8 +129,7 @@ def _temperatures(config, refine) -> Tuple[float, Dict[str, float]]:
 def _bead_temperatures(config, refine, beadmap) -> torch.Tensor:
     """(N,) refinement temperature of each bead of ``beadmap`` (:func:`_temperatures`)."""
     temperature, by_residue = _temperatures(config, refine)
-    per_type = [by_residue.get(name.split(":")[0], temperature) for name in beadmap.type_names]
-    return torch.tensor(per_type, dtype=torch.float32)[torch.as_tensor(np.asarray(beadmap.bead_types))]
+    return torch.tensor([by_residue.get(s, temperature) for s in beadmap.bead_species()], dtype=torch.float32)
 
 
 def _rdf_wall(config, refine) -> float:
